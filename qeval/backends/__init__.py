@@ -1,0 +1,1 @@
+"""Backends: one module each, all behind the `Backend` protocol in base.py."""

@@ -1,0 +1,86 @@
+"""A backend with controlled behaviour, for testing statistics and gate logic only.
+
+It never pretends to be a model: its info says `fake`. Each item's choice scores are drawn from a
+generator seeded by (seed, sample id), so the baseline and a candidate with the same seed start
+from the same scores; the candidate's parameters then damage them in a controlled way:
+
+- `skill`: probability that the baseline puts its highest score on the answer key;
+- `damage`: probability that a candidate demotes the key below every other choice on an item;
+- `noise`: standard deviation of Gaussian noise added to every choice score (shifts choice-KL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..types import BackendInfo, VariantSpec
+from .base import LoglikelihoodRequest, Progress
+
+
+class FakeBackend:
+    def __init__(self, variant: VariantSpec, answer_key: Mapping[str, int], n_choices: Mapping[str, int]):
+        p = variant.params
+        self.skill = float(p.get("skill", 0.8))
+        self.damage = float(p.get("damage", 0.0))
+        self.noise = float(p.get("noise", 0.0))
+        self.seed = int(p.get("seed", 0))
+        self.answer_key = dict(answer_key)
+        self.n_choices = dict(n_choices)
+        self.info = BackendInfo(
+            variant=variant.name, backend="fake", device="none", requested_dtype="none",
+            compute_dtype="none", kernel="fake (synthetic scores)", weight_bytes=0, versions={},
+            notes=("synthetic scores for testing; not a model",),
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _item_scores(self, sample_id: str) -> np.ndarray:
+        digest = hashlib.sha256(f"{self.seed}|{sample_id}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        k = self.n_choices[sample_id]
+        key = self.answer_key[sample_id]
+        scores = rng.normal(0.0, 1.0, size=k) - 2.0
+        knows = rng.random() < self.skill
+        if knows:
+            scores[key] = scores.max() + 1.0 + rng.random()
+        # Draws below use a generator of their own so that damage and noise do not change the
+        # baseline's draws above (paired items stay paired).
+        drng = np.random.default_rng(int.from_bytes(digest[8:16], "little"))
+        if drng.random() < self.damage:
+            scores[key] = scores.min() - 1.0
+        if self.noise:
+            scores = scores + drng.normal(0.0, self.noise, size=k)
+        return scores
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      advance: Progress | None = None) -> list[float]:
+        cache: dict[str, np.ndarray] = {}
+        out = []
+        for r in requests:
+            if r.sample_id not in cache:
+                cache[r.sample_id] = self._item_scores(r.sample_id)
+            out.append(float(cache[r.sample_id][r.choice]))
+            if advance:
+                advance(1)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class FakeFactory:
+    """Fake backends that know the tasks' answer keys (so `skill` means what it says)."""
+
+    def __init__(self, tasks):
+        self.answer_key = {s.id: s.target for t in tasks for s in t.samples}
+        self.n_choices = {s.id: len(s.choices) for t in tasks for s in t.samples}
+
+    def identity(self) -> dict:
+        return {"device": "none", "versions": {}}
+
+    def open(self, variant: VariantSpec, baseline_compute: str | None) -> FakeBackend:
+        return FakeBackend(variant, self.answer_key, self.n_choices)

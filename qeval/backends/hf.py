@@ -1,0 +1,266 @@
+"""Transformers backend: fp32/fp16/bf16 baselines and bitsandbytes / torchao INT8 and NF4 candidates.
+
+Records what actually ran: the compute dtype, the device and the linear-layer kernels found in the
+loaded model (not the ones requested), so a record can never claim a quantization that did not
+happen.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import QevalInputError
+from ..models import ResolvedModel
+from ..types import BackendInfo, Method, VariantSpec
+from .base import LoglikelihoodRequest, NonFiniteScores, Progress
+
+_DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bfloat16"}
+LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "accelerate")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QevalInputError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise QevalInputError(f"--device {device!r}: use auto, cpu or cuda[:N]")
+    return device
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    requested: str
+    compute: str
+    notes: tuple[str, ...]
+
+
+def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: str | None) -> DtypeChoice:
+    """The dtype a variant computes in. Candidates use the baseline's, to isolate quantization."""
+    if method in _DTYPE_NAMES:
+        requested = _DTYPE_NAMES[method]
+        if device == "cpu" and requested != "float32" and not strict:
+            return DtypeChoice(requested, "float32", (
+                f"{requested} was requested but this is a CPU, where {requested} matmuls are "
+                "emulated and several times slower; computed in float32 instead (a superset of "
+                f"{requested}'s precision). Pass --strict-dtype to compute in {requested}.",
+            ))
+        return DtypeChoice(requested, requested, ())
+    compute = baseline_compute or ("float16" if device.startswith("cuda") else "float32")
+    return DtypeChoice(compute, compute, ())
+
+
+def _quantization_config(variant: VariantSpec, compute_dtype):
+    from transformers import BitsAndBytesConfig, TorchAoConfig
+
+    p = variant.params
+    known = {Method.int8: {"threshold"}, Method.nf4: {"double_quant"}, Method.int8wo: set()}
+    if variant.method in known:
+        unknown = set(p) - known[variant.method]
+        if unknown:
+            raise QevalInputError(
+                f"variant {variant.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                f"{variant.method.value} takes {', '.join(sorted(known[variant.method])) or 'none'}"
+            )
+    if variant.method == Method.int8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(p.get("threshold", 6.0)))
+    if variant.method == Method.nf4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_use_double_quant=bool(p.get("double_quant", False)),
+        )
+    if variant.method == Method.int8wo:
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return TorchAoConfig(Int8WeightOnlyConfig())
+    return None
+
+
+def _kernel_summary(model) -> str:
+    counts: Counter[str] = Counter()
+    for _, mod in model.named_modules():
+        cls = type(mod).__name__
+        if "Linear" not in cls:
+            continue
+        weight = getattr(mod, "weight", None)
+        wcls = type(weight).__name__ if weight is not None else "none"
+        # torchao keeps nn.Linear and swaps the weight for a quantized tensor subclass
+        label = f"{type(mod).__module__.split('.')[0]}.{cls}"
+        if wcls not in ("Parameter", "Tensor", "Int8Params", "Params4bit"):
+            label += f"[{wcls}]"
+        counts[label] += 1
+    return "; ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+
+def _weight_bytes(model) -> int:
+    total = 0
+    seen = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        inner = [getattr(t, a) for a in ("qdata", "scale", "zero_point") if hasattr(t, a)]
+        inner = [x for x in inner if hasattr(x, "nbytes")]
+        total += sum(x.nbytes for x in inner) if inner else t.numel() * t.element_size()
+        qs = getattr(t, "quant_state", None)  # bitsandbytes 4-bit absmax and friends
+        if qs is not None and getattr(qs, "absmax", None) is not None:
+            total += qs.absmax.numel() * qs.absmax.element_size()
+    return total
+
+
+class HFBackend:
+    def __init__(self, model: ResolvedModel, variant: VariantSpec, *, device: str = "auto",
+                 strict_dtype: bool = False, baseline_compute: str | None = None,
+                 batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # qeval's own bars show progress; one bar per step
+        self.device = resolve_device(device)
+        choice = choose_dtype(variant.method, self.device, strict_dtype, baseline_compute)
+        dtype = getattr(torch, choice.compute)
+        qconfig = _quantization_config(variant, dtype)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model.path)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model.path, dtype=dtype, quantization_config=qconfig,
+                device_map={"": self.device},
+            )
+        except torch.OutOfMemoryError:
+            raise QevalInputError(
+                f"out of memory while loading {model.spec} as {variant.name} on {self.device}; "
+                "use a smaller variant, another device or free memory"
+            ) from None
+        self.model.eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        kernel = _kernel_summary(self.model)
+        notes = list(choice.notes)
+        if variant.method in (Method.int8, Method.nf4):
+            import logging
+
+            import bitsandbytes
+
+            # bitsandbytes logs one cast warning per matmul call; it is stated once in the notes.
+            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+            kernel += f" (bitsandbytes {bitsandbytes.__version__}, {self.device} backend)"
+            if variant.method == Method.int8 and self.device == "cpu":
+                notes.append("bitsandbytes LLM.int8 on CPU casts activations to float16 inside its matmul")
+        self.info = BackendInfo(
+            variant=variant.name, backend="hf", device=self.device,
+            requested_dtype=choice.requested, compute_dtype=choice.compute, kernel=kernel,
+            weight_bytes=_weight_bytes(self.model), versions=library_versions(), notes=tuple(notes),
+        )
+        self._check_quantized(variant, kernel)
+
+    def _check_quantized(self, variant: VariantSpec, kernel: str) -> None:
+        expected = {Method.int8: "Linear8bitLt", Method.nf4: "Linear4bit", Method.int8wo: "Int8"}
+        marker = expected.get(variant.method)
+        if marker and marker not in kernel:
+            raise RuntimeError(
+                f"variant {variant.name}: asked for {variant.method.value} but the loaded model has "
+                f"no {marker} layers ({kernel}); refusing to report it as quantized"
+            )
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      advance: Progress | None = None) -> list[float]:
+        import torch
+
+        # A job is one forward pass over `inputs`; it answers one or more requests. Requests with a
+        # one-token continuation after the same context share a job (letter answers: one pass per
+        # item instead of one per choice).
+        jobs: dict[tuple[int, ...], list[int]] = {}
+        order: list[tuple[tuple[int, ...], list[int]]] = []
+        for i, r in enumerate(requests):
+            if not r.context:
+                raise ValueError(f"item {r.sample_id}: empty context")
+            if len(r.continuation) == 1:
+                key = r.context
+                if key not in jobs:
+                    jobs[key] = []
+                    order.append((key, jobs[key]))
+                jobs[key].append(i)
+            else:
+                order.append((r.context + r.continuation[:-1], [i]))
+        # Longest first: equal-length neighbours waste little padding; order is deterministic.
+        order.sort(key=lambda job: -len(job[0]))
+        out = [0.0] * len(requests)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                width = len(batch[0][0])
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, (inputs, _) in enumerate(batch):
+                    ids[row, : len(inputs)] = torch.tensor(inputs)
+                    mask[row, : len(inputs)] = 1
+                logits = self.model(input_ids=ids.to(self.device),
+                                    attention_mask=mask.to(self.device)).logits
+                for row, (_, members) in enumerate(batch):
+                    for i in members:
+                        r = requests[i]
+                        first = len(r.context) - 1
+                        pos = torch.arange(first, first + len(r.continuation), device=logits.device)
+                        rows = torch.log_softmax(logits[row, pos].float(), dim=-1)
+                        target = torch.tensor(r.continuation, device=logits.device)
+                        lp = rows.gather(1, target[:, None]).sum().item()
+                        if lp != lp or lp in (float("inf"), float("-inf")):
+                            raise NonFiniteScores(
+                                f"{self.info.variant}: non-finite log-prob for item {r.sample_id} "
+                                f"choice {r.choice}; the model or its quantization is numerically broken"
+                            )
+                        out[i] = lp
+                if advance:
+                    advance(sum(len(m) for _, m in batch))
+        return out
+
+    def close(self) -> None:
+        import torch
+
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class HFFactory:
+    """Opens HF backends for one model; its identity goes into every record-store key."""
+
+    def __init__(self, model: ResolvedModel, *, device: str = "auto", strict_dtype: bool = False,
+                 batch_size: int = 16):
+        self.model = model
+        self.device = resolve_device(device)
+        self.strict_dtype = strict_dtype
+        self.batch_size = batch_size
+
+    def identity(self) -> dict:
+        return {"device": self.device, "versions": library_versions()}
+
+    def open(self, variant: VariantSpec, baseline_compute: str | None) -> HFBackend:
+        if variant.backend != "hf":
+            raise QevalInputError(f"variant {variant.name!r} needs the {variant.backend} backend")
+        return HFBackend(self.model, variant, device=self.device, strict_dtype=self.strict_dtype,
+                         baseline_compute=baseline_compute, batch_size=self.batch_size)

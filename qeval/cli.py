@@ -1,0 +1,167 @@
+"""`qeval` command line. Thin: parse flags into a RunConfig, call the pipeline, print, exit."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import QevalInputError
+from .types import EXIT_BAD_INPUT, EXIT_CODES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Is this quantized model safe to release instead of the full-precision one?")
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"qeval: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def compare(
+    model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
+    base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
+    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4 (see `qeval variants`).")] = "int8,int8wo,nf4",
+    suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
+    policy: Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")] = "default",
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to create (default: runs/<timestamp>).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    strict_dtype: Annotated[bool, typer.Option(help="Compute fp16/bf16 baselines in that dtype even on CPU (slow).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 16,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N items of each task (quick look; weaker statistics).")] = None,
+    reuse: Annotated[bool, typer.Option(help="Reuse stored records of identical earlier runs (baseline included).")] = True,
+    log_text: Annotated[bool, typer.Option(help="PHI opt-in: also write prompt text to the run directory.")] = False,
+    n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for confidence intervals.")] = 10_000,
+) -> None:
+    """Score baseline and candidates on identical prompts, pair per item, and gate.
+
+    Exit code: 0 GO, 1 NO_GO, 3 INCONCLUSIVE, 2 bad input.
+    """
+    console = Console()
+    started = time.perf_counter()
+    try:
+        from .config import RunConfig, check_roles, known_variants, parse_variant, policy_path, project_dir, suite_tasks
+        from .gate import GatePolicy
+        from .tasks import TaskRegistry, first_n
+
+        known = known_variants()
+        task_ids = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite)
+        cfg = RunConfig(
+            model=model, baseline=parse_variant(base, known),
+            candidates=tuple(parse_variant(c, known) for c in candidates.split(",") if c.strip()),
+            tasks=task_ids, policy=policy, device=device, strict_dtype=strict_dtype,
+            batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text, n_boot=n_boot,
+        )
+        check_roles(cfg)
+        gate_file = policy_path(policy)
+        gate_policy = GatePolicy.from_yaml(gate_file)
+        registry = TaskRegistry([project_dir("tasks")])
+        loaded = [first_n(registry.load(t), limit) for t in task_ids]
+        run_dir = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        if run_dir.exists():
+            raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
+
+        from .backends.hf import HFFactory, resolve_device
+        from .models import cache_dir, resolve_model
+        from .pipeline import run_compare
+        from .console import RichUI
+        from .report import print_summary, results_dict, write_run
+        from .runner import RecordStore
+
+        resolve_device(device)  # a GPU-only option fails before minutes of model preparation
+        ui = RichUI(console)
+        t_model = time.perf_counter()
+        resolved = resolve_model(model, progress=ui.status)
+        model_seconds = time.perf_counter() - t_model
+        factory = HFFactory(resolved, device=device, strict_dtype=strict_dtype, batch_size=batch_size)
+        res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
+                          model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui)
+        res.timings["model_preparation_s"] = model_seconds
+        results = results_dict(
+            res,
+            model={"spec": resolved.spec, "source": resolved.source, "fingerprint": resolved.fingerprint,
+                   "notes": list(resolved.notes)},
+            policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
+        )
+        res.timings["total_s"] = time.perf_counter() - started
+        write_run(run_dir, res, results, log_text=log_text)
+        print_summary(console, results, run_dir)
+        console.print(f"[dim]wall time {res.timings['total_s']:.1f} s[/]")
+        raise typer.Exit(EXIT_CODES[res.verdict.decision])
+    except QevalInputError as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        _fail(f"{exc.filename or exc}: file not found")
+
+
+@app.command("tasks")
+def list_tasks() -> None:
+    """List the tasks in tasks/ and the suites in configs/suites/."""
+    from .config import project_dir, suite_tasks
+    from .tasks import TaskRegistry
+
+    console = Console()
+    try:
+        reg = TaskRegistry([project_dir("tasks")])
+        for tid in reg.ids():
+            t = reg.load(tid)
+            console.print(f"{tid:24} v{t.spec.version}  {len(t.samples):4d} items  {t.spec.description}")
+        for p in sorted((project_dir("configs") / "suites").glob("*.yaml")):
+            console.print(f"suite {p.stem}: {', '.join(suite_tasks(p.stem))}")
+    except QevalInputError as exc:
+        _fail(str(exc))
+
+
+@app.command("variants")
+def list_variants() -> None:
+    """List the variants in configs/variants/ (usable as --base / --candidates)."""
+    from .config import known_variants
+
+    console = Console()
+    try:
+        for name, spec in sorted(known_variants().items()):
+            params = ",".join(f"{k}={v}" for k, v in spec.params.items())
+            console.print(f"{name:8} {params:22} {spec.description}", highlight=False)
+    except QevalInputError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def prepare(
+    model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
+) -> None:
+    """Materialise a model into the qeval cache and print its fingerprint."""
+    from .models import cache_dir, resolve_model
+
+    console = Console()
+    try:
+        r = resolve_model(model, progress=lambda m: console.print(f"[cyan]•[/] {m}"))
+    except QevalInputError as exc:
+        _fail(str(exc))
+    console.print(f"{r.spec}: {r.path}\nfingerprint {r.fingerprint}\ncache {cache_dir()}", highlight=False)
+    for n in r.notes:
+        console.print(f"note: {n}", highlight=False)
+
+
+def main() -> None:
+    # Quiet third-party chatter (PHI-safe: never echo inputs) without hiding our own errors.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Run configuration: configs/*.yaml + flags → a frozen RunConfig stored with every run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import QevalInputError
+from .models import DEFAULT_MODEL
+from .types import BASELINE_METHODS, VariantSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_dir(name: str) -> Path:
+    """tasks/ or configs/ of the qeval checkout (installed editable, as the README does)."""
+    return PROJECT_ROOT / name
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = DEFAULT_MODEL
+    baseline: VariantSpec
+    candidates: tuple[VariantSpec, ...]
+    tasks: tuple[str, ...]
+    policy: str = "default"
+    device: str = "auto"
+    strict_dtype: bool = False
+    batch_size: int = Field(16, ge=1)
+    limit: int | None = Field(None, ge=1)
+    reuse_records: bool = True
+    log_text: bool = False
+    seed: int = 20261122
+    n_boot: int = Field(10_000, ge=100)
+
+
+def _load_yaml_dir(directory: Path) -> dict[str, tuple[Path, dict]]:
+    out: dict[str, tuple[Path, dict]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise QevalInputError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        out[path.stem] = (path, data)
+    return out
+
+
+def known_variants() -> dict[str, VariantSpec]:
+    specs = {}
+    for name, (path, data) in _load_yaml_dir(project_dir("configs") / "variants").items():
+        try:
+            specs[name] = VariantSpec.model_validate({"name": name, **data})
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise QevalInputError(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    return specs
+
+
+def _coerce(value: str) -> str | int | float | bool:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> VariantSpec:
+    """`int8`, `nf4:double_quant=true` or a name from configs/variants/*.yaml."""
+    known = known_variants() if known is None else known
+    name, _, params_text = text.strip().partition(":")
+    if name not in known:
+        raise QevalInputError(
+            f"unknown variant {name!r}; choose from {', '.join(sorted(known))} "
+            "(or add configs/variants/<name>.yaml)"
+        )
+    base = known[name]
+    params = dict(base.params)
+    for part in filter(None, params_text.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
+        params[key.strip()] = _coerce(value.strip())
+    return base.model_copy(update={"name": text.strip(), "params": params})
+
+
+def suite_tasks(suite: str) -> tuple[str, ...]:
+    suites = _load_yaml_dir(project_dir("configs") / "suites")
+    if suite not in suites:
+        raise QevalInputError(f"unknown suite {suite!r}; choose from {', '.join(sorted(suites))}")
+    path, data = suites[suite]
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise QevalInputError(f"{path}: a suite needs `tasks:` with a list of task ids")
+    return tuple(tasks)
+
+
+def policy_path(policy: str) -> Path:
+    p = Path(policy)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise QevalInputError(f"gate policy file {p} does not exist")
+        return p
+    p = project_dir("configs") / "gates" / f"{policy}.yaml"
+    if not p.is_file():
+        raise QevalInputError(f"unknown gate policy {policy!r}; pass a YAML path or a name in configs/gates/")
+    return p
+
+
+def check_roles(cfg: RunConfig) -> None:
+    if cfg.baseline.method not in BASELINE_METHODS and cfg.baseline.backend != "fake":
+        raise QevalInputError(
+            f"--base {cfg.baseline.name!r} is a quantized variant; the baseline must be one of "
+            f"{', '.join(sorted(m.value for m in BASELINE_METHODS))}"
+        )
+    if not cfg.candidates:
+        raise QevalInputError("no candidates; pass --candidates int8,nf4 (see `qeval variants`)")
+    names = [c.name for c in cfg.candidates]
+    if len(set(names)) != len(names) or cfg.baseline.name in names:
+        raise QevalInputError("each variant may appear once; the baseline cannot also be a candidate")

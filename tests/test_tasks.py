@@ -1,0 +1,101 @@
+"""Task registry and the built-in clinical-core items; bad task files fail with one clear line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from qeval.config import project_dir, suite_tasks
+from qeval.errors import QevalInputError
+from qeval.runner import build_requests, render_prompt
+from qeval.tasks import TaskRegistry, first_n
+
+ITEM = """  - id: {id}
+    question: "Which is right?"
+    choices: ["one", "two", "three", "four"]
+    answer: {answer}
+    rationale: "Because."
+    risk: standard
+"""
+
+
+def _write_task(root: Path, items: str, extra: str = "") -> Path:
+    (root / "t" / "items").mkdir(parents=True, exist_ok=True)
+    (root / "t" / "items" / "a.yaml").write_text("area: testing\nitems:\n" + items)
+    (root / "t" / "t.yaml").write_text(
+        f"id: t\nkind: multiple_choice\nsource:\n  format: qeval_items\n  path: items\n{extra}")
+    return root
+
+
+def test_clinical_core_is_big_diverse_and_well_formed():
+    reg = TaskRegistry([project_dir("tasks")])
+    task = reg.load("clinical_core")
+    assert len(task.samples) >= 200
+    areas = Counter(s.category for s in task.samples)
+    assert len(areas) >= 10 and min(areas.values()) >= 10
+    assert len({s.id for s in task.samples}) == len(task.samples)
+    assert all(len(s.choices) in (4, 5) and s.rationale for s in task.samples)
+    assert any(s.risk.value == "high" for s in task.samples)
+    # The key is spread over positions, so a model that always says "A" sits near chance.
+    positions = Counter(s.target for s in task.samples)
+    assert max(positions.values()) / len(task.samples) < 0.3
+    cloze = reg.load("clinical_core_cloze")
+    assert [s.id for s in cloze.samples] == [s.id for s in task.samples]
+    assert set(suite_tasks("clinical-core")) == {"clinical_core", "clinical_core_cloze"}
+
+
+def test_prompts_render_identically_and_hash_stably():
+    task = first_n(TaskRegistry([project_dir("tasks")]).load("clinical_core"), 5)
+    tok = lambda text: list(text.encode())
+    a = build_requests(task, tok)
+    b = build_requests(task, tok)
+    assert [x.prompt_hash for x in a] == [x.prompt_hash for x in b]
+    assert len({x.prompt_hash for x in a}) == 5
+    ctx, conts = render_prompt(task.spec, task.samples[0])
+    assert task.samples[0].question in ctx and conts[0] == " A"
+
+
+def test_a_new_yaml_file_adds_a_task(tmp_path):
+    reg = TaskRegistry([_write_task(tmp_path, ITEM.format(id="x1", answer="B") + ITEM.format(id="x2", answer="D"))])
+    assert reg.ids() == ["t"]
+    task = reg.load("t")
+    assert [s.target for s in task.samples] == [1, 3]
+    assert task.samples[0].category == "testing"
+
+
+@pytest.mark.parametrize("items,extra,message", [
+    (ITEM.format(id="x1", answer="E"), "", "not among its choices"),
+    (ITEM.format(id="x1", answer="A") + ITEM.format(id="x1", answer="B"), "", "duplicate sample id 'x1'"),
+    (ITEM.format(id="x1", answer="A").replace("risk: standard", "risk: standard\n    colour: red"), "", "colour"),
+    (ITEM.format(id="x1", answer="A").replace('    rationale: "Because."\n', ""), "", "rationale"),
+    ("", "", "items"),
+    (ITEM.format(id="x1", answer="A"), "promt:\n  template: x\n", "promt"),
+    (ITEM.format(id="x1", answer="A"), "kind: essay\n", "kind"),
+])
+def test_bad_task_files_name_the_problem(tmp_path, items, extra, message):
+    root = _write_task(tmp_path, items, extra)
+    if "kind: essay" in extra:
+        (root / "t" / "t.yaml").write_text((root / "t" / "t.yaml").read_text().replace("kind: multiple_choice\n", ""))
+    with pytest.raises(QevalInputError, match=message):
+        TaskRegistry([root]).load("t")
+
+
+def test_empty_item_list_is_an_error(tmp_path):
+    root = _write_task(tmp_path, "")
+    (root / "t" / "items" / "a.yaml").write_text("area: testing\nitems: []\n")
+    with pytest.raises(QevalInputError, match="no items"):
+        TaskRegistry([root]).load("t")
+
+
+def test_broken_yaml_names_file_and_line(tmp_path):
+    root = _write_task(tmp_path, ITEM.format(id="x1", answer="A"))
+    (root / "t" / "items" / "a.yaml").write_text("area: testing\nitems:\n  - id: [unclosed\n")
+    with pytest.raises(QevalInputError, match=r"a\.yaml line \d+: not valid YAML"):
+        TaskRegistry([root]).load("t")
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(QevalInputError, match="clinical_core"):
+        TaskRegistry([project_dir("tasks")]).load("no_such_task")
