@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .backends.base import NonFiniteScores
+from .compare import PairingError, PromptMismatch
 from .errors import QevalInputError
 from .types import EXIT_BAD_INPUT, EXIT_CODES
 
@@ -97,7 +99,7 @@ def compare(
         print_summary(console, results, run_dir)
         console.print(f"[dim]wall time {res.timings['total_s']:.1f} s[/]")
         raise typer.Exit(EXIT_CODES[res.verdict.decision])
-    except QevalInputError as exc:
+    except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or exc}: file not found")

@@ -9,10 +9,17 @@ from qeval.config import RunConfig
 from qeval.types import Method, Risk, Sample, Task, TaskSpec, SourceSpec, VariantSpec
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
     # Tests never touch the user's cache; the materialised model is shared across one session.
-    monkeypatch.setenv("QEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "qeval-cache"))
+    # Session scope: module-scoped fixtures that run the CLI must see it too.
+    old = os.environ.get("QEVAL_CACHE")
+    os.environ["QEVAL_CACHE"] = str(tmp_path_factory.getbasetemp() / "qeval-cache")
+    yield
+    if old is None:
+        os.environ.pop("QEVAL_CACHE", None)
+    else:
+        os.environ["QEVAL_CACHE"] = old
 
 
 def make_task(n: int, n_choices: int = 4, task_id: str = "synthetic", high_every: int = 3) -> Task:
