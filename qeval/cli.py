@@ -138,6 +138,26 @@ def list_variants() -> None:
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `qeval compare`.")],
+) -> None:
+    """Print the verdict table of an earlier run; exits with that run's exit code."""
+    import json
+
+    from .report import RESULTS_SCHEMA, print_summary
+
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        _fail(f"{path}: cannot read results ({getattr(exc, 'strerror', None) or exc}); pass a run directory")
+    if results.get("schema") != RESULTS_SCHEMA:
+        _fail(f"{path}: schema {results.get('schema')!r} is not {RESULTS_SCHEMA!r}; use the qeval that wrote it")
+    print_summary(Console(), results, run_dir)
+    raise typer.Exit(results["exit_code"])
+
+
+@app.command()
 def prepare(
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
 ) -> None:

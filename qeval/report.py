@@ -59,8 +59,11 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for run in [res.baseline, *res.candidates]:
+        folder = tmp / "records" / _safe(run.spec.name)
         for task_id, recs in run.records.items():
-            write_jsonl(tmp / "records" / _safe(run.spec.name) / f"{task_id}.jsonl", recs)
+            write_jsonl(folder / f"{task_id}.jsonl", recs)
+        # What actually ran (device, dtypes, kernels), beside the records it produced.
+        atomic_write_text(folder / "backend.json", run.info.model_dump_json(indent=1) + "\n")
     atomic_write_text(tmp / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
     atomic_write_text(tmp / "timings.json", json.dumps({
         **res.timings,

@@ -60,7 +60,7 @@ def test_gpu_only_option_without_gpu(tmp_path):
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
 
 
-@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"]])
+@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"]])
 def test_every_command_has_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
@@ -71,3 +71,8 @@ def test_tasks_and_variants_list(tmp_path):
     assert res.exit_code == 0 and "clinical_core" in res.output and "suite clinical-core" in res.output
     res = runner.invoke(app, ["variants"])
     assert res.exit_code == 0 and all(v in res.output for v in ["fp16", "int8", "int8wo", "nf4"])
+
+
+def test_report_of_a_missing_run_is_bad_input(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "cannot read results" in res.stderr

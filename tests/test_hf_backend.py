@@ -112,3 +112,13 @@ def test_gpu_only_device_on_cpu_machine_is_bad_input(tiny_model_dir):
         pytest.skip("a GPU is present")
     with pytest.raises(QevalInputError, match="no CUDA GPU"):
         HFFactory(resolve_model(str(tiny_model_dir)), device="cuda")
+
+
+def test_nan_log_probs_are_refused_with_the_item_id(tiny_model_dir):
+    from qeval.backends.base import NonFiniteScores
+
+    backend = HFBackend(resolve_model(str(tiny_model_dir)), VariantSpec(name="fp32", method=Method.fp32), device="cpu")
+    with torch.no_grad():
+        backend.model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteScores, match=r"non-finite log-prob for item s\d choice \d"):
+        backend.loglikelihood(_requests(backend))

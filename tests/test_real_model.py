@@ -71,6 +71,11 @@ def test_compare_prints_a_verdict_and_writes_results(first_run):
         assert all(r["decision"] == "INCONCLUSIVE" for r in acc_rule)
         assert letter["verdict"] != "GO"
     assert (out / "report.md").read_text().count("| clinical_core |") == 2
+    info = json.loads((out / "records" / "nf4" / "backend.json").read_text())
+    assert info["device"] == "cpu" and "Linear4bit" in info["kernel"]
+    # `qeval report` re-prints the verdict from the run directory alone.
+    shown = _qeval("report", str(out))
+    assert shown.returncode == results["exit_code"] and f"Verdict: {results['verdict']}" in shown.stdout
 
 
 def test_no_prompt_text_in_the_run_directory(first_run):
