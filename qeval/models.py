@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import QevalInputError
+from .fileio import atomic_write_text
 
 MATERIALISE_RECIPE = 1  # bump when the GGUF → HF conversion changes
 
@@ -91,15 +92,8 @@ def fingerprint_dir(directory: Path) -> str:
             changed = True
         h.update(f.name.encode() + b"\0" + memo[key].encode())
     if changed:
-        _atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True))
+        atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True))
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def alias_gguf_path(alias: Alias) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from . import compare as cmp
@@ -111,7 +110,3 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
                **{f"variant_{v.spec.name}_s": v.seconds for v in [base, *cands]}}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings)
-
-
-def default_runs_dir() -> Path:
-    return Path("runs")

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from . import __version__
 from .pipeline import CompareResult
-from .runner import atomic_write_text, write_jsonl
+from .fileio import atomic_write_text
+from .runner import write_jsonl
 from .types import EXIT_CODES, Decision, TaskComparison
 
 RESULTS_SCHEMA = "qeval.results/1"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .backends.base import Backend, LoglikelihoodRequest
 from .errors import QevalInputError
+from .fileio import atomic_write_text
 from .types import BackendInfo, ItemRecord, RECORD_SCHEMA, Sample, Task, TaskSpec, VariantSpec
 
 
@@ -147,13 +147,6 @@ class RecordStore:
         rec_path, info_path = self._paths(key)
         write_jsonl(rec_path, records)
         atomic_write_text(info_path, info.model_dump_json(indent=1))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_jsonl(path: Path, records: Sequence[ItemRecord]) -> None:

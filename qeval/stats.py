@@ -55,17 +55,9 @@ def paired_bootstrap_ci(
     c = np.asarray(cand, dtype=np.float64)
     if b.shape != c.shape or b.ndim != 1 or b.size == 0:
         raise ValueError("paired bootstrap needs two non-empty vectors of equal length")
-    d = c - b
-    est = float(d.mean())
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    means = d[idx].mean(axis=1)
-    alpha = 1.0 - level
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return Interval(
-        estimate=est, low=float(low), high=float(high), level=level,
-        method=f"paired bootstrap, {n_boot} resamples, percentile",
-    )
+    # Resampling the per-item differences keeps each item's pair together.
+    ci = bootstrap_mean_ci(c - b, level=level, n_boot=n_boot, seed=seed)
+    return ci.model_copy(update={"method": f"paired bootstrap, {n_boot} resamples, percentile"})
 
 
 def bootstrap_mean_ci(

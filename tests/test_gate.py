@@ -11,7 +11,7 @@ from qeval.backends.fake import FakeFactory
 from qeval.compare import PromptMismatch, compare_task
 from qeval.config import project_dir
 from qeval.console import QuietUI
-from qeval.gate import GatePolicy, TaskRules, judge, worst
+from qeval.gate import GatePolicy, TaskRules, worst
 from qeval.pipeline import run_compare
 from qeval.runner import RecordStore
 from qeval.types import Decision

@@ -8,6 +8,7 @@ happen.
 from __future__ import annotations
 
 import gc
+import math
 import importlib.metadata
 from collections import Counter
 from collections.abc import Sequence
@@ -235,7 +236,7 @@ class HFBackend:
                         rows = torch.log_softmax(logits[row, pos].float(), dim=-1)
                         target = torch.tensor(r.continuation, device=logits.device)
                         lp = rows.gather(1, target[:, None]).sum().item()
-                        if lp != lp or lp in (float("inf"), float("-inf")):
+                        if not math.isfinite(lp):
                             raise NonFiniteScores(
                                 f"{self.info.variant}: non-finite log-prob for item {r.sample_id} "
                                 f"choice {r.choice}; the model or its quantization is numerically broken"
