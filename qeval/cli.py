@@ -43,6 +43,7 @@ def compare(
     reuse: Annotated[bool, typer.Option(help="Reuse stored records of identical earlier runs (baseline included).")] = True,
     log_text: Annotated[bool, typer.Option(help="PHI opt-in: also write prompt text to the run directory.")] = False,
     n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for confidence intervals.")] = 10_000,
+    noise_floor: Annotated[Optional[str], typer.Option(help="Also score the baseline along another numeric path (batch1: one sequence per pass; bf16: bfloat16) and report and gate against that floor.")] = None,
 ) -> None:
     """Score baseline and candidates on identical prompts, pair per item, and gate.
 
@@ -62,6 +63,7 @@ def compare(
             candidates=tuple(parse_variant(c, known) for c in candidates.split(",") if c.strip()),
             tasks=task_ids, policy=policy, device=device, strict_dtype=strict_dtype,
             batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text, n_boot=n_boot,
+            noise_floor=_noise_path(noise_floor),
         )
         check_roles(cfg)
         gate_file = policy_path(policy)
@@ -85,8 +87,11 @@ def compare(
         resolved = resolve_model(model, progress=ui.status)
         model_seconds = time.perf_counter() - t_model
         factory = HFFactory(resolved, device=device, strict_dtype=strict_dtype, batch_size=batch_size)
+        from .power import discordance_history
+
         res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
-                          model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui)
+                          model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
+                          history=discordance_history(run_dir.parent))
         res.timings["model_preparation_s"] = model_seconds
         results = results_dict(
             res,
@@ -103,6 +108,48 @@ def compare(
         _fail(str(exc))
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or exc}: file not found")
+
+
+def _noise_path(value: str | None) -> str | None:
+    from .backends.hf import NUMERIC_PATHS
+
+    if value is None or value in NUMERIC_PATHS:
+        return value
+    raise QevalInputError(f"--noise-floor {value!r}: choose {' or '.join(NUMERIC_PATHS)}")
+
+
+@app.command()
+def power(
+    suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
+    policy: Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")] = "default",
+    candidates: Annotated[str, typer.Option(help="Candidates to look up in earlier runs.")] = "int8,int8wo,nf4",
+    discordance: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Assume this share of items flips either way (default: earlier runs, else the policy's).")] = None,
+    runs: Annotated[Path, typer.Option(help="Directory of earlier runs to read discordance from.")] = Path("runs"),
+    limit: Annotated[Optional[int], typer.Option(min=1, help="As `compare --limit`: only the first N items.")] = None,
+) -> None:
+    """Print the smallest accuracy drop each task can detect, and the items a margin needs."""
+    from .config import policy_path, project_dir, suite_tasks
+    from .console import RichUI
+    from .gate import GatePolicy
+    from .power import discordance_history, power_table
+    from .tasks import TaskRegistry, first_n
+
+    console = Console()
+    try:
+        task_ids = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite)
+        gate_policy = GatePolicy.from_yaml(policy_path(policy))
+        registry = TaskRegistry([project_dir("tasks")])
+        loaded = [first_n(registry.load(t), limit) for t in task_ids]
+        if discordance is not None:
+            gate_policy = gate_policy.model_copy(update={"assumed_discordance": max(discordance, 1e-9)})
+            history = {}
+        else:
+            history = discordance_history(runs)
+        names = [c.strip() for c in candidates.split(",") if c.strip()]
+        RichUI(console).power(power_table(loaded, names, gate_policy, history))
+    except QevalInputError as exc:
+        _fail(str(exc))
 
 
 @app.command("tasks")

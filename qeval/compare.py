@@ -7,12 +7,14 @@ to run when the two sides did not score byte-identical prompts (different prompt
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from . import stats
-from .types import CategoryBreakdown, ItemRecord, Risk, TaskComparison
+from .types import (
+    CategoryBreakdown, ItemRecord, PairedItems, Risk, RiskBreakdown, Task, TaskComparison,
+)
 
 
 class PromptMismatch(ValueError):
@@ -57,45 +59,97 @@ def compare_task(
     candidate: Sequence[ItemRecord],
     *,
     chance: Sequence[float] | None = None,
+    clusters: Mapping[str, str] | None = None,
+    cluster_by: str | None = None,
     n_boot: int = stats.DEFAULT_BOOTSTRAP,
     seed: int = stats.DEFAULT_SEED,
 ) -> TaskComparison:
+    """`clusters` maps sample id → cluster label (from the task's `cluster_by` field); with it,
+    intervals account for items that share a source."""
     pairs = pair_records(baseline, candidate)
-    b_ok = np.array([b.correct for b, _ in pairs], dtype=float)
-    c_ok = np.array([c.correct for _, c in pairs], dtype=float)
+    ids = [b.sample_id for b, _ in pairs]
+    b_ok = np.array([b.correct for b, _ in pairs], dtype=bool)
+    c_ok = np.array([c.correct for _, c in pairs], dtype=bool)
     kls = np.array([stats.choice_kl(b.choice_scores, c.choice_scores) for b, c in pairs])
-    agree = sum(b.prediction == c.prediction for b, c in pairs)
-    down = [b.sample_id for b, c in pairs if b.correct and not c.correct]
-    up = [b.sample_id for b, c in pairs if c.correct and not b.correct]
+    agree = np.array([b.prediction == c.prediction for b, c in pairs], dtype=bool)
+    high = np.array([b.risk == Risk.high for b, _ in pairs], dtype=bool)
+    down, up = int(np.sum(b_ok & ~c_ok)), int(np.sum(c_ok & ~b_ok))
+    n = len(pairs)
     if chance is None:
         chance_per_item = [1.0 / len(b.choice_scores) for b, _ in pairs]
     else:
-        if len(chance) != len(pairs):
+        if len(chance) != n:
             raise ValueError("one chance level per paired item is needed")
         chance_per_item = list(chance)
-    high = {b.sample_id for b, _ in pairs if b.risk == Risk.high}
+    labels = None
+    if clusters is not None:
+        missing = [sid for sid in ids if sid not in clusters]
+        if missing:
+            raise PairingError(f"item {missing[0]!r} has no cluster label; every item needs one")
+        labels = tuple(clusters[sid] for sid in ids)
+    diff = c_ok.astype(float) - b_ok.astype(float)
+    deff = stats.design_effect(diff, labels)
+    items = PairedItems(
+        sample_ids=tuple(ids), baseline_correct=tuple(bool(x) for x in b_ok),
+        candidate_correct=tuple(bool(x) for x in c_ok), choice_kl=tuple(float(k) for k in kls),
+        agree=tuple(bool(x) for x in agree), high_risk=tuple(bool(x) for x in high), clusters=labels,
+    )
     return TaskComparison(
         task=pairs[0][0].task,
         candidate=pairs[0][1].variant,
-        n=len(pairs),
+        n=n,
         baseline_accuracy=float(b_ok.mean()),
         candidate_accuracy=float(c_ok.mean()),
-        delta=stats.paired_bootstrap_ci(b_ok, c_ok, n_boot=n_boot, seed=seed),
-        flips_correct_to_wrong=len(down),
-        flips_wrong_to_correct=len(up),
-        mcnemar_p=stats.mcnemar_exact(len(down), len(up)),
-        choice_kl_mean=stats.bootstrap_mean_ci(kls, n_boot=n_boot, seed=seed),
+        delta=stats.paired_difference_ci(up, down, n, design_effect=deff),
+        flips_correct_to_wrong=down,
+        flips_wrong_to_correct=up,
+        discordance=(up + down) / n,
+        mcnemar_p=stats.mcnemar_exact(down, up),
+        choice_kl_mean=stats.bootstrap_mean_ci(kls, n_boot=n_boot, seed=seed, clusters=labels),
+        choice_kl_p95=stats.quantile_ci(kls, 0.95),
         choice_kl_p99=float(np.quantile(kls, 0.99)),
         choice_kl_max=float(kls.max()),
-        top1_agreement=stats.wilson_interval(agree, len(pairs)),
+        top1_agreement=stats.wilson_interval(
+            int(agree.sum()), n, design_effect=stats.design_effect(agree.astype(float), labels)),
         baseline_chance=float(np.mean(chance_per_item)),
-        baseline_above_chance_p=stats.above_chance_p(
-            [b.correct for b, _ in pairs], chance_per_item
-        ),
-        high_risk_n=len(high),
-        high_risk_flips=tuple(sid for sid in down if sid in high),
+        baseline_above_chance_p=stats.above_chance_p(list(b_ok), chance_per_item),
+        cluster_by=cluster_by if labels is not None else None,
+        n_clusters=len(set(labels)) if labels is not None else None,
+        design_effect=deff,
+        high_risk=risk_breakdown(items),
         categories=_by_category(pairs),
+        items=items,
     )
+
+
+def risk_breakdown(items: PairedItems) -> RiskBreakdown:
+    idx = [i for i, h in enumerate(items.high_risk) if h]
+    b = [items.baseline_correct[i] for i in idx]
+    c = [items.candidate_correct[i] for i in idx]
+    return RiskBreakdown(
+        n=len(idx),
+        baseline_accuracy=sum(b) / len(idx) if idx else None,
+        candidate_accuracy=sum(c) / len(idx) if idx else None,
+        correct_to_wrong=tuple(items.sample_ids[i] for i in idx
+                               if items.baseline_correct[i] and not items.candidate_correct[i]),
+        wrong_to_correct=tuple(items.sample_ids[i] for i in idx
+                               if items.candidate_correct[i] and not items.baseline_correct[i]),
+    )
+
+
+def task_clusters(task: Task) -> dict[str, str] | None:
+    """sample id → cluster label for a task that declares `cluster_by`, else None."""
+    field = task.spec.cluster_by
+    if field is None:
+        return None
+    out = {}
+    for s in task.samples:
+        label = getattr(s, field)
+        if label is None:
+            raise PairingError(f"task {task.spec.id}: item {s.id} has no {field!r} but the task "
+                               f"declares cluster_by: {field}; give every item one")
+        out[s.id] = label
+    return out
 
 
 def _by_category(pairs: list[tuple[ItemRecord, ItemRecord]]) -> tuple[CategoryBreakdown, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +36,16 @@ class RunConfig(BaseModel):
     log_text: bool = False
     seed: int = 20261122
     n_boot: int = Field(10_000, ge=100)
+    # Score the baseline a second time along another numeric path and report/gate on that floor.
+    noise_floor: Literal["batch1", "bf16"] | None = None
+
+
+def floor_replica(baseline: VariantSpec, path: str) -> VariantSpec:
+    """The baseline recomputed along another numeric path: same weights, same prompts."""
+    return baseline.model_copy(update={
+        "name": f"{baseline.name}@{path}", "params": {**baseline.params, "numeric_path": path},
+        "description": f"noise-floor replica of {baseline.name} ({path})",
+    })
 
 
 def _load_yaml_dir(directory: Path) -> dict[str, tuple[Path, dict]]:

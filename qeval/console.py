@@ -25,8 +25,28 @@ class RichUI:
             yield lambda n=1: progress.advance(task, n)
 
 
+    def power(self, rows) -> None:
+        from rich.table import Table
+
+        table = Table(title="Before scoring: smallest accuracy drop each task can detect "
+                      "(paired, power and α from the policy)", title_justify="left")
+        for col in ("task", "candidate", "n", "discordance", "from", "detectable drop", "margin", ""):
+            table.add_column(col, overflow="fold",
+                             justify="right" if col in ("n", "discordance", "detectable drop", "margin") else "left")
+        for r in rows:
+            flag = (f"[yellow]underpowered: needs ≈{r.n_needed} items[/]" if r.underpowered
+                    else "[green]ok[/]" if r.margin is not None else "")
+            table.add_row(r.task, r.candidate or "all", str(r.n), f"{100 * r.discordance:.1f}%",
+                          r.discordance_source, f"{100 * r.mde:.1f} pp",
+                          "—" if r.margin is None else f"{100 * r.margin:.1f} pp", flag)
+        self.console.print(table)
+
+
 class QuietUI:
     def status(self, message: str) -> None:
+        pass
+
+    def power(self, rows) -> None:
         pass
 
     @contextmanager

@@ -1,20 +1,33 @@
 """Turn comparisons into GO / NO_GO / INCONCLUSIVE with reasons in plain words.
 
-Pure: a GatePolicy and TaskComparisons in, a Verdict out. Every rule answers with one of the three
-decisions; a task is NO_GO when any rule says NO_GO, GO only when every rule says GO, and
-INCONCLUSIVE otherwise. A candidate takes the worst of its tasks; the run takes the worst of its
-candidates, so a CI gate that lists several candidates fails when any of them fails.
+Pure: a GatePolicy, TaskComparisons (and optional noise floors) in, a Verdict out.
+
+Every interval rule is a non-inferiority test with two one-sided bounds:
+- GO needs the favourable bound inside the limit (e.g. the lower bound of Δaccuracy above −margin)
+  at one-sided α/2 (the end of the two-sided (1 − α) interval);
+- NO_GO needs the unfavourable bound beyond the limit (the upper bound of Δaccuracy below −margin),
+  at one-sided α/2 divided by the number of such tests for the candidate (Bonferroni), so that
+  running many tasks and rules does not manufacture a NO_GO from noise;
+- anything else is INCONCLUSIVE: the data cannot tell.
+A task is NO_GO if any rule is NO_GO, GO only if every rule is GO. A candidate is GO only when all
+of its tasks are GO: an intersection–union test, whose false-GO rate stays at α/2 without any
+correction however many tasks there are. The run takes its worst candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .types import Decision, RuleResult, TaskComparison, TaskVerdict, Verdict
+from . import stats
+from .errors import QevalInputError
+from .types import Decision, PairedItems, RuleResult, TaskComparison, TaskVerdict, Verdict
 
 _SEVERITY = {Decision.GO: 0, Decision.INCONCLUSIVE: 1, Decision.NO_GO: 2}
 
@@ -26,24 +39,34 @@ def worst(decisions: Sequence[Decision]) -> Decision:
 
 
 class TaskRules(BaseModel):
-    """Thresholds for one task. Unset (null) limits are not checked."""
+    """Limits for one task. Unset (null) limits are not checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_items: int = Field(30, ge=1, description="fewer paired items than this: INCONCLUSIVE")
-    # Non-inferiority on accuracy: GO needs the CI's lower bound of Δ above -margin; NO_GO when
-    # the CI's upper bound lies below -margin (the candidate is surely worse by more than margin).
-    accuracy_margin: float | None = Field(0.05, ge=0)
+    # Largest acceptable accuracy loss (candidate − baseline), as a fraction.
+    accuracy_margin: float | None = Field(0.05, ge=0, le=1)
+    # The same non-inferiority test restricted to risk: high items.
+    high_risk_accuracy_margin: float | None = Field(None, ge=0, le=1)
     # Accuracy rules only speak when the baseline is significantly above guessing at this level.
     chance_alpha: float = Field(0.05, gt=0, lt=1)
-    # Label-free limits: mean choice-KL (nats) and top-1 agreement, judged on their 95% CIs.
+    # Label-free limits: mean and 95th-percentile choice-KL (nats), share of items whose top-1
+    # answer changes.
     max_choice_kl_mean: float | None = Field(0.05, ge=0)
-    min_top1_agreement: float | None = Field(0.90, ge=0, le=1)
-    # Hard limit, no interval: correct→wrong flips on risk: high items (only counted when the
-    # baseline is above chance, since flips of a guessing model are noise).
+    max_choice_kl_p95: float | None = Field(0.25, ge=0)
+    max_top1_disagreement: float | None = Field(0.10, ge=0, le=1)
+    # Hard limit, no interval: correct→wrong flips on risk: high items.
     max_high_risk_flips: int | None = Field(None, ge=0)
     # Without accuracy evidence the task cannot be GO on label-free rules alone.
     require_accuracy_evidence: bool = True
+    # With a measured noise floor, a NO_GO needs an effect larger than numerics alone produce.
+    require_above_noise_floor: bool = True
+
+    def interval_rules(self) -> int:
+        """How many rules here can say NO_GO from an interval (the Bonferroni family size)."""
+        limits = (self.accuracy_margin, self.high_risk_accuracy_margin, self.max_choice_kl_mean,
+                  self.max_choice_kl_p95, self.max_top1_disagreement)
+        return sum(x is not None for x in limits)
 
 
 class GatePolicy(BaseModel):
@@ -51,6 +74,15 @@ class GatePolicy(BaseModel):
 
     name: str = "default"
     description: str = ""
+    # Two-sided error rate of every interval; GO and NO_GO each use a one-sided α/2 bound.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Power and assumed discordance for the minimum-detectable-drop table printed before a run.
+    power: float = Field(0.8, gt=0, lt=1)
+    assumed_discordance: float = Field(0.10, gt=0, le=1)
+    # How per-task verdicts combine. Only one rule is offered, stated in every report.
+    combine: Literal["all_must_pass"] = "all_must_pass"
+    # Multiplicity correction of NO_GO bounds across a candidate's task × rule tests.
+    nogo_correction: Literal["bonferroni", "none"] = "bonferroni"
     defaults: TaskRules = TaskRules()
     tasks: dict[str, TaskRules] = Field(default_factory=dict)
 
@@ -59,18 +91,96 @@ class GatePolicy(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: Path) -> GatePolicy:
-        data = yaml.safe_load(path.read_text()) or {}
+        """Load a policy file; any problem is one QevalInputError line naming the field."""
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise QevalInputError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise QevalInputError(f"{path}: a gate policy must be a mapping of fields")
         # A per-task block overrides only what it names.
         defaults = data.get("defaults", {}) or {}
         tasks = {k: {**defaults, **(v or {})} for k, v in (data.get("tasks") or {}).items()}
-        return cls.model_validate({**data, "tasks": tasks})
+        try:
+            return cls.model_validate({**data, "tasks": tasks})
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(map(str, e["loc"]))
+            raise QevalInputError(f"{path}: {where}: {e['msg']} (see configs/gates/default.yaml "
+                                  "for the fields)") from None
 
 
-def _fmt(x: float) -> str:
-    return f"{x:+.3f}" if x else "0.000"
+def _pp(x: float) -> str:
+    return f"{100 * x:+.1f} pp"
 
 
-def judge_task(c: TaskComparison, rules: TaskRules) -> TaskVerdict:
+def _level(alpha: float) -> str:
+    return f"{100 * (1 - alpha):.4g}%"
+
+
+def _subset(items: PairedItems, mask: Sequence[bool]) -> tuple[int, int, int, float]:
+    """(up, down, n, design effect) over the items selected by mask."""
+    idx = [i for i, m in enumerate(mask) if m]
+    b = np.array([items.baseline_correct[i] for i in idx], dtype=float)
+    c = np.array([items.candidate_correct[i] for i in idx], dtype=float)
+    labels = [items.clusters[i] for i in idx] if items.clusters is not None else None
+    deff = stats.design_effect(c - b, labels) if idx else 1.0
+    return int(np.sum(c > b)), int(np.sum(b > c)), len(idx), deff
+
+
+def _accuracy_rule(name: str, what: str, up: int, down: int, n: int, deff: float, margin: float,
+                   go_alpha: float, nogo_alpha: float, floor_disc: float | None) -> RuleResult:
+    u, d, m = up / deff, down / deff, n / deff
+    est = (up - down) / n
+    lo = stats.tango_bound(u, d, m, alpha=go_alpha, side="lower")
+    hi = stats.tango_bound(u, d, m, alpha=nogo_alpha, side="upper")
+    facts = (f"{what}: Δaccuracy {_pp(est)} on {n} items ({down} correct→wrong, {up} wrong→correct"
+             + (f", design effect {deff:.2f}" if deff > 1 else "") + ")")
+    if lo > -margin:
+        return RuleResult(rule=name, decision=Decision.GO, reason=(
+            f"{facts}; the {_level(go_alpha)} lower bound {_pp(lo)} is above −{100 * margin:.1f} pp: "
+            "non-inferior"))
+    if hi < -margin:
+        if floor_disc is not None and (up + down) / n <= floor_disc:
+            return RuleResult(rule=name, decision=Decision.INCONCLUSIVE, reason=(
+                f"{facts}; worse than −{100 * margin:.1f} pp, but its discordance "
+                f"{100 * (up + down) / n:.1f}% is within the noise floor's {100 * floor_disc:.1f}%"))
+        return RuleResult(rule=name, decision=Decision.NO_GO, reason=(
+            f"{facts}; even the {_level(nogo_alpha)} upper bound {_pp(hi)} is below "
+            f"−{100 * margin:.1f} pp: the candidate loses more than the margin"))
+    return RuleResult(rule=name, decision=Decision.INCONCLUSIVE, reason=(
+        f"{facts}; the bounds {_pp(lo)} ({_level(go_alpha)} lower) and {_pp(hi)} "
+        f"({_level(nogo_alpha)} upper) straddle −{100 * margin:.1f} pp: more items are needed"))
+
+
+def _upper_limit_rule(name: str, what: str, unit: str, est: float, go_bound: float,
+                      nogo_bound: float, limit: float, go_alpha: float, nogo_alpha: float,
+                      floor: float | None) -> RuleResult:
+    """A label-free metric that must stay at or below `limit` (KL, disagreement)."""
+    facts = f"{what} {est:.4g}{unit}"
+    if go_bound <= limit:
+        return RuleResult(rule=name, decision=Decision.GO, reason=(
+            f"{facts}; its {_level(go_alpha)} upper bound {go_bound:.4g} is within the limit {limit:g}"))
+    if nogo_bound > limit:
+        if floor is not None and nogo_bound <= floor:
+            return RuleResult(rule=name, decision=Decision.INCONCLUSIVE, reason=(
+                f"{facts} is above the limit {limit:g} but not above the noise floor "
+                f"({floor:.4g}): numerics alone move it this much"))
+        return RuleResult(rule=name, decision=Decision.NO_GO, reason=(
+            f"{facts}; even its {_level(nogo_alpha)} lower bound {nogo_bound:.4g} exceeds the "
+            f"limit {limit:g}"))
+    bound_text = "unbounded" if math.isinf(go_bound) else f"{go_bound:.4g}"
+    return RuleResult(rule=name, decision=Decision.INCONCLUSIVE, reason=(
+        f"{facts}; the bounds {nogo_bound:.4g} ({_level(nogo_alpha)} lower) and {bound_text} "
+        f"({_level(go_alpha)} upper) straddle the limit {limit:g}"))
+
+
+def judge_task(c: TaskComparison, rules: TaskRules, *, go_alpha: float = 0.025,
+               nogo_alpha: float = 0.025, floor: TaskComparison | None = None,
+               n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> TaskVerdict:
+    """go_alpha / nogo_alpha: one-sided error rates of the GO and NO_GO bounds."""
+    it = c.items
+    use_floor = floor if rules.require_above_noise_floor else None
     results: list[RuleResult] = []
     if c.n < rules.min_items:
         results.append(RuleResult(
@@ -79,70 +189,90 @@ def judge_task(c: TaskComparison, rules: TaskRules) -> TaskVerdict:
         ))
 
     above_chance = c.baseline_above_chance_p < rules.chance_alpha
-    accuracy_shown_non_inferior = False
+    chance_reason = (
+        f"baseline accuracy {100 * c.baseline_accuracy:.1f}% is not significantly above chance "
+        f"({100 * c.baseline_chance:.1f}%, one-sided exact p = {c.baseline_above_chance_p:.2g}): "
+        "accuracy cannot show damage or safety on this task")
+    accuracy_go = False
     if rules.accuracy_margin is not None:
-        m = rules.accuracy_margin
-        d = c.delta
-        ci = f"Δaccuracy {_fmt(d.estimate)} (95% CI {d.low:+.3f} to {d.high:+.3f})"
         if not above_chance:
-            dec, why = Decision.INCONCLUSIVE, (
-                f"baseline accuracy {c.baseline_accuracy:.3f} is not significantly above chance "
-                f"({c.baseline_chance:.3f}, p={c.baseline_above_chance_p:.2g}): accuracy cannot "
-                "show damage on this task"
-            )
-        elif d.low > -m:
-            dec, why = Decision.GO, f"{ci}: non-inferior within margin {m:.3f}"
-        elif d.high < -m:
-            dec, why = Decision.NO_GO, f"{ci}: worse than the baseline by more than {m:.3f}"
+            r = RuleResult(rule="accuracy_non_inferiority", decision=Decision.INCONCLUSIVE,
+                           reason=chance_reason)
         else:
-            dec, why = Decision.INCONCLUSIVE, (
-                f"{ci}: the interval straddles -{m:.3f}; more items are needed to decide"
-            )
-        accuracy_shown_non_inferior = dec == Decision.GO
-        results.append(RuleResult(rule="accuracy_non_inferiority", decision=dec, reason=why))
+            r = _accuracy_rule(
+                "accuracy_non_inferiority", "all items", c.flips_wrong_to_correct,
+                c.flips_correct_to_wrong, c.n, c.design_effect, rules.accuracy_margin, go_alpha,
+                nogo_alpha, use_floor.discordance if use_floor else None)
+        accuracy_go = r.decision == Decision.GO
+        results.append(r)
+
+    if rules.high_risk_accuracy_margin is not None:
+        up, down, n, deff = _subset(it, it.high_risk)
+        if n == 0:
+            r = RuleResult(rule="high_risk_non_inferiority", decision=Decision.INCONCLUSIVE,
+                           reason="the policy sets a high-risk margin but no item is risk: high")
+        elif not above_chance:
+            r = RuleResult(rule="high_risk_non_inferiority", decision=Decision.INCONCLUSIVE,
+                           reason=chance_reason)
+        else:
+            r = _accuracy_rule("high_risk_non_inferiority", "risk: high items", up, down, n, deff,
+                               rules.high_risk_accuracy_margin, go_alpha, nogo_alpha, None)
+        results.append(r)
 
     if rules.max_high_risk_flips is not None:
-        flips = len(c.high_risk_flips)
+        flips = c.high_risk.correct_to_wrong
+        listed = f": {', '.join(flips)}" if flips else ""
         if not above_chance:
-            dec, why = Decision.INCONCLUSIVE, "baseline at chance: high-risk flips are noise here"
-        elif flips > rules.max_high_risk_flips:
+            dec, why = Decision.INCONCLUSIVE, (
+                f"{len(flips)} high-risk correct→wrong flips{listed}; but the baseline is at "
+                "chance, so its 'correct' answers are guesses and their flips are noise")
+        elif len(flips) > rules.max_high_risk_flips:
             dec, why = Decision.NO_GO, (
-                f"{flips} high-risk items flipped correct→wrong (limit "
-                f"{rules.max_high_risk_flips}): {', '.join(c.high_risk_flips)}"
-            )
+                f"{len(flips)} high-risk items flipped correct→wrong (limit "
+                f"{rules.max_high_risk_flips}){listed}")
         else:
             dec, why = Decision.GO, (
-                f"{flips} high-risk correct→wrong flips of {c.high_risk_n} high-risk items "
-                f"(limit {rules.max_high_risk_flips})"
-            )
+                f"{len(flips)} high-risk correct→wrong flips of {c.high_risk.n} high-risk items "
+                f"(limit {rules.max_high_risk_flips}){listed}")
         results.append(RuleResult(rule="high_risk_flips", decision=dec, reason=why))
 
+    kl = np.asarray(it.choice_kl)
     if rules.max_choice_kl_mean is not None:
-        k, lim = c.choice_kl_mean, rules.max_choice_kl_mean
-        ci = f"mean choice-KL {k.estimate:.4f} nats (95% CI {k.low:.4f} to {k.high:.4f})"
-        if k.high <= lim:
-            dec, why = Decision.GO, f"{ci} within limit {lim}"
-        elif k.low > lim:
-            dec, why = Decision.NO_GO, f"{ci} above limit {lim}: answers shift"
-        else:
-            dec, why = Decision.INCONCLUSIVE, f"{ci} straddles limit {lim}"
-        results.append(RuleResult(rule="choice_kl_mean", decision=dec, reason=why))
+        means = stats.bootstrap_means(kl, clusters=it.clusters, n_boot=n_boot, seed=seed)
+        results.append(_upper_limit_rule(
+            "choice_kl_mean", "mean choice-KL", " nats", float(kl.mean()),
+            float(np.quantile(means, 1 - go_alpha)), float(np.quantile(means, nogo_alpha)),
+            rules.max_choice_kl_mean, go_alpha, nogo_alpha,
+            use_floor.choice_kl_mean.estimate if use_floor else None))
 
-    if rules.min_top1_agreement is not None:
-        a, lim = c.top1_agreement, rules.min_top1_agreement
-        ci = f"top-1 agreement {a.estimate:.3f} (95% CI {a.low:.3f} to {a.high:.3f})"
-        if a.low >= lim:
-            dec, why = Decision.GO, f"{ci} at or above {lim}"
-        elif a.high < lim:
-            dec, why = Decision.NO_GO, f"{ci} below {lim}: the candidate picks other answers"
+    if rules.max_choice_kl_p95 is not None:
+        if it.clusters is None:
+            go_b = stats.quantile_bound(kl, 0.95, alpha=go_alpha, side="upper")
+            nogo_b = stats.quantile_bound(kl, 0.95, alpha=nogo_alpha, side="lower")
         else:
-            dec, why = Decision.INCONCLUSIVE, f"{ci} straddles {lim}"
-        results.append(RuleResult(rule="top1_agreement", decision=dec, reason=why))
+            boot = stats.cluster_bootstrap_stat(kl, it.clusters, lambda v: np.quantile(v, 0.95),
+                                                seed=seed)
+            go_b, nogo_b = float(np.quantile(boot, 1 - go_alpha)), float(np.quantile(boot, nogo_alpha))
+        results.append(_upper_limit_rule(
+            "choice_kl_p95", "95th-percentile choice-KL", " nats", c.choice_kl_p95.estimate,
+            go_b, max(nogo_b, 0.0), rules.max_choice_kl_p95, go_alpha, nogo_alpha,
+            use_floor.choice_kl_p95.estimate if use_floor else None))
 
-    if rules.require_accuracy_evidence and not accuracy_shown_non_inferior:
+    if rules.max_top1_disagreement is not None:
+        dis = 1 - c.top1_agreement.estimate
+        deff = stats.design_effect([0.0 if a else 1.0 for a in it.agree], it.clusters)
+        m = c.n / deff
+        results.append(_upper_limit_rule(
+            "top1_disagreement", "top-1 disagreement", "", dis,
+            stats.wilson_bound(dis, m, alpha=go_alpha, side="upper"),
+            stats.wilson_bound(dis, m, alpha=nogo_alpha, side="lower"),
+            rules.max_top1_disagreement, go_alpha, nogo_alpha,
+            1 - use_floor.top1_agreement.estimate if use_floor else None))
+
+    if rules.require_accuracy_evidence and not accuracy_go:
         results.append(RuleResult(
             rule="require_accuracy_evidence", decision=Decision.INCONCLUSIVE,
-            reason="accuracy could not show non-inferiority; label-free agreement alone "
+            reason="accuracy did not show non-inferiority; label-free agreement alone "
             "does not license a GO",
         ))
 
@@ -150,19 +280,49 @@ def judge_task(c: TaskComparison, rules: TaskRules) -> TaskVerdict:
     return TaskVerdict(task=c.task, candidate=c.candidate, decision=decision, rules=tuple(results))
 
 
-def judge(comparisons: Sequence[TaskComparison], policy: GatePolicy) -> Verdict:
-    tasks = tuple(judge_task(c, policy.rules_for(c.task)) for c in comparisons)
-    candidates = sorted({t.candidate for t in tasks})
+def nogo_alpha_for(policy: GatePolicy, task_ids: Sequence[str]) -> tuple[float, int]:
+    """One-sided NO_GO error rate per test, and the family size it was corrected for."""
+    k = sum(policy.rules_for(t).interval_rules() for t in task_ids)
+    if policy.nogo_correction == "none" or k <= 1:
+        return policy.alpha / 2, max(k, 1)
+    return policy.alpha / 2 / k, k
+
+
+def combination_text(policy: GatePolicy, k: int) -> str:
+    a = policy.alpha / 2
+    corr = (f"NO_GO bounds are Bonferroni-corrected over the candidate's {k} task × rule tests "
+            f"(one-sided α = {a:g}/{k} = {a / k:.2g} each)" if policy.nogo_correction == "bonferroni"
+            and k > 1 else f"NO_GO bounds use one-sided α = {a:g} (no multiplicity correction)")
+    return (f"all tasks must pass: a candidate is GO only when every task and rule is GO, each at "
+            f"one-sided α = {a:g} (an intersection–union test, so the false-GO rate stays at "
+            f"{a:g} without correction); {corr}; any NO_GO makes the candidate NO_GO; otherwise "
+            "INCONCLUSIVE. The run takes its worst candidate.")
+
+
+def judge(comparisons: Sequence[TaskComparison], policy: GatePolicy, *,
+          floors: Mapping[str, TaskComparison] | None = None,
+          n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> Verdict:
+    floors = floors or {}
+    candidates = sorted({c.candidate for c in comparisons})
+    go_alpha = policy.alpha / 2
+    verdicts: list[TaskVerdict] = []
+    family = 1
+    for cand in candidates:
+        mine = [c for c in comparisons if c.candidate == cand]
+        nogo_alpha, family = nogo_alpha_for(policy, [c.task for c in mine])
+        verdicts += [judge_task(c, policy.rules_for(c.task), go_alpha=go_alpha,
+                                nogo_alpha=nogo_alpha, floor=floors.get(c.task), n_boot=n_boot,
+                                seed=seed) for c in mine]
     per_candidate = {
-        cand: worst([t.decision for t in tasks if t.candidate == cand]) for cand in candidates
+        cand: worst([t.decision for t in verdicts if t.candidate == cand]) for cand in candidates
     }
     overall = worst(list(per_candidate.values()))
     reasons = []
-    for t in tasks:
+    for t in verdicts:
         if t.decision != Decision.GO:
             first = next(r for r in t.rules if r.decision == t.decision)
             reasons.append(f"{t.candidate} on {t.task}: {t.decision.value} — {first.reason}")
-    if not tasks:
+    if not verdicts:
         reasons.append("no task was compared")
-    return Verdict(decision=overall, per_candidate=per_candidate, tasks=tasks,
-                   reasons=tuple(reasons))
+    return Verdict(decision=overall, per_candidate=per_candidate, tasks=tuple(verdicts),
+                   reasons=tuple(reasons), combination=combination_text(policy, family))

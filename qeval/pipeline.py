@@ -9,10 +9,11 @@ from typing import Protocol
 
 from . import compare as cmp
 from .backends.base import Backend
-from .config import RunConfig
+from .config import RunConfig, floor_replica
 from .gate import GatePolicy, judge
+from .power import power_table
 from .runner import RecordStore, build_requests, check_same_prompts, opened, score_items
-from .types import BackendInfo, ItemRecord, Task, TaskComparison, VariantSpec, Verdict
+from .types import BackendInfo, ItemRecord, PowerRow, Task, TaskComparison, VariantSpec, Verdict
 
 
 class BackendFactory(Protocol):
@@ -25,6 +26,8 @@ class BackendFactory(Protocol):
 
 class UI(Protocol):
     def status(self, message: str) -> None: ...
+
+    def power(self, rows: Sequence[PowerRow]) -> None: ...
 
     def bar(self, description: str, total: int): ...  # context manager yielding advance(n)
 
@@ -47,6 +50,9 @@ class CompareResult:
     comparisons: list[TaskComparison]
     verdict: Verdict
     timings: dict[str, float]
+    power: list[PowerRow] = field(default_factory=list)
+    floor: VariantRun | None = None
+    floors: dict[str, TaskComparison] = field(default_factory=dict)
 
 
 def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
@@ -87,26 +93,38 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     return VariantRun(variant, info, records, reused, time.perf_counter() - start)
 
 
+def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
+                cfg: RunConfig) -> list[TaskComparison]:
+    out = []
+    for t in tasks:
+        chance = [t.spec.chance_level] * len(t.samples) if t.spec.chance_level is not None else None
+        out.append(cmp.compare_task(
+            base.records[t.spec.id], other.records[t.spec.id], chance=chance,
+            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by,
+            n_boot=cfg.n_boot, seed=cfg.seed))
+    return out
+
+
 def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactory,
                 store: RecordStore | None, model_fingerprint: str, policy: GatePolicy,
-                ui: UI) -> CompareResult:
+                ui: UI, history: dict | None = None) -> CompareResult:
     t0 = time.perf_counter()
+    power = power_table(tasks, [c.name for c in cfg.candidates], policy, history)
+    ui.power(power)
     common = dict(factory=factory, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
     base = run_variant(cfg.baseline, tasks, **common)
+    floor = None
+    if cfg.noise_floor:
+        floor = run_variant(floor_replica(cfg.baseline, cfg.noise_floor), tasks, baseline=base, **common)
     cands = [run_variant(c, tasks, baseline=base, **common) for c in cfg.candidates]
     t1 = time.perf_counter()
     ui.status("Comparing")
-    comparisons = []
-    for c in cands:
-        for t in tasks:
-            chance = None
-            if t.spec.chance_level is not None:
-                chance = [t.spec.chance_level] * len(t.samples)
-            comparisons.append(cmp.compare_task(
-                base.records[t.spec.id], c.records[t.spec.id], chance=chance,
-                n_boot=cfg.n_boot, seed=cfg.seed))
-    verdict = judge(comparisons, policy)
+    comparisons = [c for run in cands for c in compare_all(base, run, tasks, cfg)]
+    floors = {c.task: c for c in compare_all(base, floor, tasks, cfg)} if floor else {}
+    verdict = judge(comparisons, policy, floors=floors, n_boot=cfg.n_boot, seed=cfg.seed)
     t2 = time.perf_counter()
+    runs = [base, *([floor] if floor else []), *cands]
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
-               **{f"variant_{v.spec.name}_s": v.seconds for v in [base, *cands]}}
-    return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings)
+               **{f"variant_{v.spec.name}_s": v.seconds for v in runs}}
+    return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
+                         floor, floors)

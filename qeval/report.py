@@ -16,7 +16,7 @@ from .fileio import atomic_write_text
 from .runner import write_jsonl
 from .types import EXIT_CODES, Decision, TaskComparison
 
-RESULTS_SCHEMA = "qeval.results/1"
+RESULTS_SCHEMA = "qeval.results/2"
 
 _COLOR = {Decision.GO: "green", Decision.NO_GO: "red", Decision.INCONCLUSIVE: "yellow"}
 
@@ -47,6 +47,13 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
         "tasks": [{"id": t.spec.id, "version": t.spec.version, "n": len(t.samples),
                    "content_hash": t.content_hash, "path": t.path} for t in res.tasks],
         "comparisons": comparisons,
+        "combination": res.verdict.combination,
+        "power": [r.model_dump(mode="json") for r in res.power],
+        "noise_floor": None if res.floor is None else {
+            "variant": res.floor.info.model_dump(mode="json"),
+            "path": res.config.noise_floor,
+            "comparisons": [c.model_dump(mode="json") for c in res.floors.values()],
+        },
     }
 
 
@@ -59,7 +66,7 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for run in [res.baseline, *res.candidates]:
+    for run in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]:
         folder = tmp / "records" / _safe(run.spec.name)
         for task_id, recs in run.records.items():
             write_jsonl(folder / f"{task_id}.jsonl", recs)
@@ -68,7 +75,8 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -
     atomic_write_text(tmp / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
     atomic_write_text(tmp / "timings.json", json.dumps({
         **res.timings,
-        "reused_tasks": {r.spec.name: r.reused_tasks for r in [res.baseline, *res.candidates]},
+        "reused_tasks": {r.spec.name: r.reused_tasks
+                         for r in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]},
     }, indent=1, sort_keys=True) + "\n")
     atomic_write_text(tmp / "report.md", markdown_report(results))
     if log_text:
@@ -119,17 +127,41 @@ def markdown_report(results: dict) -> str:
     notes = {n for info in [results["baseline"], *results["candidates"]] for n in info["notes"]}
     for n in sorted(notes):
         lines.append(f"\n> {n}")
+    if results.get("power"):
+        lines += ["", "## Before scoring: what each task could detect", "",
+                  "| task | candidate | n | discordance | from | detectable drop (pp) | margin (pp) | |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["power"]:
+            flag = f"underpowered: needs ≈{r['n_needed']} items" if r["underpowered"] else ""
+            margin = "—" if r["margin"] is None else f"{100 * r['margin']:.1f}"
+            lines.append(f"| {r['task']} | {r['candidate'] or 'all'} | {r['n']} | "
+                         f"{100 * r['discordance']:.1f}% | {r['discordance_source']} | "
+                         f"{100 * r['mde']:.1f} | {margin} | {flag} |")
     lines += ["", "## Per task", "",
               "| task | candidate | n | base acc % | cand acc % | Δ pp [95% CI] | ↓ c→w | ↑ w→c | McNemar p | "
-              "choice-KL mean | KL max | top-1 agree % | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "choice-KL mean | KL p95 | KL max | top-1 agree % | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in results["comparisons"]:
         lines.append(
             f"| {c['task']} | {c['candidate']} | {c['n']} | {_pct(c['baseline_accuracy'])} | "
             f"{_pct(c['candidate_accuracy'])} | {_delta(c)} | {c['flips_correct_to_wrong']} | "
             f"{c['flips_wrong_to_correct']} | {c['mcnemar_p']:.3g} | {c['choice_kl_mean']['estimate']:.4f} | "
-            f"{c['choice_kl_max']:.3f} | {_pct(c['top1_agreement']['estimate'])} | **{c['verdict']}** |"
+            f"{c['choice_kl_p95']['estimate']:.4f} | {c['choice_kl_max']:.3f} | "
+            f"{_pct(c['top1_agreement']['estimate'])} | **{c['verdict']}** |"
         )
+    floor = results.get("noise_floor")
+    if floor:
+        lines += ["", f"## Noise floor: {floor['variant']['variant']} (the baseline recomputed along "
+                  f"the {floor['path']} path)", "",
+                  "| task | flips both ways | discordance % | choice-KL mean | KL p95 | KL max | top-1 agree % |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in floor["comparisons"]:
+            lines.append(f"| {c['task']} | {c['flips_correct_to_wrong']} ↓ {c['flips_wrong_to_correct']} ↑ | "
+                         f"{_pct(c['discordance'])} | {c['choice_kl_mean']['estimate']:.2e} | "
+                         f"{c['choice_kl_p95']['estimate']:.2e} | {c['choice_kl_max']:.2e} | "
+                         f"{_pct(c['top1_agreement']['estimate'])} |")
+        lines += ["", "Effects no larger than these come from numerics alone; with "
+                  "`require_above_noise_floor` a NO_GO needs more.", ""]
     lines += ["", "Chance level and the baseline's evidence against it:", ""]
     seen = set()
     for c in results["comparisons"]:
@@ -138,15 +170,24 @@ def markdown_report(results: dict) -> str:
         seen.add(c["task"])
         lines.append(f"- {c['task']}: baseline {_pct(c['baseline_accuracy'])}% vs chance "
                      f"{_pct(c['baseline_chance'])}% (one-sided exact p = {c['baseline_above_chance_p']:.3g})")
-    lines += ["", "## Why", ""]
+    lines += ["", "## How the verdict was combined", "", results.get("combination", ""), "",
+              "## Why", ""]
     for c in results["comparisons"]:
         lines.append(f"### {c['candidate']} on {c['task']}: {c['verdict']}")
         for r in c["rules"]:
             lines.append(f"- `{r['rule']}` → {r['decision']}: {r['reason']}")
-        if c["high_risk_flips"]:
-            lines.append(f"- high-risk items flipped correct→wrong (ids only): {', '.join(c['high_risk_flips'])}")
         lines.append("")
-    lines += ["## Per area (Δ accuracy, percentage points)", ""]
+    lines += ["## High-risk items (sample ids only)", "",
+              "| task | candidate | n high-risk | base acc % | cand acc % | correct→wrong | wrong→correct |",
+              "|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        h = c["high_risk"]
+        if not h["n"]:
+            continue
+        lines.append(f"| {c['task']} | {c['candidate']} | {h['n']} | {_pct(h['baseline_accuracy'])} | "
+                     f"{_pct(h['candidate_accuracy'])} | {', '.join(h['correct_to_wrong']) or '—'} | "
+                     f"{', '.join(h['wrong_to_correct']) or '—'} |")
+    lines += ["", "## Per area (Δ accuracy, percentage points)", ""]
     for c in results["comparisons"]:
         cats = c["categories"]
         if len(cats) <= 1:
@@ -155,11 +196,15 @@ def markdown_report(results: dict) -> str:
             f"{k['category']} {100 * k['delta']:+.1f} (n={k['n']}, ↓{k['flips_correct_to_wrong']} ↑{k['flips_wrong_to_correct']})"
             for k in cats))
         lines.append("")
-    lines += ["---", "Statistics: Δ is candidate − baseline accuracy on the same items; its CI is a paired "
-              "bootstrap over items. McNemar is exact on the discordant pairs. Choice-KL is "
-              "KL(baseline ‖ candidate) over the softmax of each item's choice scores (nats). "
-              "No prompt, option or response text is stored in this run directory unless "
-              "--log-text was given.", ""]
+    methods = sorted({c["delta"]["method"] for c in results["comparisons"]})
+    lines += ["---", "Statistics: Δ is candidate − baseline accuracy on the same items; its interval is "
+              f"{'; '.join(methods)} (chosen over the paired bootstrap because that degenerates when "
+              "few items flip). McNemar is exact on the discordant pairs. Choice-KL is "
+              "KL(baseline ‖ candidate) over the softmax of each item's choice scores (nats); its mean "
+              "is bootstrapped over items (over clusters when the task declares them) and its 95th "
+              "percentile has a distribution-free order-statistics interval. Top-1 agreement uses "
+              "Wilson intervals. No prompt, option or response text is stored in this run directory "
+              "unless --log-text was given.", ""]
     return "\n".join(lines)
 
 
@@ -169,7 +214,8 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
                     ("base %", {"justify": "right"}), ("cand %", {"justify": "right"}),
                     ("Δ pp [95% CI]", {"justify": "right"}), ("↓c→w", {"justify": "right"}),
                     ("↑w→c", {"justify": "right"}), ("McNemar p", {"justify": "right"}),
-                    ("KL mean", {"justify": "right"}), ("KL max", {"justify": "right"}),
+                    ("KL mean", {"justify": "right"}), ("KL p95", {"justify": "right"}),
+                    ("KL max", {"justify": "right"}),
                     ("top-1 %", {"justify": "right"}), ("verdict", {})]:
         table.add_column(col, **kw)
     for c in results["comparisons"]:
@@ -178,7 +224,8 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
             c["task"], c["candidate"], str(c["n"]), _pct(c["baseline_accuracy"]),
             _pct(c["candidate_accuracy"]), _delta(c), str(c["flips_correct_to_wrong"]),
             str(c["flips_wrong_to_correct"]), f"{c['mcnemar_p']:.3g}",
-            f"{c['choice_kl_mean']['estimate']:.4f}", f"{c['choice_kl_max']:.3f}",
+            f"{c['choice_kl_mean']['estimate']:.4f}", f"{c['choice_kl_p95']['estimate']:.3f}",
+            f"{c['choice_kl_max']:.3f}",
             _pct(c["top1_agreement"]["estimate"]), f"[{_COLOR[dec]}]{dec.value}[/]",
         )
     console.print(table)
@@ -188,8 +235,16 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
     for info in [b, *results["candidates"]]:
         for n in info["notes"]:
             console.print(f"  [dim]{info['variant']}: {n}[/]")
+    floor = results.get("noise_floor")
+    if floor:
+        for c in floor["comparisons"]:
+            console.print(f"  noise floor ({floor['path']}) on {c['task']}: discordance "
+                          f"{_pct(c['discordance'])}%, choice-KL mean {c['choice_kl_mean']['estimate']:.2e}, "
+                          f"top-1 agreement {_pct(c['top1_agreement']['estimate'])}%", highlight=False)
     for r in results["reasons"]:
-        console.print(f"  • {r}")
+        console.print(f"  • {r}", highlight=False)
+    if results.get("combination"):
+        console.print(f"[dim]Combination: {results['combination']}[/]", highlight=False)
     overall = Decision(results["verdict"])
     per = ", ".join(f"{k} {v}" for k, v in results["per_candidate"].items())
     console.print(f"[bold {_COLOR[overall]}]Verdict: {overall.value}[/] ({per}); exit code {results['exit_code']}")

@@ -1,14 +1,26 @@
 """Paired statistics on per-item results. Pure functions: arrays in, numbers out, no model.
 
 Why these methods:
-- Δaccuracy uses a paired bootstrap over items (resampling items, keeping each item's baseline and
-  candidate outcome together). The two variants answer the same items, so their errors are strongly
-  correlated; an unpaired test (as in lm-eval's comparison script) overstates the uncertainty by
-  ignoring that and can hide or invent differences.
+- Δaccuracy uses Tango's score interval for a difference of paired proportions (Tango 1998). The two
+  variants answer the same items, so their errors are strongly correlated; an unpaired test (as in
+  lm-eval's comparison script) ignores that and can hide or invent differences. Among paired
+  intervals, the score interval is chosen over the paired bootstrap because a good quantization has
+  few discordant items, and there the percentile bootstrap degenerates (no flips → a zero-width
+  interval, hence a GO with no evidence) and under-covers; the score interval keeps close to
+  nominal coverage down to a handful of discordant pairs (Newcombe 1998; Fagerland et al. 2014),
+  is deterministic, and is a closed-form function of the counts, so one-sided bounds at any level
+  (non-inferiority, multiplicity corrections) cost nothing.
+- Items that share a source (a passage, a case) are not independent. With clusters declared, the
+  Δaccuracy interval is Rao–Scott adjusted: the counts are divided by the design effect (the
+  cluster-robust variance of the per-item differences over their independent-items variance, never
+  below 1); means are bootstrapped by resampling whole clusters.
 - McNemar's exact test uses only the discordant pairs, which is where a quantized model differs.
 - Choice-KL is KL(baseline ‖ candidate) between the softmax distributions over each item's choice
   scores: it sees answers shifting before accuracy moves, and it needs no labels.
 - Top-1 agreement gets a Wilson score interval, which stays inside [0, 1] and behaves at 0 and 1.
+- A high percentile of choice-KL gets a distribution-free interval from order statistics (the
+  binomial law of how many items fall below the true quantile): no assumption about KL's skewed
+  shape, and no upper bound at all when there are too few items to bound the tail.
 """
 
 from __future__ import annotations
@@ -42,43 +54,197 @@ def choice_kl(base_scores: Sequence[float], cand_scores: Sequence[float]) -> flo
     return max(kl, 0.0)  # rounding can give -1e-17 for identical vectors
 
 
-def paired_bootstrap_ci(
-    base: Sequence[float],
-    cand: Sequence[float],
-    *,
-    level: float = 0.95,
-    n_boot: int = DEFAULT_BOOTSTRAP,
-    seed: int = DEFAULT_SEED,
-) -> Interval:
-    """Percentile CI for mean(cand) - mean(base), resampling items with their pairs intact."""
-    b = np.asarray(base, dtype=np.float64)
-    c = np.asarray(cand, dtype=np.float64)
-    if b.shape != c.shape or b.ndim != 1 or b.size == 0:
-        raise ValueError("paired bootstrap needs two non-empty vectors of equal length")
-    # Resampling the per-item differences keeps each item's pair together.
-    ci = bootstrap_mean_ci(c - b, level=level, n_boot=n_boot, seed=seed)
-    return ci.model_copy(update={"method": f"paired bootstrap, {n_boot} resamples, percentile"})
+# ---------------------------------------------------------------- paired accuracy difference
 
 
-def bootstrap_mean_ci(
-    values: Sequence[float], *, level: float = 0.95, n_boot: int = DEFAULT_BOOTSTRAP,
-    seed: int = DEFAULT_SEED,
-) -> Interval:
+def _tango_z(up: float, down: float, n: float, delta: float) -> float:
+    """Tango's score statistic for H0: p(up) - p(down) = delta (decreasing in delta)."""
+    w = -up - down + (2 * n - up + down) * delta
+    # Constrained MLE of p(down) under H0 (root of the likelihood's quadratic).
+    p_down = (math.sqrt(max(w * w + 8 * n * down * delta * (1 - delta), 0.0)) - w) / (4 * n)
+    var = n * (2 * p_down + delta * (1 - delta))
+    num = up - down - n * delta
+    if var <= 0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def tango_bound(up: float, down: float, n: float, *, alpha: float, side: str) -> float:
+    """One-sided (1 - alpha) score bound for Δ = (up - down) / n, `side` "lower" or "upper".
+
+    `up`: items only the candidate gets right; `down`: items only the baseline gets right.
+    Counts may be fractional (divided by a design effect).
+    """
+    if n <= 0 or up < 0 or down < 0 or up + down > n + 1e-9:
+        raise ValueError("tango_bound needs 0 <= up + down <= n and n > 0")
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must lie in (0, 1)")
+    z = normal_quantile(1 - alpha)
+    target = z if side == "lower" else -z
+    if side not in ("lower", "upper"):
+        raise ValueError("side must be 'lower' or 'upper'")
+    lo, hi = -1.0 + 1e-12, 1.0 - 1e-12
+    if _tango_z(up, down, n, lo) < target:
+        return -1.0
+    if _tango_z(up, down, n, hi) > target:
+        return 1.0
+    for _ in range(80):  # bisection to ~1e-15
+        mid = (lo + hi) / 2
+        if _tango_z(up, down, n, mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def paired_difference_ci(up: int, down: int, n: int, *, level: float = 0.95,
+                         design_effect: float = 1.0) -> Interval:
+    """Two-sided score CI for candidate − baseline accuracy from the discordant counts."""
+    if design_effect < 1:
+        raise ValueError("design effect below 1")
+    a = (1 - level) / 2
+    u, d, m = up / design_effect, down / design_effect, n / design_effect
+    method = "Tango score interval for paired proportions"
+    if design_effect > 1:
+        method += f", Rao–Scott adjusted (design effect {design_effect:.2f})"
+    return Interval(estimate=(up - down) / n, low=tango_bound(u, d, m, alpha=a, side="lower"),
+                    high=tango_bound(u, d, m, alpha=a, side="upper"), level=level, method=method)
+
+
+def mde_paired(n: int, discordance: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest accuracy drop a paired comparison of n items detects with this power (two-sided
+    alpha): (z_{1-α/2} + z_{1-β})·√(discordance / n)."""
+    if n <= 0 or not 0 <= discordance <= 1:
+        raise ValueError("mde_paired needs n > 0 and a discordance in [0, 1]")
+    return (normal_quantile(1 - alpha / 2) + normal_quantile(power)) * math.sqrt(discordance / n)
+
+
+def n_for_mde(mde: float, discordance: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Items needed for `mde_paired` to reach `mde`."""
+    if mde <= 0:
+        raise ValueError("the detectable drop must be positive")
+    z = normal_quantile(1 - alpha / 2) + normal_quantile(power)
+    return max(1, math.ceil(z * z * discordance / (mde * mde)))
+
+
+# ---------------------------------------------------------------- clusters
+
+
+def design_effect(values: Sequence[float], clusters: Sequence[str] | None) -> float:
+    """Cluster-robust variance of the mean over the independent-items variance (at least 1)."""
+    if clusters is None:
+        return 1.0
+    v = np.asarray(values, dtype=np.float64)
+    if len(clusters) != v.size:
+        raise ValueError("one cluster label per value is needed")
+    n = v.size
+    resid = v - v.mean()
+    var_iid = float(np.sum(resid**2)) / (n * n)
+    if var_iid == 0:
+        return 1.0
+    sums: dict[str, float] = {}
+    for r, c in zip(resid, clusters):
+        sums[c] = sums.get(c, 0.0) + float(r)
+    k = len(sums)
+    if k < 2:
+        return float(n)  # one cluster: effectively one observation
+    var_cl = k / (k - 1) * sum(s * s for s in sums.values()) / (n * n)
+    return max(1.0, var_cl / var_iid)
+
+
+# ---------------------------------------------------------------- means and quantiles
+
+
+def bootstrap_means(values: Sequence[float], *, clusters: Sequence[str] | None = None,
+                    n_boot: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Bootstrap distribution of the mean; with clusters, whole clusters are resampled."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
         raise ValueError("bootstrap needs a non-empty vector")
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    if clusters is None:
+        return v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    labels = sorted(set(clusters))
+    index = {c: i for i, c in enumerate(labels)}
+    ids = np.array([index[c] for c in clusters])
+    sums = np.bincount(ids, weights=v, minlength=len(labels))
+    counts = np.bincount(ids, minlength=len(labels)).astype(np.float64)
+    pick = rng.integers(0, len(labels), size=(n_boot, len(labels)))
+    return sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], *, level: float = 0.95, n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = DEFAULT_SEED, clusters: Sequence[str] | None = None,
+) -> Interval:
+    means = bootstrap_means(values, clusters=clusters, n_boot=n_boot, seed=seed)
     alpha = 1.0 - level
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    kind = "cluster bootstrap" if clusters is not None else "bootstrap"
     return Interval(
-        estimate=float(v.mean()), low=float(low), high=float(high), level=level,
-        method=f"bootstrap, {n_boot} resamples, percentile",
+        estimate=float(np.mean(values)), low=float(low), high=float(high), level=level,
+        method=f"{kind}, {n_boot} resamples, percentile",
     )
 
 
-def _binom_pmf(k: int, n: int) -> float:
-    return math.comb(n, k) / 2.0**n
+def cluster_bootstrap_stat(values: Sequence[float], clusters: Sequence[str], stat, *,
+                           n_boot: int = 2000, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Bootstrap distribution of any statistic, resampling whole clusters (for a quantile of
+    clustered items, where order statistics would treat the items as independent)."""
+    v = np.asarray(values, dtype=np.float64)
+    groups: dict[str, list[float]] = {}
+    for x, c in zip(v, clusters):
+        groups.setdefault(c, []).append(float(x))
+    arrays = [np.array(groups[k]) for k in sorted(groups)]
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    for i in range(n_boot):
+        pick = rng.integers(0, len(arrays), size=len(arrays))
+        out[i] = stat(np.concatenate([arrays[j] for j in pick]))
+    return out
+
+
+def _binom_cdf_table(n: int, p: float) -> np.ndarray:
+    """[P(Bin(n, p) <= k) for k = 0..n], from the log-pmf recursion (no underflow at large n)."""
+    k = np.arange(1, n + 1, dtype=np.float64)
+    step = np.log((n - k + 1) / k) + math.log(p) - math.log1p(-p)
+    logpmf = np.concatenate([[n * math.log1p(-p)], n * math.log1p(-p) + np.cumsum(step)])
+    pmf = np.exp(logpmf - logpmf.max())
+    return np.minimum(np.cumsum(pmf / pmf.sum()), 1.0)
+
+
+def quantile_bound(values: Sequence[float], q: float, *, alpha: float, side: str) -> float:
+    """Distribution-free one-sided (1 - alpha) bound for the q-quantile from order statistics.
+
+    Upper: the smallest order statistic x_(u) with P(Bin(n, q) <= u - 1) >= 1 - alpha; +inf when
+    even the largest value is not enough (too few items to bound the tail). Lower: the largest
+    x_(l) with P(Bin(n, q) >= l) >= 1 - alpha; -inf when none qualifies.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = x.size
+    if n == 0 or not 0 < q < 1 or not 0 < alpha < 1:
+        raise ValueError("quantile_bound needs values, 0 < q < 1 and 0 < alpha < 1")
+    cdf = _binom_cdf_table(n, q)  # cdf[k] = P(Bin(n, q) <= k)
+    if side == "upper":
+        # smallest u in 1..n with cdf[u - 1] >= 1 - alpha
+        ok = np.nonzero(cdf[:n] >= 1 - alpha - 1e-12)[0]
+        return float(x[ok[0]]) if ok.size else math.inf
+    if side == "lower":
+        # largest l in 1..n with P(Bin >= l) = 1 - cdf[l - 1] >= 1 - alpha
+        sf = 1 - cdf[:n]
+        ok = np.nonzero(sf >= 1 - alpha - 1e-12)[0]
+        return float(x[ok[-1]]) if ok.size else -math.inf
+    raise ValueError("side must be 'lower' or 'upper'")
+
+
+def quantile_ci(values: Sequence[float], q: float, *, level: float = 0.95) -> Interval:
+    a = (1 - level) / 2
+    return Interval(
+        estimate=float(np.quantile(np.asarray(values, dtype=np.float64), q)),
+        low=quantile_bound(values, q, alpha=a, side="lower"),
+        high=quantile_bound(values, q, alpha=a, side="upper"), level=level,
+        method="order statistics (distribution-free)",
+    )
 
 
 def mcnemar_exact(flips_down: int, flips_up: int) -> float:
@@ -89,22 +255,35 @@ def mcnemar_exact(flips_down: int, flips_up: int) -> float:
     if n == 0:
         return 1.0
     k = min(flips_down, flips_up)
-    tail = sum(_binom_pmf(i, n) for i in range(k + 1))
-    return min(1.0, 2.0 * tail)
+    # Log-space table: math.comb(n, k) / 2**n overflows a float beyond about 1,000 flips.
+    return float(min(1.0, 2.0 * _binom_cdf_table(n, 0.5)[k]))
 
 
-def wilson_interval(successes: int, n: int, *, level: float = 0.95) -> Interval:
-    if n <= 0 or not 0 <= successes <= n:
-        raise ValueError("wilson interval needs 0 <= successes <= n and n > 0")
-    z = normal_quantile(1 - (1 - level) / 2)
-    p = successes / n
+def wilson_bound(p: float, n: float, *, alpha: float, side: str) -> float:
+    """One-sided (1 - alpha) Wilson score bound for a proportion p observed on n items (n may be
+    an effective sample size: n divided by a design effect)."""
+    if n <= 0 or not 0 <= p <= 1:
+        raise ValueError("wilson bound needs 0 <= p <= 1 and n > 0")
+    z = normal_quantile(1 - alpha)
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(
-        estimate=p, low=max(0.0, centre - half), high=min(1.0, centre + half), level=level,
-        method="Wilson score",
-    )
+    if side == "lower":
+        return max(0.0, centre - half)
+    if side == "upper":
+        return min(1.0, centre + half)
+    raise ValueError("side must be 'lower' or 'upper'")
+
+
+def wilson_interval(successes: int, n: int, *, level: float = 0.95,
+                    design_effect: float = 1.0) -> Interval:
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError("wilson interval needs 0 <= successes <= n and n > 0")
+    a = (1 - level) / 2
+    p, m = successes / n, n / design_effect
+    method = "Wilson score" + (f", effective n = n / {design_effect:.2f}" if design_effect > 1 else "")
+    return Interval(estimate=p, low=wilson_bound(p, m, alpha=a, side="lower"),
+                    high=wilson_bound(p, m, alpha=a, side="upper"), level=level, method=method)
 
 
 def above_chance_p(correct: Sequence[bool], chance: Sequence[float]) -> float:

@@ -32,6 +32,7 @@ class ItemFileEntry(BaseModel):
     answer: str
     rationale: str
     risk: Risk
+    cluster: str | None = None  # the passage or case this item shares with others
 
     @field_validator("choices")
     @classmethod
@@ -84,7 +85,7 @@ def load_item_file(path: Path, letters: str) -> list[Sample]:
         samples.append(Sample(
             id=item.id, question=item.question, choices=tuple(item.choices),
             target=valid.index(item.answer), category=parsed.area, risk=item.risk,
-            rationale=item.rationale,
+            cluster=item.cluster, rationale=item.rationale,
         ))
     return samples
 
@@ -111,12 +112,27 @@ def load_task(path: Path) -> Task:
         if s.id in seen:
             raise QevalInputError(f"{path}: duplicate sample id {s.id!r}; ids must be unique in a task")
         seen.add(s.id)
+    if spec.cluster_by is not None:
+        lacking = [s.id for s in samples if getattr(s, spec.cluster_by) is None]
+        if lacking:
+            raise QevalInputError(
+                f"{path}: cluster_by: {spec.cluster_by} but item {lacking[0]!r} ({len(lacking)} in "
+                f"all) has no {spec.cluster_by}; give every item one or drop cluster_by")
     payload = json.dumps(
-        {"spec": spec.model_dump(mode="json"), "samples": [s.model_dump(mode="json") for s in samples]},
-        sort_keys=True,
+        {"spec": _hashable(spec), "samples": [_hashable(s) for s in samples]}, sort_keys=True,
     )
     return Task(spec=spec, samples=tuple(samples),
                 content_hash=hashlib.sha256(payload.encode()).hexdigest(), path=str(path))
+
+
+# Optional fields added after the first release: left out of the content hash while unset, so
+# tasks that do not use them keep their hash (and their stored records stay reusable).
+_ADDED_OPTIONAL = frozenset({"cluster", "cluster_by"})
+
+
+def _hashable(model: BaseModel) -> dict:
+    data = model.model_dump(mode="json")
+    return {k: v for k, v in data.items() if not (k in _ADDED_OPTIONAL and v is None)}
 
 
 class TaskRegistry:

@@ -36,6 +36,9 @@ class Sample(Strict):
     target: int  # index into choices
     category: str = "all"
     risk: Risk = Risk.standard
+    # The source this item shares with others (a passage, a case); items of one cluster are not
+    # independent, and a task declaring `cluster_by: cluster` gets clustered standard errors.
+    cluster: str | None = None
     rationale: str = ""
 
     @field_validator("choices")
@@ -78,6 +81,8 @@ class TaskSpec(Strict):
     # different lengths).
     choice_score: Literal["sum", "mean_per_byte"] = "sum"
     chance_level: float | None = None  # None: 1/len(choices) per item
+    # Cluster standard errors by this sample field (items sharing a passage or case).
+    cluster_by: Literal["cluster", "category"] | None = None
 
 
 class Task(Strict):
@@ -183,6 +188,29 @@ class CategoryBreakdown(Strict):
     flips_wrong_to_correct: int
 
 
+class PairedItems(Strict):
+    """Per-item paired outcomes, in sample-id order: what the gate recomputes bounds from (at the
+    one-sided and multiplicity-corrected levels its policy asks for). Numbers and ids only."""
+
+    sample_ids: tuple[str, ...]
+    baseline_correct: tuple[bool, ...]
+    candidate_correct: tuple[bool, ...]
+    choice_kl: tuple[float, ...]
+    agree: tuple[bool, ...]
+    high_risk: tuple[bool, ...]
+    clusters: tuple[str, ...] | None = None
+
+
+class RiskBreakdown(Strict):
+    """Accounting for `risk: high` items, by sample id (never by text)."""
+
+    n: int
+    baseline_accuracy: float | None
+    candidate_accuracy: float | None
+    correct_to_wrong: tuple[str, ...]
+    wrong_to_correct: tuple[str, ...]
+
+
 class TaskComparison(Strict):
     """Paired baseline-vs-candidate numbers for one task. Pure function of the two record lists."""
 
@@ -191,19 +219,24 @@ class TaskComparison(Strict):
     n: int
     baseline_accuracy: float
     candidate_accuracy: float
-    delta: Interval  # candidate - baseline accuracy, paired bootstrap CI
+    delta: Interval  # candidate - baseline accuracy, Tango score CI (Rao–Scott when clustered)
     flips_correct_to_wrong: int
     flips_wrong_to_correct: int
+    discordance: float  # share of items where exactly one side is correct
     mcnemar_p: float
     choice_kl_mean: Interval  # KL(baseline || candidate) over the softmax of choice scores, nats
+    choice_kl_p95: Interval  # 95th percentile of per-item choice-KL, order-statistics CI
     choice_kl_p99: float
     choice_kl_max: float
     top1_agreement: Interval  # share of items where both pick the same choice, Wilson CI
     baseline_chance: float  # expected accuracy of random guessing
     baseline_above_chance_p: float  # one-sided exact test that baseline accuracy > chance
-    high_risk_n: int
-    high_risk_flips: tuple[str, ...]  # sample ids of correct→wrong flips on risk: high items
+    cluster_by: str | None = None
+    n_clusters: int | None = None
+    design_effect: float = 1.0  # of the per-item accuracy differences; 1 when not clustered
+    high_risk: RiskBreakdown
     categories: tuple[CategoryBreakdown, ...]
+    items: PairedItems = Field(exclude=True, repr=False)
 
 
 class RuleResult(Strict):
@@ -224,3 +257,19 @@ class Verdict(Strict):
     per_candidate: dict[str, Decision]
     tasks: tuple[TaskVerdict, ...]
     reasons: tuple[str, ...]
+    # How per-task verdicts were combined and how multiplicity was handled, in words.
+    combination: str = ""
+
+
+class PowerRow(Strict):
+    """Minimum detectable accuracy drop for one task (and candidate), before anything runs."""
+
+    task: str
+    candidate: str | None  # None: the same for every candidate (no earlier run to tell them apart)
+    n: int
+    discordance: float
+    discordance_source: str
+    mde: float  # at the policy's alpha (two-sided) and power
+    margin: float | None
+    underpowered: bool  # mde > margin: a real drop of `margin` would likely go unseen
+    n_needed: int | None  # items for mde = margin

@@ -29,6 +29,7 @@ def _bad(args, match, tmp_path):
     (["--suite", "nope"], "unknown suite 'nope'"),
     (["--policy", "strictest"], "unknown gate policy"),
     (["--candidates", "int8:threshold"], "key=value"),
+    (["--noise-floor", "fp64"], "--noise-floor 'fp64'"),
     (["--model", "/no/such/checkpoint"], "does not exist"),
     (["--model", "/no/such/model.gguf"], "does not exist"),
 ])
@@ -60,7 +61,24 @@ def test_gpu_only_option_without_gpu(tmp_path):
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
 
 
-@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"]])
+def test_policy_file_with_a_typo_is_one_line(tmp_path):
+    bad = tmp_path / "gate.yaml"
+    bad.write_text("defaults:\n  max_choice_kl_means: 0.1\n")
+    _bad(["--policy", str(bad)], "max_choice_kl_means", tmp_path)
+
+
+def test_power_prints_the_detectable_drop_without_a_model(tmp_path):
+    wide = {"COLUMNS": "200"}
+    res = runner.invoke(app, ["power", "--discordance", "0.1", "--runs", str(tmp_path)], env=wide)
+    assert res.exit_code == 0, res.output
+    assert "clinical_core" in res.output and "underpowered" in res.output
+    res = runner.invoke(app, ["power", "--discordance", "0.001", "--runs", str(tmp_path)], env=wide)
+    assert res.exit_code == 0 and "underpowered" not in res.output
+    res = runner.invoke(app, ["power", "--tasks", "nope"])
+    assert res.exit_code == 2 and "unknown task" in res.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"], ["power"]])
 def test_every_command_has_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output

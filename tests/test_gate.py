@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_config, fake_variant, make_task
+from qeval import stats
 from qeval.backends.fake import FakeFactory
 from qeval.compare import PromptMismatch, compare_task
-from qeval.config import project_dir
+from qeval.config import RunConfig, project_dir
 from qeval.console import QuietUI
-from qeval.gate import GatePolicy, TaskRules, worst
+from qeval.errors import QevalInputError
+from qeval.gate import GatePolicy, TaskRules, judge, judge_task, nogo_alpha_for, worst
 from qeval.pipeline import run_compare
 from qeval.runner import RecordStore
-from qeval.types import Decision
+from qeval.types import Decision, ItemRecord, Risk
 
 POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
 
@@ -73,14 +75,19 @@ def test_too_few_items_is_inconclusive():
 def test_high_risk_flips_listed_by_id_and_capped():
     task = make_task(400)
     policy = GatePolicy(defaults=TaskRules(max_high_risk_flips=0, max_choice_kl_mean=None,
-                                           min_top1_agreement=None, accuracy_margin=0.5))
+                                           max_choice_kl_p95=None, max_top1_disagreement=None,
+                                           accuracy_margin=0.5))
     res = _run(task, fake_variant("base", skill=0.8), fake_variant("c", skill=0.8, damage=0.02), policy=policy)
     c = res.comparisons[0]
     high = {s.id for s in task.samples if s.risk.value == "high"}
-    assert c.high_risk_flips and set(c.high_risk_flips) <= high
+    flips = c.high_risk.correct_to_wrong
+    assert flips and set(flips) <= high
+    assert set(flips) < {sid for sid, b, k in zip(c.items.sample_ids, c.items.baseline_correct,
+                                                  c.items.candidate_correct) if b and not k}
+    assert c.high_risk.n == len(high)
     rules = {r.rule: r for r in res.verdict.tasks[0].rules}
     assert rules["high_risk_flips"].decision == Decision.NO_GO
-    assert c.high_risk_flips[0] in rules["high_risk_flips"].reason
+    assert all(sid in rules["high_risk_flips"].reason for sid in flips)
 
 
 def test_worst_candidate_decides_the_run():
@@ -114,7 +121,7 @@ def test_stored_baseline_records_are_reused(tmp_path: Path):
 def test_policy_yaml_rejects_typos(tmp_path: Path):
     bad = tmp_path / "p.yaml"
     bad.write_text("defaults:\n  acuracy_margin: 0.05\n")
-    with pytest.raises(Exception, match="acuracy_margin"):
+    with pytest.raises(QevalInputError, match="acuracy_margin"):
         GatePolicy.from_yaml(bad)
 
 
@@ -125,3 +132,128 @@ def test_per_task_policy_overrides_only_named_fields(tmp_path: Path):
     assert pol.rules_for("t1").min_items == 10
     assert pol.rules_for("t1").accuracy_margin == 0.02
     assert pol.rules_for("other").min_items == 50
+
+
+def _records(outcomes, variant, risk=None):
+    """ItemRecords whose predictions give these correct/wrong outcomes (4 choices, key 0)."""
+    out = []
+    for i, ok in enumerate(outcomes):
+        scores = (0.0, -1.0, -2.0, -3.0) if ok else (-1.0, 0.0, -2.0, -3.0)
+        out.append(ItemRecord(
+            task="t", sample_id=f"i{i:04d}", variant=variant, prompt_hash="h" * 64,
+            choice_logprobs=scores, choice_scores=scores, prediction=0 if ok else 1, target=0,
+            correct=ok, category="all", risk=(risk[i] if risk else Risk.standard),
+        ))
+    return out
+
+
+def _pair(n, base_acc, down, up=0, risk=None):
+    base = [i < int(base_acc * n) for i in range(n)]
+    cand = list(base)
+    for i in range(down):
+        cand[i] = False
+    for i in range(up):
+        cand[n - 1 - i] = True
+    return _records(base, "base", risk), _records(cand, "cand", risk)
+
+
+ACCURACY_ONLY = TaskRules(max_choice_kl_mean=None, max_choice_kl_p95=None,
+                          max_top1_disagreement=None, require_accuracy_evidence=True)
+
+
+def test_bonferroni_turns_a_borderline_no_go_into_inconclusive():
+    n, margin, k = 400, 0.05, 6
+    # The first number of flips whose upper bound falls below -margin at one-sided 0.025, while
+    # the Bonferroni-corrected bound (0.025 / k) does not yet: computed, not hard-coded.
+    down = next(d for d in range(20, 120)
+                if stats.tango_bound(0, d, n, alpha=0.025, side="upper") < -margin)
+    assert stats.tango_bound(0, down, n, alpha=0.025 / k, side="upper") >= -margin
+    c = compare_task(*_pair(n, 0.8, down))
+    plain = judge_task(c, ACCURACY_ONLY, nogo_alpha=0.025)
+    corrected = judge_task(c, ACCURACY_ONLY, nogo_alpha=0.025 / k)
+    assert plain.decision == Decision.NO_GO
+    assert corrected.decision == Decision.INCONCLUSIVE
+    assert "straddle" in corrected.rules[0].reason
+
+
+def test_nogo_family_counts_tasks_times_enabled_rules_and_is_stated():
+    pol = GatePolicy()
+    alpha, k = nogo_alpha_for(pol, ["a", "b"])
+    assert k == 2 * TaskRules().interval_rules() == 8
+    assert alpha == pytest.approx(0.025 / 8)
+    assert nogo_alpha_for(pol.model_copy(update={"nogo_correction": "none"}), ["a", "b"])[0] == 0.025
+    v = judge([compare_task(*_pair(200, 0.8, 0))], pol)
+    assert "all tasks must pass" in v.combination and "Bonferroni" in v.combination
+
+
+def test_go_requires_lower_bound_above_minus_margin():
+    # Δ = 0 on 100 items: the lower bound is about -3.7 pp: GO at margin 5 pp, not at 2 pp.
+    c = compare_task(*_pair(100, 0.8, 0))
+    assert judge_task(c, ACCURACY_ONLY.model_copy(update={"accuracy_margin": 0.05})).decision == Decision.GO
+    tight = judge_task(c, ACCURACY_ONLY.model_copy(update={"accuracy_margin": 0.02}))
+    assert tight.decision == Decision.INCONCLUSIVE
+
+
+def test_high_risk_margin_judges_the_high_risk_subset_alone():
+    n = 300
+    risk = [Risk.high if i < 60 else Risk.standard for i in range(n)]
+    base, cand = _pair(n, 0.9, down=5, risk=risk)  # all 5 flips land on high-risk items
+    c = compare_task(base, cand)
+    rules = ACCURACY_ONLY.model_copy(update={"accuracy_margin": 0.05, "high_risk_accuracy_margin": 0.05})
+    v = {r.rule: r for r in judge_task(c, rules).rules}
+    assert v["accuracy_non_inferiority"].decision == Decision.GO  # -1.7 pp over all items
+    assert v["high_risk_non_inferiority"].decision != Decision.GO  # -8.3 pp on 60 high-risk items
+    assert c.high_risk.baseline_accuracy - c.high_risk.candidate_accuracy == pytest.approx(5 / 60)
+
+
+def test_kl_p95_catches_a_shifted_tail_that_the_mean_allows():
+    task = make_task(400)
+    pol = GatePolicy(defaults=TaskRules(max_choice_kl_mean=10.0, max_choice_kl_p95=0.05,
+                                        max_top1_disagreement=None, accuracy_margin=None,
+                                        require_accuracy_evidence=False))
+    res = _run(task, fake_variant("base", skill=0.8), fake_variant("tail", skill=0.8, noise=1.0), policy=pol)
+    rules = {r.rule: r.decision for r in res.verdict.tasks[0].rules}
+    assert rules["choice_kl_mean"] == Decision.GO
+    assert rules["choice_kl_p95"] == Decision.NO_GO
+
+
+def test_noise_floor_is_measured_and_keeps_numerical_noise_from_a_no_go():
+    task = make_task(300)
+    strict = GatePolicy(defaults=TaskRules(max_choice_kl_mean=1e-6, max_choice_kl_p95=None,
+                                           max_top1_disagreement=None, accuracy_margin=None,
+                                           require_accuracy_evidence=False))
+    base = fake_variant("base", skill=0.8)
+    # A candidate that differs from the baseline exactly as much as a numeric replica does.
+    same_as_floor = fake_variant("c", skill=0.8, numeric_path="other", path_noise=0.02)
+    plain = run_compare(RunConfig(baseline=base, candidates=(same_as_floor,), tasks=("synthetic",),
+                                  n_boot=1000), [task], factory=FakeFactory([task]), store=None,
+                        model_fingerprint="fake", policy=strict, ui=QuietUI())
+    floored = run_compare(RunConfig(baseline=base, candidates=(same_as_floor,), tasks=("synthetic",),
+                                    n_boot=1000, noise_floor="batch1"),
+                          [task], factory=FakeFactory([task]), store=None,
+                          model_fingerprint="fake", policy=strict, ui=QuietUI())
+    assert plain.verdict.decision == Decision.NO_GO
+    floor = floored.floors["synthetic"]
+    assert floor.candidate == "base@batch1" and floor.choice_kl_mean.estimate > 0
+    assert floored.verdict.decision == Decision.INCONCLUSIVE
+    assert "noise floor" in floored.verdict.tasks[0].rules[0].reason
+    # A real effect, far above the floor, stays NO_GO with the floor measured.
+    worse = fake_variant("w", skill=0.8, noise=1.0)
+    res = run_compare(RunConfig(baseline=base, candidates=(worse,), tasks=("synthetic",), n_boot=1000,
+                                noise_floor="batch1"), [task], factory=FakeFactory([task]),
+                      store=None, model_fingerprint="fake", policy=strict, ui=QuietUI())
+    assert res.verdict.decision == Decision.NO_GO
+
+
+def test_clustered_items_widen_the_accuracy_interval():
+    n = 240
+    base, cand = _pair(n, 0.8, down=24)
+    flat = compare_task(base, cand)
+    # Flips concentrated in a few clusters of 12 (all flips come from the first 24 items).
+    clusters = {r.sample_id: f"case{i // 12}" for i, r in enumerate(base)}
+    clustered = compare_task(base, cand, clusters=clusters, cluster_by="cluster")
+    assert clustered.design_effect > 2
+    assert clustered.n_clusters == 20 and clustered.cluster_by == "cluster"
+    assert clustered.delta.estimate == flat.delta.estimate
+    assert clustered.delta.low < flat.delta.low
+    assert "Rao" in clustered.delta.method

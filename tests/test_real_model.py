@@ -41,12 +41,12 @@ def _compare(out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "first"
-    return out, *_compare(out, "--candidates", "int8wo,nf4")
+    return out, *_compare(out, "--candidates", "int8wo,nf4", "--noise-floor", "batch1")
 
 
 def test_compare_prints_a_verdict_and_writes_results(first_run):
     out, proc, results = first_run
-    assert results["schema"] == "qeval.results/1"
+    assert results["schema"] == "qeval.results/2"
     assert results["verdict"] in ("GO", "NO_GO", "INCONCLUSIVE")
     assert proc.returncode == results["exit_code"]
     assert f"Verdict: {results['verdict']}" in proc.stdout
@@ -73,6 +73,18 @@ def test_compare_prints_a_verdict_and_writes_results(first_run):
     assert (out / "report.md").read_text().count("| clinical_core |") == 2
     info = json.loads((out / "records" / "nf4" / "backend.json").read_text())
     assert info["device"] == "cpu" and "Linear4bit" in info["kernel"]
+    # Before scoring: the detectable drop per task, flagged against the margin (30 items cannot
+    # detect a 5-point drop).
+    assert "smallest accuracy drop" in proc.stdout
+    assert all(r["underpowered"] and r["n"] == int(LIMIT) for r in results["power"])
+    # The noise floor: the baseline recomputed one sequence per pass, far below quantization.
+    floor = {c["task"]: c for c in results["noise_floor"]["comparisons"]}
+    assert results["noise_floor"]["variant"]["variant"] == "fp32@batch1"
+    for task, f in floor.items():
+        assert f["choice_kl_mean"]["estimate"] < 1e-4 < comps[(task, "nf4")]["choice_kl_mean"]["estimate"]
+        assert f["discordance"] <= comps[(task, "nf4")]["discordance"]
+    assert (out / "records" / "fp32_batch1" / "clinical_core.jsonl").is_file()
+    assert "all tasks must pass" in results["combination"]
     # `qeval report` re-prints the verdict from the run directory alone.
     shown = _qeval("report", str(out))
     assert shown.returncode == results["exit_code"] and f"Verdict: {results['verdict']}" in shown.stdout
@@ -105,6 +117,7 @@ def test_same_run_twice_is_identical_and_baseline_is_reused(first_run, tmp_path)
 
 def test_log_text_opt_in_writes_prompts(first_run, tmp_path):
     # Same configuration as the first run, so every record is reused: this run loads no model.
-    proc, _ = _compare(tmp_path / "txt", "--candidates", "int8wo,nf4", "--log-text")
+    proc, _ = _compare(tmp_path / "txt", "--candidates", "int8wo,nf4", "--noise-floor", "batch1",
+                       "--log-text")
     lines = (tmp_path / "txt" / "texts" / "prompts.jsonl").read_text().splitlines()
     assert len(lines) == 2 * int(LIMIT) and "Answer:" in json.loads(lines[0])["prompt"]

@@ -14,7 +14,8 @@ from scipy import stats as sps
 from qeval import stats
 
 
-@pytest.mark.parametrize("down,up", [(0, 0), (0, 5), (3, 9), (10, 10), (1, 20), (17, 4)])
+@pytest.mark.parametrize("down,up", [(0, 0), (0, 5), (3, 9), (10, 10), (1, 20), (17, 4),
+                                     (600, 700), (2500, 2600)])
 def test_mcnemar_matches_scipy_binomtest(down, up):
     expected = 1.0 if down + up == 0 else sps.binomtest(down, down + up, 0.5).pvalue
     assert stats.mcnemar_exact(down, up) == pytest.approx(expected, rel=1e-9)
@@ -48,26 +49,46 @@ def test_choice_kl_refuses_nan_and_length_mismatch():
         stats.choice_kl([0.0, 1.0], [0.0, 1.0, 2.0])
 
 
-def test_paired_bootstrap_identical_outcomes_give_zero_width():
-    b = [1, 0, 1, 1, 0] * 10
-    ci = stats.paired_bootstrap_ci(b, b, n_boot=500)
-    assert (ci.estimate, ci.low, ci.high) == (0.0, 0.0, 0.0)
+def test_tango_interval_matches_published_example():
+    # Cavo et al. 2012 (complete response before/after consolidation), as analysed in Fagerland,
+    # Lydersen & Laake, "Statistical Analysis of Contingency Tables", ch. 8: table [[59, 6], [16, 80]],
+    # difference (6 - 16) / 161 = -0.0621 with Tango score 95% CI -0.1240 to -0.0054.
+    ci = stats.paired_difference_ci(up=6, down=16, n=161)
+    assert ci.estimate == pytest.approx(-0.0621, abs=5e-5)
+    assert ci.low == pytest.approx(-0.1240, abs=5e-5)
+    assert ci.high == pytest.approx(-0.0054, abs=5e-5)
 
 
-def test_paired_bootstrap_is_deterministic_and_covers_the_truth():
-    rng = np.random.default_rng(1)
+def test_tango_with_no_flips_is_not_a_zero_width_certainty():
+    # The percentile bootstrap would give [0, 0] here and license a GO on 30 items.
+    ci = stats.paired_difference_ci(0, 0, 30)
+    assert ci.low < -0.05 and ci.high > 0.05
+    wide, narrow = stats.paired_difference_ci(0, 0, 100), stats.paired_difference_ci(0, 0, 1000)
+    assert narrow.high - narrow.low < wide.high - wide.low
+
+
+def test_tango_bound_solves_the_score_equation_and_is_monotone_in_alpha():
+    up, down, n = 7.0, 19.0, 240.0
+    z = stats.normal_quantile(0.975)
+    lo = stats.tango_bound(up, down, n, alpha=0.025, side="lower")
+    assert stats._tango_z(up, down, n, lo) == pytest.approx(z, abs=1e-6)
+    assert stats.tango_bound(up, down, n, alpha=0.005, side="lower") < lo
+    assert stats.tango_bound(up, down, n, alpha=0.005, side="upper") > \
+        stats.tango_bound(up, down, n, alpha=0.025, side="upper")
+
+
+def test_tango_coverage_in_seeded_simulation():
+    rng = np.random.default_rng(11)
+    n, p_up, p_down = 200, 0.02, 0.06  # few discordant pairs: where the bootstrap fails
+    truth = p_up - p_down
     hits = 0
-    trials = 200
-    for t in range(trials):
-        base = rng.random(150) < 0.7
-        # candidate loses 10% of the baseline's correct answers: true Δ = -0.07
-        cand = base & (rng.random(150) >= 0.1)
-        ci = stats.paired_bootstrap_ci(base, cand, n_boot=1000, seed=t)
-        hits += ci.low <= -0.07 <= ci.high
-    assert 0.88 <= hits / trials <= 0.99  # nominal 95%; percentile bootstrap is a bit liberal
-    a = stats.paired_bootstrap_ci([1, 0, 1], [0, 0, 1], n_boot=300, seed=5)
-    b = stats.paired_bootstrap_ci([1, 0, 1], [0, 0, 1], n_boot=300, seed=5)
-    assert a == b
+    trials = 400
+    for _ in range(trials):
+        u = rng.random(n)
+        up, down = int(np.sum(u < p_up)), int(np.sum((u >= p_up) & (u < p_up + p_down)))
+        ci = stats.paired_difference_ci(up, down, n)
+        hits += ci.low <= truth <= ci.high
+    assert 0.90 <= hits / trials <= 0.99  # nominal 95%
 
 
 def test_paired_interval_is_narrower_than_unpaired_for_correlated_outcomes():
@@ -76,11 +97,76 @@ def test_paired_interval_is_narrower_than_unpaired_for_correlated_outcomes():
     cand = base.copy()
     flip = rng.choice(300, 12, replace=False)
     cand[flip] = 1 - cand[flip]
-    paired = stats.paired_bootstrap_ci(base, cand, n_boot=2000)
+    up, down = int(np.sum(cand > base)), int(np.sum(base > cand))
+    paired = stats.paired_difference_ci(up, down, 300)
     # Unpaired normal interval for a difference of two independent proportions:
     p1, p2 = base.mean(), cand.mean()
     se = math.sqrt(p1 * (1 - p1) / 300 + p2 * (1 - p2) / 300)
     assert (paired.high - paired.low) < 0.5 * (2 * 1.96 * se)
+
+
+def test_mde_formula_gives_its_power_in_simulation():
+    n, disc = 600, 0.08
+    mde = stats.mde_paired(n, disc)
+    assert stats.n_for_mde(mde, disc) in (n, n + 1)
+    rng = np.random.default_rng(3)
+    p_down, p_up = (disc + mde) / 2, (disc - mde) / 2
+    detected = 0
+    trials = 400
+    for _ in range(trials):
+        u = rng.random(n)
+        down, up = int(np.sum(u < p_down)), int(np.sum((u >= p_down) & (u < p_down + p_up)))
+        detected += stats.paired_difference_ci(up, down, n).high < 0
+    assert 0.70 <= detected / trials <= 0.90  # the formula promises 0.80
+
+
+def test_design_effect_is_one_without_clusters_and_grows_with_shared_outcomes():
+    rng = np.random.default_rng(5)
+    d = rng.choice([-1.0, 0.0, 0.0, 1.0], size=120)
+    assert stats.design_effect(d, None) == 1.0
+    singletons = [f"c{i}" for i in range(120)]
+    assert stats.design_effect(d, singletons) == pytest.approx(120 / 119, rel=1e-9)
+    # Every cluster of 6 items moves together: about 6 times the variance of independent items.
+    cluster_vals = rng.choice([-1.0, 0.0, 0.0, 1.0], size=20)
+    together = np.repeat(cluster_vals, 6)
+    labels = [f"c{i // 6}" for i in range(120)]
+    assert 4.5 < stats.design_effect(together, labels) < 7.5
+
+
+def test_cluster_bootstrap_is_wider_for_clustered_values():
+    rng = np.random.default_rng(2)
+    vals = np.repeat(rng.exponential(size=25), 8)
+    labels = [f"c{i // 8}" for i in range(200)]
+    iid = stats.bootstrap_mean_ci(vals, n_boot=2000)
+    clustered = stats.bootstrap_mean_ci(vals, clusters=labels, n_boot=2000)
+    assert clustered.estimate == iid.estimate
+    assert (clustered.high - clustered.low) > 2 * (iid.high - iid.low)
+    assert "cluster" in clustered.method
+
+
+@pytest.mark.parametrize("n,q,alpha", [(50, 0.95, 0.025), (200, 0.95, 0.005), (400, 0.9, 0.05)])
+def test_quantile_bound_uses_the_binomial_order_statistic(n, q, alpha):
+    x = np.arange(1, n + 1, dtype=float)  # x_(k) = k, so a bound reads off its order index
+    upper = stats.quantile_bound(x, q, alpha=alpha, side="upper")
+    if math.isinf(upper):
+        assert sps.binom.cdf(n - 1, n, q) < 1 - alpha
+    else:
+        u = int(upper)
+        assert sps.binom.cdf(u - 1, n, q) >= 1 - alpha > sps.binom.cdf(u - 2, n, q)
+    lower = int(stats.quantile_bound(x, q, alpha=alpha, side="lower"))
+    assert sps.binom.sf(lower - 1, n, q) >= 1 - alpha > sps.binom.sf(lower, n, q)
+
+
+def test_quantile_bound_has_no_upper_bound_on_few_items_and_covers_in_simulation():
+    assert math.isinf(stats.quantile_bound(np.ones(20), 0.95, alpha=0.025, side="upper"))
+    rng = np.random.default_rng(8)
+    truth = -math.log(0.05)  # 95th percentile of Exp(1)
+    trials = 300
+    hits = 0
+    for _ in range(trials):
+        ci = stats.quantile_ci(rng.exponential(size=300), 0.95)
+        hits += ci.low <= truth <= ci.high
+    assert 0.92 <= hits / trials <= 1.0  # order-statistic intervals are conservative
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (10, 10), (37, 50), (5, 200)])
@@ -113,10 +199,19 @@ def test_above_chance_mixed_levels_matches_brute_force():
     assert stats.above_chance_p(correct, chance) == pytest.approx(brute, rel=1e-12)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.booleans(), min_size=5, max_size=80), st.data())
-def test_bootstrap_interval_contains_estimate(base, data):
+def test_paired_interval_contains_estimate(base, data):
     cand = data.draw(st.lists(st.booleans(), min_size=len(base), max_size=len(base)))
-    ci = stats.paired_bootstrap_ci(base, cand, n_boot=300)
-    assert ci.low - 1e-12 <= ci.estimate <= ci.high + 1e-12
+    up = sum(c and not b for b, c in zip(base, cand))
+    down = sum(b and not c for b, c in zip(base, cand))
+    ci = stats.paired_difference_ci(up, down, len(base))
+    assert ci.low - 1e-9 <= ci.estimate <= ci.high + 1e-9
     assert -1 <= ci.low <= ci.high <= 1
+
+
+def test_wilson_bound_with_design_effect_widens():
+    plain = stats.wilson_interval(180, 200)
+    clustered = stats.wilson_interval(180, 200, design_effect=3.0)
+    assert clustered.low < plain.low and clustered.high > plain.high
+    assert stats.wilson_bound(0.9, 200, alpha=0.025, side="lower") == pytest.approx(plain.low)

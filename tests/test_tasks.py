@@ -99,3 +99,38 @@ def test_broken_yaml_names_file_and_line(tmp_path):
 def test_unknown_task_lists_known_ones():
     with pytest.raises(QevalInputError, match="clinical_core"):
         TaskRegistry([project_dir("tasks")]).load("no_such_task")
+
+
+CLUSTERED = """  - id: {id}
+    question: "Which is right?"
+    choices: ["one", "two", "three", "four"]
+    answer: A
+    rationale: "Because."
+    risk: standard
+    cluster: {cluster}
+"""
+
+
+def test_cluster_by_needs_a_cluster_on_every_item(tmp_path):
+    items = CLUSTERED.format(id="x1", cluster="case1") + ITEM.format(id="x2", answer="B")
+    root = _write_task(tmp_path, items, "cluster_by: cluster\n")
+    with pytest.raises(QevalInputError, match="item 'x2'.*no cluster"):
+        TaskRegistry([root]).load("t")
+
+
+def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
+    items = CLUSTERED.format(id="x1", cluster="case1") + CLUSTERED.format(id="x2", cluster="case1")
+    task = TaskRegistry([_write_task(tmp_path / "a", items, "cluster_by: cluster\n")]).load("t")
+    assert [s.cluster for s in task.samples] == ["case1", "case1"]
+    assert task.spec.cluster_by == "cluster"
+    # Adding the optional cluster fields to the schema must not change the hash of tasks that do
+    # not use them (their stored records stay reusable): the hash ignores unset new fields.
+    plain = TaskRegistry([_write_task(tmp_path / "b", ITEM.format(id="x1", answer="A"))]).load("t")
+    import hashlib
+    import json
+
+    legacy = json.dumps({
+        "spec": {k: v for k, v in plain.spec.model_dump(mode="json").items() if k != "cluster_by"},
+        "samples": [{k: v for k, v in s.model_dump(mode="json").items() if k != "cluster"}
+                    for s in plain.samples]}, sort_keys=True)
+    assert plain.content_hash == hashlib.sha256(legacy.encode()).hexdigest()

@@ -6,7 +6,13 @@ from the same scores; the candidate's parameters then damage them in a controlle
 
 - `skill`: probability that the baseline puts its highest score on the answer key;
 - `damage`: probability that a candidate demotes the key below every other choice on an item;
-- `noise`: standard deviation of Gaussian noise added to every choice score (shifts choice-KL).
+- `promote`: probability that a candidate lifts the key above every other choice (wrong→right
+  flips, so that damage and promote together plant a known discordance and a known Δ);
+- `temperature`: divides every score (the softmax flattens or sharpens; no answer changes, so only
+  the label-free rules can see it);
+- `noise`: standard deviation of Gaussian noise added to every choice score (shifts choice-KL);
+- `numeric_path` (set on a noise-floor replica): adds tiny noise, `path_noise` (default 0.02), from
+  a stream of its own, the way another batch size or dtype moves a real model's scores a little.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ class FakeBackend:
         p = variant.params
         self.skill = float(p.get("skill", 0.8))
         self.damage = float(p.get("damage", 0.0))
+        self.promote = float(p.get("promote", 0.0))
+        self.temperature = float(p.get("temperature", 1.0))
         self.noise = float(p.get("noise", 0.0))
         self.seed = int(p.get("seed", 0))
+        self.path_noise = float(p.get("path_noise", 0.02)) if p.get("numeric_path") else 0.0
         self.answer_key = dict(answer_key)
         self.n_choices = dict(n_choices)
         self.info = BackendInfo(
@@ -52,9 +61,14 @@ class FakeBackend:
         drng = np.random.default_rng(int.from_bytes(digest[8:16], "little"))
         if drng.random() < self.damage:
             scores[key] = scores.min() - 1.0
+        if drng.random() < self.promote:
+            scores[key] = scores.max() + 1.0
         if self.noise:
             scores = scores + drng.normal(0.0, self.noise, size=k)
-        return scores
+        if self.path_noise:
+            prng = np.random.default_rng(int.from_bytes(digest[16:24], "little"))
+            scores = scores + prng.normal(0.0, self.path_noise, size=k)
+        return scores / self.temperature
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
                       advance: Progress | None = None) -> list[float]:

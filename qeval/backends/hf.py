@@ -20,6 +20,9 @@ from ..types import BackendInfo, Method, VariantSpec
 from .base import LoglikelihoodRequest, NonFiniteScores, Progress
 
 _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bfloat16"}
+# Ways to recompute the baseline along another numeric path, for the noise floor: batch1 scores
+# every sequence alone (no padding, other matmul shapes); bf16 recomputes in bfloat16.
+NUMERIC_PATHS = ("batch1", "bf16")
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "accelerate")
 
 
@@ -52,10 +55,18 @@ class DtypeChoice:
     notes: tuple[str, ...]
 
 
-def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: str | None) -> DtypeChoice:
-    """The dtype a variant computes in. Candidates use the baseline's, to isolate quantization."""
+def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: str | None,
+                 numeric_path: str | None = None) -> DtypeChoice:
+    """The dtype a variant computes in. Quantized candidates use the baseline's, to isolate
+    quantization; a dtype candidate (bf16 against an fp32 baseline) is the thing under test, so it
+    always computes in its own dtype, as does a baseline replica on the bf16 numeric path."""
+    if numeric_path == "bf16":
+        return DtypeChoice("bfloat16", "bfloat16", (
+            "noise-floor replica: the baseline recomputed in bfloat16",))
     if method in _DTYPE_NAMES:
         requested = _DTYPE_NAMES[method]
+        if baseline_compute is not None and numeric_path is None:
+            strict = True  # a dtype candidate must compute in its dtype or it tests nothing
         if device == "cpu" and requested != "float32" and not strict:
             return DtypeChoice(requested, "float32", (
                 f"{requested} was requested but this is a CPU, where {requested} matmuls are "
@@ -71,7 +82,12 @@ def _quantization_config(variant: VariantSpec, compute_dtype):
     from transformers import BitsAndBytesConfig, TorchAoConfig
 
     p = variant.params
-    known = {Method.int8: {"threshold"}, Method.nf4: {"double_quant"}, Method.int8wo: set()}
+    path = {"numeric_path"}
+    known = {Method.int8: {"threshold"}, Method.nf4: {"double_quant"}, Method.int8wo: set(),
+             **{m: path for m in _DTYPE_NAMES}}
+    if p.get("numeric_path") not in (None, *NUMERIC_PATHS):
+        raise QevalInputError(
+            f"variant {variant.name!r}: numeric_path must be one of {', '.join(NUMERIC_PATHS)}")
     if variant.method in known:
         unknown = set(p) - known[variant.method]
         if unknown:
@@ -135,10 +151,12 @@ class HFBackend:
 
         hf_logging.disable_progress_bar()  # qeval's own bars show progress; one bar per step
         self.device = resolve_device(device)
-        choice = choose_dtype(variant.method, self.device, strict_dtype, baseline_compute)
+        numeric_path = variant.params.get("numeric_path")
+        choice = choose_dtype(variant.method, self.device, strict_dtype, baseline_compute,
+                              numeric_path if isinstance(numeric_path, str) else None)
         dtype = getattr(torch, choice.compute)
         qconfig = _quantization_config(variant, dtype)
-        self.batch_size = batch_size
+        self.batch_size = 1 if numeric_path == "batch1" else batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(

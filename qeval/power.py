@@ -1,0 +1,75 @@
+"""Minimum detectable accuracy drop per task, printed before any scoring.
+
+A paired comparison of n items whose outcomes differ on a share d of them (the discordance) has a
+standard error of about √(d / n) for Δaccuracy, so the smallest drop it detects with power 1 − β
+at two-sided α is (z₁₋α/₂ + z₁₋β)·√(d / n). The discordance comes from earlier runs of the same
+task when the runs directory has them (per candidate when that candidate ran before, else the
+largest seen for the task), otherwise from the policy's stated default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import stats
+from .gate import GatePolicy
+from .types import PowerRow, Task
+
+
+def discordance_history(runs_root: Path) -> dict[tuple[str, str], tuple[float, str]]:
+    """(task, candidate) → (discordance, source run) from the newest earlier run that has it."""
+    found: dict[tuple[str, str], tuple[float, str]] = {}
+    if not runs_root.is_dir():
+        return found
+    paths = sorted(runs_root.glob("*/results.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            comps = data["comparisons"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable old run says nothing about power
+        for c in comps:
+            try:
+                key = (str(c["task"]), str(c["candidate"]))
+                disc = (int(c["flips_correct_to_wrong"]) + int(c["flips_wrong_to_correct"])) / int(c["n"])
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                continue
+            found.setdefault(key, (disc, path.parent.name))
+    return found
+
+
+def power_table(tasks: Sequence[Task], candidates: Sequence[str], policy: GatePolicy,
+                history: dict[tuple[str, str], tuple[float, str]] | None = None) -> list[PowerRow]:
+    history = history or {}
+    rows = []
+    for t in tasks:
+        tid, n = t.spec.id, len(t.samples)
+        margin = policy.rules_for(tid).accuracy_margin
+        seen = {cand: v for (task, cand), v in history.items() if task == tid}
+        per_cand: list[tuple[str | None, float, str]] = []
+        for cand in candidates:
+            if cand in seen:
+                d, run = seen[cand]
+                per_cand.append((cand, d, f"run {run}"))
+        if len(per_cand) < len(candidates):
+            if seen:
+                cand_max, (d, run) = max(seen.items(), key=lambda kv: kv[1][0])
+                fallback = (d, f"largest earlier ({cand_max}, run {run})")
+            else:
+                fallback = (policy.assumed_discordance, "policy default")
+            if per_cand:
+                per_cand += [(c, *fallback) for c in candidates if c not in seen]
+            else:
+                per_cand = [(None, *fallback)]
+        for cand, d, source in per_cand:
+            d_used = max(d, 1.0 / n)  # zero discordance seen before is no promise of zero now
+            mde = stats.mde_paired(n, d_used, alpha=policy.alpha, power=policy.power)
+            rows.append(PowerRow(
+                task=tid, candidate=cand, n=n, discordance=d_used, discordance_source=source,
+                mde=mde, margin=margin, underpowered=margin is not None and mde > margin,
+                n_needed=stats.n_for_mde(margin, d_used, alpha=policy.alpha, power=policy.power)
+                if margin else None,
+            ))
+    return rows
