@@ -1,6 +1,6 @@
 """Task registry: every `tasks/**/*.yaml` file defines one task. No model knowledge here.
 
-Files inside a directory named `items/` or `data/`, and files whose name starts with `_`, hold
+Files inside a directory named `items/`, `passages/` or `data/`, and files whose name starts with `_`, hold
 sample data or notes, not task definitions. The registry is built on demand from directories the
 caller names (no global registry filled on import).
 """
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from .errors import QevalInputError
 from .types import Risk, Sample, Task, TaskSpec
 
-DATA_DIRS = frozenset({"items", "data"})
+DATA_DIRS = frozenset({"items", "passages", "data"})
 
 
 class ItemFileEntry(BaseModel):

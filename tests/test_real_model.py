@@ -70,7 +70,9 @@ def test_compare_prints_a_verdict_and_writes_results(first_run):
     if letter["baseline_above_chance_p"] >= 0.05:
         assert all(r["decision"] == "INCONCLUSIVE" for r in acc_rule)
         assert letter["verdict"] != "GO"
-    assert (out / "report.md").read_text().count("| clinical_core |") == 2
+    report = (out / "report.md").read_text()
+    assert all(f"| clinical_core | {c} | {LIMIT} |" in report for c in ("int8wo", "nf4"))
+    assert "## Noise floor" in report and "## How the verdict was combined" in report
     info = json.loads((out / "records" / "nf4" / "backend.json").read_text())
     assert info["device"] == "cpu" and "Linear4bit" in info["kernel"]
     # Before scoring: the detectable drop per task, flagged against the margin (30 items cannot
