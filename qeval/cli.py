@@ -74,7 +74,8 @@ def compare(
         if run_dir.exists():
             raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
 
-        from .backends.hf import HFFactory, resolve_device
+        from .backends.engines import EngineFactory
+        from .backends.hf import resolve_device
         from .models import cache_dir, resolve_model
         from .pipeline import run_compare
         from .console import RichUI
@@ -86,7 +87,8 @@ def compare(
         t_model = time.perf_counter()
         resolved = resolve_model(model, progress=ui.status)
         model_seconds = time.perf_counter() - t_model
-        factory = HFFactory(resolved, device=device, strict_dtype=strict_dtype, batch_size=batch_size)
+        factory = EngineFactory(resolved, device=device, strict_dtype=strict_dtype,
+                                batch_size=batch_size, cache=cache_dir(), progress=ui.status)
         from .power import discordance_history
 
         res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
@@ -163,7 +165,8 @@ def list_tasks() -> None:
         reg = TaskRegistry([project_dir("tasks")])
         for tid in reg.ids():
             t = reg.load(tid)
-            console.print(f"{tid:24} v{t.spec.version}  {len(t.samples):4d} items  {t.spec.description}")
+            unit = "passages" if t.spec.kind == "reference_text" else "items   "
+            console.print(f"{tid:24} v{t.spec.version}  {t.size():4d} {unit}  {t.spec.description}")
         for p in sorted((project_dir("configs") / "suites").glob("*.yaml")):
             console.print(f"suite {p.stem}: {', '.join(suite_tasks(p.stem))}")
     except QevalInputError as exc:

@@ -13,7 +13,8 @@ import numpy as np
 
 from . import stats
 from .types import (
-    CategoryBreakdown, ItemRecord, PairedItems, Risk, RiskBreakdown, Task, TaskComparison,
+    CategoryBreakdown, Interval, ItemRecord, PairedItems, Risk, RiskBreakdown, Task,
+    TaskComparison, TextComparison, TextRecord, TextUnits,
 )
 
 
@@ -173,3 +174,69 @@ def _by_category(pairs: list[tuple[ItemRecord, ItemRecord]]) -> tuple[CategoryBr
             )
         )
     return tuple(out)
+
+
+def _ratio_interval(num: np.ndarray, den: np.ndarray, *, n_boot: int, seed: int,
+                    transform=None) -> Interval:
+    boot = stats.bootstrap_ratio(num, den, n_boot=n_boot, seed=seed)
+    est = float(num.sum() / den.sum())
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    if transform is not None:
+        est, lo, hi = transform(est), transform(lo), transform(hi)
+    return Interval(estimate=float(est), low=float(lo), high=float(hi),
+                    method=f"bootstrap over passages, {n_boot} resamples, percentile")
+
+
+def text_units(records: Sequence[TextRecord], cluster_by: str | None) -> TextUnits:
+    """Sum each passage's numbers, merged by cluster when the task declares clusters."""
+    def unit(r: TextRecord) -> str:
+        if cluster_by == "cluster" and r.cluster:
+            return r.cluster
+        if cluster_by == "category":
+            return r.category
+        return r.sample_id
+
+    acc: dict[str, list[float]] = {}
+    for r in sorted(records, key=lambda r: r.sample_id):
+        a = acc.setdefault(unit(r), [0, 0.0, 0, 0.0])
+        a[0] += r.n_tokens
+        a[1] += float(np.sum(r.kl))
+        a[2] += r.same_top
+        a[3] += r.nll_candidate - r.nll_baseline
+    ids = sorted(acc)
+    return TextUnits(ids=tuple(ids), tokens=tuple(int(acc[i][0]) for i in ids),
+                     kl_sum=tuple(acc[i][1] for i in ids), same_top=tuple(int(acc[i][2]) for i in ids),
+                     delta_nll=tuple(acc[i][3] for i in ids))
+
+
+def compare_text(records: Sequence[TextRecord], *, top_k: int, cluster_by: str | None = None,
+                 n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> TextComparison:
+    """Summarise a candidate's per-passage TextRecords (each already paired with the baseline:
+    its KL and both negative log-likelihoods were computed on identical token ids)."""
+    if not records:
+        raise PairingError("no passages to compare")
+    ids = [r.sample_id for r in records]
+    if len(set(ids)) != len(ids):
+        raise PairingError("duplicate passage ids in the records; each passage must be scored once")
+    u = text_units(records, cluster_by)
+    tokens = np.array(u.tokens, dtype=np.float64)
+    kl_all = np.concatenate([np.asarray(r.kl, dtype=np.float64) for r in records])
+    nll_b = sum(r.nll_baseline for r in records)
+    nll_c = sum(r.nll_candidate for r in records)
+    n_tok = int(tokens.sum())
+    common = dict(n_boot=n_boot, seed=seed)
+    dlp = _ratio_interval(np.array(u.delta_nll), tokens, **common)
+    p50, p90, p99, p999 = np.quantile(kl_all, [0.5, 0.9, 0.99, 0.999])
+    return TextComparison(
+        task=records[0].task, candidate=records[0].variant, n=len(records), n_units=len(u.ids),
+        n_tokens=n_tok, top_k=top_k,
+        kld_mean=_ratio_interval(np.array(u.kl_sum), tokens, **common),
+        kld_se=stats.ratio_se(u.kl_sum, tokens),
+        kld_median=float(p50), kld_p90=float(p90), kld_p99=float(p99), kld_p999=float(p999),
+        kld_max=float(kl_all.max()),
+        same_top=_ratio_interval(np.array(u.same_top, dtype=np.float64), tokens, **common),
+        delta_log_ppl=dlp,
+        ppl_baseline=float(np.exp(nll_b / n_tok)), ppl_candidate=float(np.exp(nll_c / n_tok)),
+        ppl_ratio=_ratio_interval(np.array(u.delta_nll), tokens, transform=np.exp, **common),
+        units=u,
+    )

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import QevalInputError
 from .models import DEFAULT_MODEL
-from .types import BASELINE_METHODS, VariantSpec
+from .types import BASELINE_METHODS, Method, VariantSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,9 +83,16 @@ def _coerce(value: str) -> str | int | float | bool:
 
 
 def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> VariantSpec:
-    """`int8`, `nf4:double_quant=true` or a name from configs/variants/*.yaml."""
+    """`int8`, `nf4:double_quant=true`, `gguf:q4_k_m`, `gguf=path/to/model.gguf` or a name from
+    configs/variants/*.yaml."""
     known = known_variants() if known is None else known
-    name, _, params_text = text.strip().partition(":")
+    text = text.strip()
+    if text.startswith("gguf=") and "gguf" in known:
+        path = text.partition("=")[2]
+        if not path:
+            raise QevalInputError("gguf= needs a file: gguf=path/to/model.gguf")
+        return _checked_gguf(known["gguf"].model_copy(update={"name": text, "params": {"file": path}}))
+    name, _, params_text = text.partition(":")
     if name not in known:
         raise QevalInputError(
             f"unknown variant {name!r}; choose from {', '.join(sorted(known))} "
@@ -93,12 +100,40 @@ def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> Var
         )
     base = known[name]
     params = dict(base.params)
-    for part in filter(None, params_text.split(",")):
+    for n, part in enumerate(filter(None, params_text.split(","))):
         key, eq, value = part.partition("=")
+        if not eq and n == 0 and base.method == Method.gguf:
+            params["type"] = part.strip().lower()  # gguf:q4_k_m
+            continue
         if not eq:
             raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
         params[key.strip()] = _coerce(value.strip())
-    return base.model_copy(update={"name": text.strip(), "params": params})
+    variant = base.model_copy(update={"name": text.strip(), "params": params})
+    return _checked_gguf(variant) if base.method == Method.gguf else variant
+
+
+def _checked_gguf(variant: VariantSpec) -> VariantSpec:
+    """Catch a wrong GGUF type, parameter or file before any model is loaded."""
+    from .gguf_export import QUANT_TYPES
+    from .backends.llamacpp import PARAMS
+
+    p = variant.params
+    unknown = sorted(set(p) - PARAMS)
+    if unknown:
+        raise QevalInputError(f"variant {variant.name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                              f"gguf takes {', '.join(sorted(PARAMS))}")
+    if "file" in p:
+        path = Path(str(p["file"])).expanduser()
+        if not path.is_file():
+            raise QevalInputError(f"variant {variant.name!r}: GGUF file {path} does not exist; "
+                                  "give the path of a .gguf file")
+    elif str(p.get("type", "")).lower() not in QUANT_TYPES:
+        raise QevalInputError(f"variant {variant.name!r}: unknown GGUF type {p.get('type')!r}; "
+                              f"choose from {', '.join(QUANT_TYPES)}")
+    for key in ("threads", "n_ctx", "gpu_layers"):
+        if key in p and (not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0):
+            raise QevalInputError(f"variant {variant.name!r}: {key} must be a non-negative integer")
+    return variant
 
 
 def suite_tasks(suite: str) -> tuple[str, ...]:

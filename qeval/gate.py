@@ -27,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import stats
 from .errors import QevalInputError
-from .types import Decision, PairedItems, RuleResult, TaskComparison, TaskVerdict, Verdict
+from .types import (
+    Decision, PairedItems, RuleResult, TaskComparison, TaskVerdict, TextComparison, Verdict,
+)
 
 _SEVERITY = {Decision.GO: 0, Decision.INCONCLUSIVE: 1, Decision.NO_GO: 2}
 
@@ -55,6 +57,12 @@ class TaskRules(BaseModel):
     max_choice_kl_mean: float | None = Field(0.05, ge=0)
     max_choice_kl_p95: float | None = Field(0.25, ge=0)
     max_top1_disagreement: float | None = Field(0.10, ge=0, le=1)
+    # reference_text tasks (label-free, per token): mean KL(baseline ‖ candidate) in nats,
+    # perplexity ratio candidate / baseline, share of positions whose most likely next token
+    # changes. A reference_text task can be GO on these alone: it has no labels to ask for.
+    max_token_kld_mean: float | None = Field(0.05, ge=0)
+    max_ppl_ratio: float | None = Field(1.05, ge=1)
+    max_top_token_disagreement: float | None = Field(0.10, ge=0, le=1)
     # Hard limit, no interval: correct→wrong flips on risk: high items.
     max_high_risk_flips: int | None = Field(None, ge=0)
     # Without accuracy evidence the task cannot be GO on label-free rules alone.
@@ -62,10 +70,14 @@ class TaskRules(BaseModel):
     # With a measured noise floor, a NO_GO needs an effect larger than numerics alone produce.
     require_above_noise_floor: bool = True
 
-    def interval_rules(self) -> int:
-        """How many rules here can say NO_GO from an interval (the Bonferroni family size)."""
-        limits = (self.accuracy_margin, self.high_risk_accuracy_margin, self.max_choice_kl_mean,
-                  self.max_choice_kl_p95, self.max_top1_disagreement)
+    def interval_rules(self, kind: str = "multiple_choice") -> int:
+        """How many rules here can say NO_GO from an interval on a task of this kind (the
+        Bonferroni family size)."""
+        if kind == "reference_text":
+            limits = (self.max_token_kld_mean, self.max_ppl_ratio, self.max_top_token_disagreement)
+        else:
+            limits = (self.accuracy_margin, self.high_risk_accuracy_margin, self.max_choice_kl_mean,
+                      self.max_choice_kl_p95, self.max_top1_disagreement)
         return sum(x is not None for x in limits)
 
 
@@ -280,9 +292,53 @@ def judge_task(c: TaskComparison, rules: TaskRules, *, go_alpha: float = 0.025,
     return TaskVerdict(task=c.task, candidate=c.candidate, decision=decision, rules=tuple(results))
 
 
-def nogo_alpha_for(policy: GatePolicy, task_ids: Sequence[str]) -> tuple[float, int]:
-    """One-sided NO_GO error rate per test, and the family size it was corrected for."""
-    k = sum(policy.rules_for(t).interval_rules() for t in task_ids)
+def judge_text(c: TextComparison, rules: TaskRules, *, go_alpha: float = 0.025,
+               nogo_alpha: float = 0.025, floor: TextComparison | None = None,
+               n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> TaskVerdict:
+    """Label-free rules on reference text; bounds come from the bootstrap over passages."""
+    u = c.units
+    tokens = np.array(u.tokens, dtype=np.float64)
+    use_floor = floor if rules.require_above_noise_floor else None
+    results: list[RuleResult] = []
+    if c.n_units < rules.min_items:
+        results.append(RuleResult(
+            rule="min_items", decision=Decision.INCONCLUSIVE,
+            reason=f"only {c.n_units} passages to resample; the policy needs at least {rules.min_items}"))
+
+    def bounds(num: Sequence[float], transform=lambda x: x) -> tuple[float, float, np.ndarray]:
+        boot = transform(stats.bootstrap_ratio(num, tokens, n_boot=n_boot, seed=seed))
+        return boot, float(np.quantile(boot, 1 - go_alpha)), float(np.quantile(boot, nogo_alpha))
+
+    if rules.max_token_kld_mean is not None:
+        _, go_b, nogo_b = bounds(u.kl_sum)
+        results.append(_upper_limit_rule(
+            "token_kld_mean", f"mean token KLD on {c.n_tokens} tokens", " nats", c.kld_mean.estimate,
+            go_b, nogo_b, rules.max_token_kld_mean, go_alpha, nogo_alpha,
+            use_floor.kld_mean.estimate if use_floor else None))
+    if rules.max_ppl_ratio is not None:
+        _, go_b, nogo_b = bounds(u.delta_nll, np.exp)
+        results.append(_upper_limit_rule(
+            "ppl_ratio", "perplexity ratio", "", c.ppl_ratio.estimate, go_b, nogo_b,
+            rules.max_ppl_ratio, go_alpha, nogo_alpha,
+            use_floor.ppl_ratio.estimate if use_floor else None))
+    if rules.max_top_token_disagreement is not None:
+        different = [t - s for t, s in zip(u.tokens, u.same_top)]
+        _, go_b, nogo_b = bounds(different)
+        results.append(_upper_limit_rule(
+            "top_token_disagreement", "share of positions with another top token", "",
+            1 - c.same_top.estimate, go_b, nogo_b, rules.max_top_token_disagreement,
+            go_alpha, nogo_alpha, 1 - use_floor.same_top.estimate if use_floor else None))
+    decision = worst([r.decision for r in results])
+    return TaskVerdict(task=c.task, candidate=c.candidate, decision=decision, rules=tuple(results))
+
+
+_JUDGES = {"multiple_choice": judge_task, "reference_text": judge_text}
+
+
+def nogo_alpha_for(policy: GatePolicy, tasks: Sequence[tuple[str, str]]) -> tuple[float, int]:
+    """One-sided NO_GO error rate per test, and the family size it was corrected for.
+    `tasks`: (task id, task kind) of one candidate's comparisons."""
+    k = sum(policy.rules_for(t).interval_rules(kind) for t, kind in tasks)
     if policy.nogo_correction == "none" or k <= 1:
         return policy.alpha / 2, max(k, 1)
     return policy.alpha / 2 / k, k
@@ -299,8 +355,8 @@ def combination_text(policy: GatePolicy, k: int) -> str:
             "INCONCLUSIVE. The run takes its worst candidate.")
 
 
-def judge(comparisons: Sequence[TaskComparison], policy: GatePolicy, *,
-          floors: Mapping[str, TaskComparison] | None = None,
+def judge(comparisons: Sequence[TaskComparison | TextComparison], policy: GatePolicy, *,
+          floors: Mapping[str, TaskComparison | TextComparison] | None = None,
           n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> Verdict:
     floors = floors or {}
     candidates = sorted({c.candidate for c in comparisons})
@@ -309,10 +365,10 @@ def judge(comparisons: Sequence[TaskComparison], policy: GatePolicy, *,
     family = 1
     for cand in candidates:
         mine = [c for c in comparisons if c.candidate == cand]
-        nogo_alpha, family = nogo_alpha_for(policy, [c.task for c in mine])
-        verdicts += [judge_task(c, policy.rules_for(c.task), go_alpha=go_alpha,
-                                nogo_alpha=nogo_alpha, floor=floors.get(c.task), n_boot=n_boot,
-                                seed=seed) for c in mine]
+        nogo_alpha, family = nogo_alpha_for(policy, [(c.task, c.kind) for c in mine])
+        verdicts += [_JUDGES[c.kind](c, policy.rules_for(c.task), go_alpha=go_alpha,
+                                     nogo_alpha=nogo_alpha, floor=floors.get(c.task),
+                                     n_boot=n_boot, seed=seed) for c in mine]
     per_candidate = {
         cand: worst([t.decision for t in verdicts if t.candidate == cand]) for cand in candidates
     }

@@ -12,12 +12,16 @@ from .backends.base import Backend
 from .config import RunConfig, floor_replica
 from .gate import GatePolicy, judge
 from .power import power_table
+from . import reference_text as rt
 from .runner import RecordStore, build_requests, check_same_prompts, opened, score_items
-from .types import BackendInfo, ItemRecord, PowerRow, Task, TaskComparison, VariantSpec, Verdict
+from .types import (
+    BackendInfo, ItemRecord, PowerRow, Task, TaskComparison, TextComparison, TextRecord, VariantSpec,
+    Verdict,
+)
 
 
 class BackendFactory(Protocol):
-    def identity(self) -> dict:
+    def identity(self, variant: VariantSpec) -> dict:
         """What, besides the variant, changes a backend's numbers (device, versions, ...)."""
         ...
 
@@ -36,9 +40,15 @@ class UI(Protocol):
 class VariantRun:
     spec: VariantSpec
     info: BackendInfo
-    records: dict[str, list[ItemRecord]]
+    records: dict[str, list[ItemRecord]]  # multiple_choice tasks
+    text: dict[str, list[TextRecord]] = field(default_factory=dict)  # reference_text (candidates)
+    keys: dict[str, str] = field(default_factory=dict)  # record-store key per task
     reused_tasks: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Baseline only: bounded next-token distributions per reference_text task, with each
+    # passage's token hash. In memory for this run only (token ids are text).
+    dists: dict[str, tuple[dict[str, str], dict[str, list[rt.BaselineDist]]]] = field(
+        default_factory=dict, repr=False)
 
 
 @dataclass
@@ -47,56 +57,116 @@ class CompareResult:
     tasks: list[Task]
     baseline: VariantRun
     candidates: list[VariantRun]
-    comparisons: list[TaskComparison]
+    comparisons: list[TaskComparison | TextComparison]
     verdict: Verdict
     timings: dict[str, float]
     power: list[PowerRow] = field(default_factory=list)
     floor: VariantRun | None = None
-    floors: dict[str, TaskComparison] = field(default_factory=dict)
+    floors: dict[str, TaskComparison | TextComparison] = field(default_factory=dict)
+
+
+def is_text(task: Task) -> bool:
+    return task.spec.kind == "reference_text"
+
+
+def store_keys(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
+               model_fingerprint: str, cfg: RunConfig, baseline_keys: dict[str, str] | None = None
+               ) -> dict[str, str]:
+    """Record-store keys; a candidate's reference_text records also depend on the baseline's."""
+    ident = factory.identity(variant)
+    return {t.spec.id: RecordStore.key(
+        model_fingerprint=model_fingerprint, variant=variant, device=ident.get("device", ""),
+        strict_dtype=cfg.strict_dtype, versions=ident.get("versions", {}),
+        batch_size=cfg.batch_size, task=t,
+        against=baseline_keys[t.spec.id] if baseline_keys is not None and is_text(t) else None)
+        for t in tasks}
 
 
 def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
                 store: RecordStore | None, model_fingerprint: str, cfg: RunConfig, ui: UI,
-                baseline: VariantRun | None = None) -> VariantRun:
+                baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset()
+                ) -> VariantRun:
+    """Score `variant` on `tasks`, reusing stored records. The baseline (baseline=None) also keeps
+    the reference_text distributions of the tasks in `dists_for`, for candidates to score against."""
     start = time.perf_counter()
-    ident = factory.identity()
-    keys = {t.spec.id: RecordStore.key(
-        model_fingerprint=model_fingerprint, variant=variant, device=ident.get("device", ""),
-        strict_dtype=cfg.strict_dtype, versions=ident.get("versions", {}),
-        batch_size=cfg.batch_size, task=t) for t in tasks}
+    keys = store_keys(variant, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg,
+                      baseline_keys=baseline.keys if baseline else None)
     records: dict[str, list[ItemRecord]] = {}
+    text: dict[str, list[TextRecord]] = {}
     info: BackendInfo | None = None
     reused = []
     if store is not None and cfg.reuse_records:
         for t in tasks:
-            hit = store.load(keys[t.spec.id], variant.name)
+            if is_text(t) and baseline is None:
+                # The baseline keeps no text records, only a marker of what scored it.
+                hit = store.load(keys[t.spec.id], variant.name, TextRecord)
+                if hit is not None and t.spec.id not in dists_for:
+                    info = hit[1]
+                    reused.append(t.spec.id)
+                continue
+            hit = store.load(keys[t.spec.id], variant.name, TextRecord if is_text(t) else ItemRecord)
             if hit is not None:
-                records[t.spec.id], info = hit
+                (text if is_text(t) else records)[t.spec.id], info = hit
                 reused.append(t.spec.id)
-    todo = [t for t in tasks if t.spec.id not in records]
+    todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
+            and not (baseline is None and is_text(t) and t.spec.id in reused)]
+    dists = {}
     if todo:
         ui.status(f"Loading {variant.name}")
         base_compute = baseline.info.compute_dtype if baseline else None
         with opened(lambda: factory.open(variant, base_compute)) as backend:
             info = backend.info
             for t in todo:
-                items = build_requests(t, backend.tokenize)
-                if baseline is not None:
-                    check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
-                total = sum(len(it.requests) for it in items)
-                with ui.bar(f"{variant.name} · {t.spec.id}", total) as advance:
-                    recs = score_items(t, items, backend, advance)
-                records[t.spec.id] = recs
+                if is_text(t):
+                    passages = rt.tokenize_passages(t.spec, t.passages, backend.tokenize)
+                    total = sum(p.n_scored for p in passages)
+                    with ui.bar(f"{variant.name} · {t.spec.id} (tokens)", total) as advance:
+                        if baseline is None:
+                            dists[t.spec.id] = ({p.id: p.prompt_hash for p in passages},
+                                                rt.baseline_distributions(backend, passages,
+                                                                          t.spec.baseline_top_k, advance))
+                            recs = []
+                        else:
+                            hashes, base_dists = baseline.dists[t.spec.id]
+                            recs = rt.score_passages(t.spec.id, passages, base_dists, hashes,
+                                                     backend, advance)
+                            text[t.spec.id] = recs
+                else:
+                    items = build_requests(t, backend.tokenize)
+                    if baseline is not None:
+                        check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
+                    total = sum(len(it.requests) for it in items)
+                    with ui.bar(f"{variant.name} · {t.spec.id}", total) as advance:
+                        recs = score_items(t, items, backend, advance)
+                    records[t.spec.id] = recs
                 if store is not None:
                     store.save(keys[t.spec.id], recs, info)
     assert info is not None
-    return VariantRun(variant, info, records, reused, time.perf_counter() - start)
+    return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists)
+
+
+def text_tasks_to_score(variants: Sequence[VariantSpec], tasks: Sequence[Task], base_keys: dict[str, str],
+                        *, store: RecordStore | None, cfg: RunConfig, **common) -> frozenset[str]:
+    """reference_text tasks some variant has no stored records for: the baseline must keep its
+    distributions for them."""
+    wanted = set()
+    for v in variants:
+        keys = store_keys(v, tasks, baseline_keys=base_keys, cfg=cfg, **common)
+        for t in tasks:
+            if is_text(t) and (store is None or not cfg.reuse_records
+                               or store.load(keys[t.spec.id], v.name, TextRecord) is None):
+                wanted.add(t.spec.id)
+    return frozenset(wanted)
 
 
 def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
-                cfg: RunConfig) -> list[TaskComparison]:
-    out = []
+                cfg: RunConfig) -> list[TaskComparison | TextComparison]:
+    out: list[TaskComparison | TextComparison] = []
     for t in tasks:
+        if is_text(t):
+            out.append(cmp.compare_text(other.text[t.spec.id], top_k=t.spec.baseline_top_k,
+                                        cluster_by=t.spec.cluster_by, n_boot=cfg.n_boot, seed=cfg.seed))
+            continue
         chance = [t.spec.chance_level] * len(t.samples) if t.spec.chance_level is not None else None
         out.append(cmp.compare_task(
             base.records[t.spec.id], other.records[t.spec.id], chance=chance,
@@ -112,11 +182,16 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     power = power_table(tasks, [c.name for c in cfg.candidates], policy, history)
     ui.power(power)
     common = dict(factory=factory, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
-    base = run_variant(cfg.baseline, tasks, **common)
+    others = ([floor_replica(cfg.baseline, cfg.noise_floor)] if cfg.noise_floor else []) + list(cfg.candidates)
+    base_keys = store_keys(cfg.baseline, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg)
+    dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, factory=factory,
+                                    model_fingerprint=model_fingerprint)
+    base = run_variant(cfg.baseline, tasks, dists_for=dists_for, **common)
     floor = None
     if cfg.noise_floor:
-        floor = run_variant(floor_replica(cfg.baseline, cfg.noise_floor), tasks, baseline=base, **common)
+        floor = run_variant(others[0], tasks, baseline=base, **common)
     cands = [run_variant(c, tasks, baseline=base, **common) for c in cfg.candidates]
+    base.dists.clear()  # token ids: gone as soon as every candidate has been scored
     t1 = time.perf_counter()
     ui.status("Comparing")
     comparisons = [c for run in cands for c in compare_all(base, run, tasks, cfg)]

@@ -45,6 +45,8 @@ def power_table(tasks: Sequence[Task], candidates: Sequence[str], policy: GatePo
     history = history or {}
     rows = []
     for t in tasks:
+        if t.spec.kind != "multiple_choice":
+            continue  # accuracy power: label-free reference text has no accuracy to detect
         tid, n = t.spec.id, len(t.samples)
         margin = policy.rules_for(tid).accuracy_margin
         seen = {cand: v for (task, cand), v in history.items() if task == tid}

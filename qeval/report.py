@@ -44,7 +44,7 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
         "policy": policy,
         "baseline": res.baseline.info.model_dump(mode="json"),
         "candidates": [c.info.model_dump(mode="json") for c in res.candidates],
-        "tasks": [{"id": t.spec.id, "version": t.spec.version, "n": len(t.samples),
+        "tasks": [{"id": t.spec.id, "version": t.spec.version, "kind": t.spec.kind, "n": t.size(),
                    "content_hash": t.content_hash, "path": t.path} for t in res.tasks],
         "comparisons": comparisons,
         "combination": res.verdict.combination,
@@ -68,7 +68,7 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -
     tmp.mkdir(parents=True)
     for run in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]:
         folder = tmp / "records" / _safe(run.spec.name)
-        for task_id, recs in run.records.items():
+        for task_id, recs in [*run.records.items(), *run.text.items()]:
             write_jsonl(folder / f"{task_id}.jsonl", recs)
         # What actually ran (device, dtypes, kernels), beside the records it produced.
         atomic_write_text(folder / "backend.json", run.info.model_dump_json(indent=1) + "\n")
@@ -84,6 +84,8 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -
 
         lines = []
         for t in res.tasks:
+            for p in t.passages:
+                lines.append(json.dumps({"task": t.spec.id, "sample_id": p.id, "text": p.text}))
             for s in t.samples:
                 ctx, conts = render_prompt(t.spec, s)
                 lines.append(json.dumps({"task": t.spec.id, "sample_id": s.id, "prompt": ctx,
@@ -105,6 +107,27 @@ def _pct(x: float) -> str:
 def _delta(c: dict | TaskComparison) -> str:
     d = c["delta"] if isinstance(c, dict) else c.delta.model_dump()
     return f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def _mc(comparisons: list[dict]) -> list[dict]:
+    return [c for c in comparisons if c.get("kind", "multiple_choice") == "multiple_choice"]
+
+
+def _text(comparisons: list[dict]) -> list[dict]:
+    return [c for c in comparisons if c.get("kind") == "reference_text"]
+
+
+def _kld(c: dict) -> str:
+    k = c["kld_mean"]
+    return f"{k['estimate']:.4f} ± {c['kld_se']:.4f} [{k['low']:.4f}, {k['high']:.4f}]"
+
+
+def _interval_pct(i: dict) -> str:
+    return f"{100 * i['estimate']:.2f} [{100 * i['low']:.2f}, {100 * i['high']:.2f}]"
+
+
+def _ratio(i: dict) -> str:
+    return f"{i['estimate']:.4f} [{i['low']:.4f}, {i['high']:.4f}]"
 
 
 def markdown_report(results: dict) -> str:
@@ -141,7 +164,7 @@ def markdown_report(results: dict) -> str:
               "| task | candidate | n | base acc % | cand acc % | Δ pp [95% CI] | ↓ c→w | ↑ w→c | McNemar p | "
               "choice-KL mean | KL p95 | KL max | top-1 agree % | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in results["comparisons"]:
+    for c in _mc(results["comparisons"]):
         lines.append(
             f"| {c['task']} | {c['candidate']} | {c['n']} | {_pct(c['baseline_accuracy'])} | "
             f"{_pct(c['candidate_accuracy'])} | {_delta(c)} | {c['flips_correct_to_wrong']} | "
@@ -149,22 +172,41 @@ def markdown_report(results: dict) -> str:
             f"{c['choice_kl_p95']['estimate']:.4f} | {c['choice_kl_max']:.3f} | "
             f"{_pct(c['top1_agreement']['estimate'])} | **{c['verdict']}** |"
         )
+    if _text(results["comparisons"]):
+        lines += ["", "## Reference text: token-level, label-free (llama.cpp --kl-divergence statistics)", "",
+                  "| task | candidate | passages | tokens | KLD mean ± SE [95% CI] | median | p90 | p99 | "
+                  "p99.9 | max | same top % [95% CI] | PPL base | PPL cand | PPL ratio [95% CI] | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in _text(results["comparisons"]):
+            lines.append(
+                f"| {c['task']} | {c['candidate']} | {c['n']} | {c['n_tokens']} | {_kld(c)} | "
+                f"{c['kld_median']:.2e} | {c['kld_p90']:.2e} | {c['kld_p99']:.3g} | {c['kld_p999']:.3g} | "
+                f"{c['kld_max']:.3g} | {_interval_pct(c['same_top'])} | {c['ppl_baseline']:.3f} | "
+                f"{c['ppl_candidate']:.3f} | {_ratio(c['ppl_ratio'])} | **{c['verdict']}** |")
+        k = sorted({c["top_k"] for c in _text(results["comparisons"])})
+        lines += ["", f"KLD is KL(baseline ‖ candidate) per token over the baseline's top "
+                  f"{', '.join(map(str, k))} tokens plus one bin for the rest (a lower bound on the "
+                  "full-vocabulary KL); intervals resample whole passages.", ""]
     floor = results.get("noise_floor")
     if floor:
         lines += ["", f"## Noise floor: {floor['variant']['variant']} (the baseline recomputed along "
                   f"the {floor['path']} path)", "",
                   "| task | flips both ways | discordance % | choice-KL mean | KL p95 | KL max | top-1 agree % |",
                   "|---|---|---|---|---|---|---|"]
-        for c in floor["comparisons"]:
+        for c in _mc(floor["comparisons"]):
             lines.append(f"| {c['task']} | {c['flips_correct_to_wrong']} ↓ {c['flips_wrong_to_correct']} ↑ | "
                          f"{_pct(c['discordance'])} | {c['choice_kl_mean']['estimate']:.2e} | "
                          f"{c['choice_kl_p95']['estimate']:.2e} | {c['choice_kl_max']:.2e} | "
                          f"{_pct(c['top1_agreement']['estimate'])} |")
+        for c in _text(floor["comparisons"]):
+            lines.append(f"\nReference text {c['task']}: KLD mean {c['kld_mean']['estimate']:.2e}, max "
+                         f"{c['kld_max']:.2e}, same top {_pct(c['same_top']['estimate'])}%, PPL ratio "
+                         f"{c['ppl_ratio']['estimate']:.5f}")
         lines += ["", "Effects no larger than these come from numerics alone; with "
                   "`require_above_noise_floor` a NO_GO needs more.", ""]
     lines += ["", "Chance level and the baseline's evidence against it:", ""]
     seen = set()
-    for c in results["comparisons"]:
+    for c in _mc(results["comparisons"]):
         if c["task"] in seen:
             continue
         seen.add(c["task"])
@@ -180,7 +222,7 @@ def markdown_report(results: dict) -> str:
     lines += ["## High-risk items (sample ids only)", "",
               "| task | candidate | n high-risk | base acc % | cand acc % | correct→wrong | wrong→correct |",
               "|---|---|---|---|---|---|---|"]
-    for c in results["comparisons"]:
+    for c in _mc(results["comparisons"]):
         h = c["high_risk"]
         if not h["n"]:
             continue
@@ -188,7 +230,7 @@ def markdown_report(results: dict) -> str:
                      f"{_pct(h['candidate_accuracy'])} | {', '.join(h['correct_to_wrong']) or '—'} | "
                      f"{', '.join(h['wrong_to_correct']) or '—'} |")
     lines += ["", "## Per area (Δ accuracy, percentage points)", ""]
-    for c in results["comparisons"]:
+    for c in _mc(results["comparisons"]):
         cats = c["categories"]
         if len(cats) <= 1:
             continue
@@ -196,7 +238,7 @@ def markdown_report(results: dict) -> str:
             f"{k['category']} {100 * k['delta']:+.1f} (n={k['n']}, ↓{k['flips_correct_to_wrong']} ↑{k['flips_wrong_to_correct']})"
             for k in cats))
         lines.append("")
-    methods = sorted({c["delta"]["method"] for c in results["comparisons"]})
+    methods = sorted({c["delta"]["method"] for c in _mc(results["comparisons"])})
     lines += ["---", "Statistics: Δ is candidate − baseline accuracy on the same items; its interval is "
               f"{'; '.join(methods)} (chosen over the paired bootstrap because that degenerates when "
               "few items flip). McNemar is exact on the discordant pairs. Choice-KL is "
@@ -218,7 +260,7 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
                     ("KL max", {"justify": "right"}),
                     ("top-1 %", {"justify": "right"}), ("verdict", {})]:
         table.add_column(col, **kw)
-    for c in results["comparisons"]:
+    for c in _mc(results["comparisons"]):
         dec = Decision(c["verdict"])
         table.add_row(
             c["task"], c["candidate"], str(c["n"]), _pct(c["baseline_accuracy"]),
@@ -228,7 +270,21 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
             f"{c['choice_kl_max']:.3f}",
             _pct(c["top1_agreement"]["estimate"]), f"[{_COLOR[dec]}]{dec.value}[/]",
         )
-    console.print(table)
+    if table.rows:
+        console.print(table)
+    texts = _text(results["comparisons"])
+    if texts:
+        tt = Table(title="reference text: per-token KL(baseline ‖ candidate), label-free")
+        for col in ["task", "candidate", "tokens", "KLD mean ± SE", "p99", "max", "same top %",
+                    "PPL ratio [95% CI]", "verdict"]:
+            tt.add_column(col, justify="left" if col in ("task", "candidate", "verdict") else "right")
+        for c in texts:
+            dec = Decision(c["verdict"])
+            tt.add_row(c["task"], c["candidate"], str(c["n_tokens"]),
+                       f"{c['kld_mean']['estimate']:.4f} ± {c['kld_se']:.4f}", f"{c['kld_p99']:.3f}",
+                       f"{c['kld_max']:.2f}", f"{100 * c['same_top']['estimate']:.2f}",
+                       _ratio(c["ppl_ratio"]), f"[{_COLOR[dec]}]{dec.value}[/]")
+        console.print(tt)
     b = results["baseline"]
     console.print(f"baseline {b['variant']}: computed in {b['compute_dtype']} on {b['device']} "
                   f"(requested {b['requested_dtype']})")
@@ -237,7 +293,11 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
             console.print(f"  [dim]{info['variant']}: {n}[/]")
     floor = results.get("noise_floor")
     if floor:
-        for c in floor["comparisons"]:
+        for c in _text(floor["comparisons"]):
+            console.print(f"  noise floor ({floor['path']}) on {c['task']}: KLD mean "
+                          f"{c['kld_mean']['estimate']:.2e}, same top {100 * c['same_top']['estimate']:.2f}%",
+                          highlight=False)
+        for c in _mc(floor["comparisons"]):
             console.print(f"  noise floor ({floor['path']}) on {c['task']}: discordance "
                           f"{_pct(c['discordance'])}%, choice-KL mean {c['choice_kl_mean']['estimate']:.2e}, "
                           f"top-1 agreement {_pct(c['top1_agreement']['estimate'])}%", highlight=False)

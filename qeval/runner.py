@@ -13,11 +13,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .backends.base import Backend, LoglikelihoodRequest
 from .errors import QevalInputError
 from .fileio import atomic_write_text
-from .types import BackendInfo, ItemRecord, RECORD_SCHEMA, Sample, Task, TaskSpec, VariantSpec
+from .types import (
+    BackendInfo, ItemRecord, RECORD_SCHEMA, Sample, Task, TaskSpec, TextRecord, VariantSpec,
+)
+
+R = TypeVar("R", ItemRecord, TextRecord)
 
 
 def render_prompt(spec: TaskSpec, sample: Sample) -> tuple[str, list[str]]:
@@ -119,23 +124,29 @@ class RecordStore:
 
     @staticmethod
     def key(*, model_fingerprint: str, variant: VariantSpec, device: str, strict_dtype: bool,
-            versions: dict[str, str], batch_size: int, task: Task) -> str:
-        payload = json.dumps({
+            versions: dict[str, str], batch_size: int, task: Task, against: str | None = None) -> str:
+        """`against`: the baseline's key, for records that are measured relative to it
+        (reference_text KL)."""
+        fields = {
             "model": model_fingerprint, "variant": variant.key(), "device": device,
             "strict_dtype": strict_dtype, "versions": versions, "batch_size": batch_size,
             "task": task.content_hash, "record_schema": RECORD_SCHEMA,
-        }, sort_keys=True)
+        }
+        if against is not None:
+            fields["against"] = against
+        payload = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.jsonl", self.root / f"{key}.info.json"
 
-    def load(self, key: str, variant_name: str) -> tuple[list[ItemRecord], BackendInfo] | None:
+    def load(self, key: str, variant_name: str, record_type: type[R] = ItemRecord
+             ) -> tuple[list[R], BackendInfo] | None:
         rec_path, info_path = self._paths(key)
         if not (rec_path.is_file() and info_path.is_file()):
             return None
         try:
-            records = [ItemRecord.model_validate_json(line) for line in rec_path.read_text().splitlines() if line]
+            records = [record_type.model_validate_json(line) for line in rec_path.read_text().splitlines() if line]
             info = BackendInfo.model_validate_json(info_path.read_text())
         except ValueError:
             return None  # a damaged entry is recomputed, never trusted
@@ -143,13 +154,13 @@ class RecordStore:
         records = [r.model_copy(update={"variant": variant_name}) for r in records]
         return records, info.model_copy(update={"variant": variant_name})
 
-    def save(self, key: str, records: Sequence[ItemRecord], info: BackendInfo) -> None:
+    def save(self, key: str, records: Sequence[ItemRecord | TextRecord], info: BackendInfo) -> None:
         rec_path, info_path = self._paths(key)
         write_jsonl(rec_path, records)
         atomic_write_text(info_path, info.model_dump_json(indent=1))
 
 
-def write_jsonl(path: Path, records: Sequence[ItemRecord]) -> None:
+def write_jsonl(path: Path, records: Sequence[ItemRecord | TextRecord]) -> None:
     atomic_write_text(path, "".join(r.model_dump_json() + "\n" for r in records))
 
 

@@ -169,8 +169,31 @@ def bootstrap_means(values: Sequence[float], *, clusters: Sequence[str] | None =
     ids = np.array([index[c] for c in clusters])
     sums = np.bincount(ids, weights=v, minlength=len(labels))
     counts = np.bincount(ids, minlength=len(labels)).astype(np.float64)
-    pick = rng.integers(0, len(labels), size=(n_boot, len(labels)))
-    return sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    return bootstrap_ratio(sums, counts, n_boot=n_boot, seed=seed)
+
+
+def bootstrap_ratio(numerators: Sequence[float], denominators: Sequence[float], *,
+                    n_boot: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Bootstrap distribution of Σ numerator / Σ denominator, resampling whole units (e.g. a
+    per-token mean over passages: numerator = the passage's sum, denominator = its tokens)."""
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError("bootstrap_ratio needs two equal, non-empty vectors")
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, num.size, size=(n_boot, num.size))
+    return num[pick].sum(axis=1) / den[pick].sum(axis=1)
+
+
+def ratio_se(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """Standard error of Σ numerator / Σ denominator with units as clusters (linearisation)."""
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    k = num.size
+    if k < 2:
+        return float("nan")
+    r = num.sum() / den.sum()
+    return float(math.sqrt(k / (k - 1) * np.sum((num - r * den) ** 2)) / den.sum())
 
 
 def bootstrap_mean_ci(

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import QevalInputError
-from .types import Risk, Sample, Task, TaskSpec
+from .types import Passage, Risk, Sample, Task, TaskSpec
 
 DATA_DIRS = frozenset({"items", "passages", "data"})
 
@@ -102,6 +102,12 @@ def load_task(path: Path) -> Task:
     if not src.exists():
         raise QevalInputError(f"{path}: source path {spec.source.path!r} does not exist ({src})")
     files = sorted(p for p in src.glob("*.yaml") if not p.name.startswith("_")) if src.is_dir() else [src]
+    wants = {"multiple_choice": "qeval_items", "reference_text": "qeval_passages"}[spec.kind]
+    if spec.source.format != wants:
+        raise QevalInputError(f"{path}: a {spec.kind} task reads source format {wants!r}, "
+                              f"not {spec.source.format!r}")
+    if spec.kind == "reference_text":
+        return _passage_task(path, spec, files, src)
     samples: list[Sample] = []
     for f in files:
         samples.extend(load_item_file(f, spec.prompt.letters))
@@ -125,14 +131,57 @@ def load_task(path: Path) -> Task:
                 content_hash=hashlib.sha256(payload.encode()).hexdigest(), path=str(path))
 
 
-# Optional fields added after the first release: left out of the content hash while unset, so
+# Fields added after the first release: left out of the content hash while at their default, so
 # tasks that do not use them keep their hash (and their stored records stay reusable).
-_ADDED_OPTIONAL = frozenset({"cluster", "cluster_by"})
+_ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "baseline_top_k": 64, "window_tokens": 1024}
 
 
 def _hashable(model: BaseModel) -> dict:
     data = model.model_dump(mode="json")
-    return {k: v for k, v in data.items() if not (k in _ADDED_OPTIONAL and v is None)}
+    return {k: v for k, v in data.items()
+            if not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
+
+
+class PassageFileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str
+    specialty: str
+    text: str
+    cluster: str | None = None
+
+
+class PassageFile(BaseModel):
+    """A file of reference passages (see tasks/clinical_reference/README.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    style: str
+    passages: list[PassageFileEntry]
+
+
+def _passage_task(path: Path, spec: TaskSpec, files: list[Path], src: Path) -> Task:
+    passages: list[Passage] = []
+    for f in files:
+        try:
+            parsed = PassageFile.model_validate(_read_yaml(f))
+        except ValidationError as exc:
+            raise QevalInputError(f"{f}: {_short(exc)}; see tasks/clinical_reference/README.md") from None
+        for e in parsed.passages:
+            if not e.text.strip():
+                raise QevalInputError(f"{f}: passage {e.id!r} has no text")
+            passages.append(Passage(id=e.id, text=e.text.strip(), category=parsed.style, cluster=e.cluster))
+    if not passages:
+        raise QevalInputError(f"{path}: task {spec.id!r} has no passages under {src}")
+    ids = [p.id for p in passages]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup:
+        raise QevalInputError(f"{path}: duplicate passage id {dup!r}; ids must be unique in a task")
+    payload = json.dumps({"spec": _hashable(spec), "passages": [p.model_dump(mode="json") for p in passages]},
+                         sort_keys=True)
+    return Task(spec=spec, samples=(), passages=tuple(passages),
+                content_hash=hashlib.sha256(payload.encode()).hexdigest(), path=str(path))
 
 
 class TaskRegistry:
@@ -171,11 +220,12 @@ class TaskRegistry:
 
 
 def first_n(task: Task, limit: int | None) -> Task:
-    """The task cut to its first `limit` samples (for quick runs); its hash changes with it."""
-    if limit is None or limit >= len(task.samples):
+    """The task cut to its first `limit` samples or passages (for quick runs); its hash changes."""
+    if limit is None or limit >= task.size():
         return task
-    samples = task.samples[:limit]
-    payload = json.dumps([task.content_hash, [s.id for s in samples]])
+    samples, passages = task.samples[:limit], task.passages[:limit]
+    payload = json.dumps([task.content_hash, [s.id for s in samples] + [p.id for p in passages]])
     return task.model_copy(update={
-        "samples": samples, "content_hash": hashlib.sha256(payload.encode()).hexdigest(),
+        "samples": samples, "passages": passages,
+        "content_hash": hashlib.sha256(payload.encode()).hexdigest(),
     })

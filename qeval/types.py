@@ -49,6 +49,15 @@ class Sample(Strict):
         return v
 
 
+class Passage(Strict):
+    """One reference text (reference_text tasks): scored token by token, no labels."""
+
+    id: str
+    text: str
+    category: str = "all"  # e.g. the writing style: discharge_summary, guideline, ...
+    cluster: str | None = None
+
+
 class PromptSpec(Strict):
     """How a sample becomes the identical text every variant scores.
 
@@ -65,14 +74,14 @@ class PromptSpec(Strict):
 class SourceSpec(Strict):
     """Where the samples come from. `qeval_items`: YAML files of this project's item schema."""
 
-    format: Literal["qeval_items"] = "qeval_items"
+    format: Literal["qeval_items", "qeval_passages"] = "qeval_items"
     path: str  # relative to the task YAML file; a file or a directory of *.yaml
 
 
 class TaskSpec(Strict):
     id: str
     version: int = 1
-    kind: Literal["multiple_choice"] = "multiple_choice"
+    kind: Literal["multiple_choice", "reference_text"] = "multiple_choice"
     description: str = ""
     source: SourceSpec
     prompt: PromptSpec = PromptSpec()
@@ -83,6 +92,12 @@ class TaskSpec(Strict):
     chance_level: float | None = None  # None: 1/len(choices) per item
     # Cluster standard errors by this sample field (items sharing a passage or case).
     cluster_by: Literal["cluster", "category"] | None = None
+    # reference_text: the baseline's next-token distribution is kept bounded, as its top-k
+    # log-probs plus the tail's mass (KL over those k + 1 bins never exceeds the exact KL).
+    baseline_top_k: int = Field(64, ge=1, le=4096)
+    # reference_text: passages longer than this are scored in windows of this many tokens (each
+    # window's first token is context only), so any engine's context length suffices.
+    window_tokens: int = Field(1024, ge=16, le=32768)
 
 
 class Task(Strict):
@@ -92,6 +107,10 @@ class Task(Strict):
     samples: tuple[Sample, ...]
     content_hash: str
     path: str
+    passages: tuple[Passage, ...] = ()  # reference_text tasks (samples is then empty)
+
+    def size(self) -> int:
+        return len(self.passages) if self.spec.kind == "reference_text" else len(self.samples)
 
 
 # ---------------------------------------------------------------- variants
@@ -104,6 +123,7 @@ class Method(str, Enum):
     int8 = "int8"  # bitsandbytes LLM.int8
     int8wo = "int8wo"  # torchao int8 weight-only
     nf4 = "nf4"  # bitsandbytes 4-bit NormalFloat
+    gguf = "gguf"  # a GGUF file on llama.cpp's kernels (exported and quantized, or brought)
     fake = "fake"  # statistics and gate tests only
 
 
@@ -113,7 +133,7 @@ BASELINE_METHODS = frozenset({Method.fp32, Method.fp16, Method.bf16})
 class VariantSpec(Strict):
     name: str
     method: Method
-    backend: Literal["hf", "fake"] = "hf"
+    backend: Literal["hf", "llamacpp", "fake"] = "hf"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     description: str = ""
 
@@ -155,6 +175,24 @@ class ItemRecord(Strict):
     correct: bool
     category: str
     risk: Risk
+
+
+class TextRecord(Strict):
+    """One reference passage scored by a candidate against the baseline's stored distributions.
+    Numbers only: per-token KL, never token ids or text."""
+
+    schema_version: int = RECORD_SCHEMA
+    task: str
+    sample_id: str
+    variant: str
+    prompt_hash: str
+    n_tokens: int  # scored positions (every token after the first)
+    kl: tuple[float, ...]  # KL(baseline ‖ candidate) per position, nats (top-k + tail bins)
+    same_top: int  # positions where both put their highest probability on the same token
+    nll_baseline: float  # −Σ log p(reference token), baseline
+    nll_candidate: float
+    category: str
+    cluster: str | None = None
 
 
 # ---------------------------------------------------------------- comparison and verdict
@@ -216,6 +254,7 @@ class TaskComparison(Strict):
 
     task: str
     candidate: str
+    kind: Literal["multiple_choice"] = "multiple_choice"
     n: int
     baseline_accuracy: float
     candidate_accuracy: float
@@ -237,6 +276,44 @@ class TaskComparison(Strict):
     high_risk: RiskBreakdown
     categories: tuple[CategoryBreakdown, ...]
     items: PairedItems = Field(exclude=True, repr=False)
+
+
+class TextUnits(Strict):
+    """Per-unit sums (a unit is a passage, or a cluster of passages): what the gate recomputes
+    its bootstrap bounds from. Numbers only."""
+
+    ids: tuple[str, ...]
+    tokens: tuple[int, ...]
+    kl_sum: tuple[float, ...]
+    same_top: tuple[int, ...]
+    delta_nll: tuple[float, ...]  # candidate − baseline summed negative log-likelihood
+
+
+class TextComparison(Strict):
+    """Token-level, label-free comparison on reference text, following llama.cpp's
+    --kl-divergence statistics. Intervals resample passages (or their clusters), never tokens:
+    tokens of one passage are not independent."""
+
+    task: str
+    candidate: str
+    kind: Literal["reference_text"] = "reference_text"
+    n: int  # passages
+    n_units: int  # resampling units (passages, or clusters of passages)
+    n_tokens: int
+    top_k: int  # baseline distributions kept as top-k + tail
+    kld_mean: Interval  # nats per token, KL(baseline ‖ candidate)
+    kld_se: float  # standard error of the mean, passages as clusters
+    kld_median: float
+    kld_p90: float
+    kld_p99: float
+    kld_p999: float
+    kld_max: float
+    same_top: Interval  # share of positions where both rank the same token first
+    delta_log_ppl: Interval  # log PPL(candidate) − log PPL(baseline)
+    ppl_baseline: float
+    ppl_candidate: float
+    ppl_ratio: Interval  # PPL(candidate) / PPL(baseline) = exp(Δ log PPL)
+    units: TextUnits = Field(exclude=True, repr=False)
 
 
 class RuleResult(Strict):

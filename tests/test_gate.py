@@ -178,10 +178,10 @@ def test_bonferroni_turns_a_borderline_no_go_into_inconclusive():
 
 def test_nogo_family_counts_tasks_times_enabled_rules_and_is_stated():
     pol = GatePolicy()
-    alpha, k = nogo_alpha_for(pol, ["a", "b"])
+    alpha, k = nogo_alpha_for(pol, [("a", "multiple_choice"), ("b", "multiple_choice")])
     assert k == 2 * TaskRules().interval_rules() == 8
     assert alpha == pytest.approx(0.025 / 8)
-    assert nogo_alpha_for(pol.model_copy(update={"nogo_correction": "none"}), ["a", "b"])[0] == 0.025
+    assert nogo_alpha_for(pol.model_copy(update={"nogo_correction": "none"}), [("a", "multiple_choice"), ("b", "multiple_choice")])[0] == 0.025
     v = judge([compare_task(*_pair(200, 0.8, 0))], pol)
     assert "all tasks must pass" in v.combination and "Bonferroni" in v.combination
 

@@ -82,6 +82,21 @@ class FakeBackend:
                 advance(1)
         return out
 
+    def token_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
+        """Synthetic next-token log-probs over a 256-symbol vocabulary (the fake tokenizer's
+        bytes): shared base logits from the token sequence, then this variant's damage."""
+        digest = hashlib.sha256(bytes(int(t) % 256 for t in tokens)).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        n = len(tokens) - 1
+        logits = rng.normal(0.0, 2.0, size=(n, 256))
+        logits[np.arange(n), np.asarray(tokens[1:]) % 256] += 3.0 * self.skill
+        if self.noise or self.path_noise:
+            drng = np.random.default_rng(int.from_bytes(digest[8:16], "little") + self.seed)
+            logits = logits + drng.normal(0.0, self.noise + self.path_noise, size=logits.shape)
+        logits = logits / self.temperature
+        m = logits.max(axis=1, keepdims=True)
+        return (logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))).astype(np.float32)
+
     def close(self) -> None:
         pass
 
@@ -93,7 +108,7 @@ class FakeFactory:
         self.answer_key = {s.id: s.target for t in tasks for s in t.samples}
         self.n_choices = {s.id: len(s.choices) for t in tasks for s in t.samples}
 
-    def identity(self) -> dict:
+    def identity(self, variant: VariantSpec | None = None) -> dict:
         return {"device": "none", "versions": {}}
 
     def open(self, variant: VariantSpec, baseline_compute: str | None) -> FakeBackend:

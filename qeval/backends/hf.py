@@ -14,10 +14,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import QevalInputError
 from ..models import ResolvedModel
 from ..types import BackendInfo, Method, VariantSpec
-from .base import LoglikelihoodRequest, NonFiniteScores, Progress
+from .base import LoglikelihoodRequest, NonFiniteScores, Progress, group_jobs
 
 _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bfloat16"}
 # Ways to recompute the baseline along another numeric path, for the noise floor: batch1 scores
@@ -208,24 +210,7 @@ class HFBackend:
                       advance: Progress | None = None) -> list[float]:
         import torch
 
-        # A job is one forward pass over `inputs`; it answers one or more requests. Requests with a
-        # one-token continuation after the same context share a job (letter answers: one pass per
-        # item instead of one per choice).
-        jobs: dict[tuple[int, ...], list[int]] = {}
-        order: list[tuple[tuple[int, ...], list[int]]] = []
-        for i, r in enumerate(requests):
-            if not r.context:
-                raise ValueError(f"item {r.sample_id}: empty context")
-            if len(r.continuation) == 1:
-                key = r.context
-                if key not in jobs:
-                    jobs[key] = []
-                    order.append((key, jobs[key]))
-                jobs[key].append(i)
-            else:
-                order.append((r.context + r.continuation[:-1], [i]))
-        # Longest first: equal-length neighbours waste little padding; order is deterministic.
-        order.sort(key=lambda job: -len(job[0]))
+        order = group_jobs(requests)
         out = [0.0] * len(requests)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
@@ -264,6 +249,19 @@ class HFBackend:
                     advance(sum(len(m) for _, m in batch))
         return out
 
+    def token_logprobs(self, tokens: Sequence[int]):
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=ids).logits[0, :-1].float()
+            lp = torch.log_softmax(logits, dim=-1)
+        out = lp.cpu().numpy()
+        if not np.isfinite(out).all():
+            raise NonFiniteScores(f"{self.info.variant}: non-finite log-probs on reference text; "
+                                  "the model or its quantization is numerically broken")
+        return out
+
     def close(self) -> None:
         import torch
 
@@ -283,7 +281,7 @@ class HFFactory:
         self.strict_dtype = strict_dtype
         self.batch_size = batch_size
 
-    def identity(self) -> dict:
+    def identity(self, variant: VariantSpec | None = None) -> dict:
         return {"device": self.device, "versions": library_versions()}
 
     def open(self, variant: VariantSpec, baseline_compute: str | None) -> HFBackend:

@@ -1,0 +1,159 @@
+"""llama.cpp backend: GGUF candidates scored on llama.cpp's own kernels, in process.
+
+Teacher-forced: each forward pass evaluates the prompt (and continuation) tokens with logits kept
+for every position (`logits_all`), and log-probs are read from those logits — neither the
+server's echo mode nor completion log-probs, which are known to misalign positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QevalInputError
+from ..gguf_export import gguf_artefact, quiet_stderr
+from ..models import ResolvedModel
+from ..types import BackendInfo, VariantSpec
+from .base import LoglikelihoodRequest, NonFiniteScores, Progress, group_jobs
+
+PARAMS = {"type", "file", "threads", "n_ctx", "gpu_layers"}
+
+
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_tile" in flags or "amx_int8" in flags
+
+
+@contextlib.contextmanager
+def _extra_buffer_types(enabled: bool):
+    """Quantized GGUFs can crash inside llama.cpp's AMX matmul path; the model's extra (repacked)
+    buffer types are what route them there. llama-cpp-python's Llama() does not expose the
+    switch, so its default model parameters are wrapped while the model loads."""
+    if enabled:
+        yield
+        return
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def without_extra_bufts():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = without_extra_bufts
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+def llamacpp_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for lib in ("llama_cpp_python", "gguf"):
+        try:
+            out[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+
+
+class LlamaCppBackend:
+    def __init__(self, model: ResolvedModel, variant: VariantSpec, *, cache: Path,
+                 progress=None):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise QevalInputError(
+                "GGUF variants need llama-cpp-python: pip install 'qeval[gguf]' "
+                "(or llama-cpp-python==0.3.36)") from None
+        p = variant.params  # checked by config.parse_variant (type, file, integers)
+        if "file" in p:
+            path = Path(str(p["file"])).expanduser()
+            qtype = "user file"
+        else:
+            qtype = str(p.get("type", "q4_k_m")).lower()
+            path = gguf_artefact(model.path, model.fingerprint, qtype, cache, progress)
+        threads = int(p.get("threads", os.cpu_count() or 1))
+        # logits_all keeps an (n_ctx × vocabulary) float32 array: 2048 × 49k ≈ 400 MB.
+        n_ctx = int(p.get("n_ctx", 2048))
+        gpu_layers = int(p.get("gpu_layers", 0))
+        notes = []
+        amx = cpu_has_amx()
+        if amx:
+            notes.append("AMX CPU: llama.cpp extra buffer types disabled (avoids the AMX matmul crash)")
+        try:
+            with quiet_stderr(), _extra_buffer_types(enabled=not amx):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_ubatch=min(512, n_ctx),
+                    n_threads=threads, n_threads_batch=threads, logits_all=True, n_gpu_layers=gpu_layers,
+                    verbose=False, seed=0)
+        except (ValueError, RuntimeError) as exc:
+            raise QevalInputError(f"llama.cpp could not load {path}: {exc}") from None
+        self.n_ctx = n_ctx
+        self.path = path
+        if qtype == "user file":
+            from ..gguf_export import QUANT_TYPES
+
+            ftype = self.llm.metadata.get("general.file_type")
+            names = {str(v): k for k, v in QUANT_TYPES.items()}
+            qtype = f"{names.get(str(ftype), f'file type {ftype}')} (user file)"
+        self.info = BackendInfo(
+            variant=variant.name, backend="llamacpp", device="cuda" if gpu_layers else "cpu",
+            requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}",
+            kernel=f"llama.cpp ggml kernels ({qtype}; {threads} threads)",
+            weight_bytes=path.stat().st_size, versions=llamacpp_versions(), notes=tuple(notes),
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _logits(self, tokens: Sequence[int]) -> np.ndarray:
+        if len(tokens) > self.n_ctx:
+            raise QevalInputError(f"{self.info.variant}: a sequence of {len(tokens)} tokens exceeds "
+                                  f"n_ctx={self.n_ctx}; pass the variant parameter n_ctx=")
+        self.llm.reset()
+        with quiet_stderr():
+            self.llm.eval(list(tokens))
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      advance: Progress | None = None) -> list[float]:
+        out = [0.0] * len(requests)
+        for inputs, members in group_jobs(requests):
+            logits = self._logits(inputs)
+            for i in members:
+                r = requests[i]
+                first = len(r.context) - 1
+                rows = _log_softmax(logits[first: first + len(r.continuation)])
+                lp = float(rows[np.arange(len(r.continuation)), list(r.continuation)].sum())
+                if not math.isfinite(lp):
+                    raise NonFiniteScores(f"{self.info.variant}: non-finite log-prob for item "
+                                          f"{r.sample_id} choice {r.choice}")
+                out[i] = lp
+            if advance:
+                advance(len(members))
+        return out
+
+    def token_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
+        """Log-softmax over the vocabulary at every position that predicts tokens[1:]."""
+        return _log_softmax(self._logits(tokens)[:-1]).astype(np.float32)
+
+    def close(self) -> None:
+        self.llm.close()
