@@ -24,8 +24,9 @@ class RichUI:
             task = progress.add_task(description, total=total)
             yield lambda n=1: progress.advance(task, n)
 
-
     def power(self, rows) -> None:
+        if not rows:
+            return  # no multiple-choice task: nothing to detect in accuracy
         from rich.table import Table
 
         table = Table(title="Before scoring: smallest accuracy drop each task can detect "

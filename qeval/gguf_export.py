@@ -34,7 +34,7 @@ PRE_TOKENIZERS = ("llama-bpe", "smollm", "qwen2", "gpt-2", "default", "starcoder
                   "deepseek-llm", "mpt", "olmo", "dbrx", "tekken", "refact", "command-r")
 PROBE = ("Metformin 500 mg twice daily; eGFR 42 mL/min/1.73m2 (was 58).\n\n  Indented line, "
          "tabs\tand   spaces, ALL CAPS, don't, can't, O'Brien, 3.14159, 1,000,000 and 2025-11-22."
-         " Non-ASCII: café, naïve, µg, ±, ≥ 90%, —")
+         " Non-ASCII: café, naïve, µg, ±, ≥ 90%, —\n\n1.2 Heading after a blank line\n\n\t3 items")
 
 
 @contextlib.contextmanager
@@ -66,10 +66,9 @@ def _source_pre(model_dir: Path) -> str | None:
     src = json.loads(manifest.read_text()).get("source")
     if not src or not Path(src).is_file():
         return None
-    import gguf
+    from .models import gguf_pre_tokenizer
 
-    field = gguf.GGUFReader(src).fields.get("tokenizer.ggml.pre")
-    return str(field.contents()) if field is not None else None
+    return gguf_pre_tokenizer(Path(src))
 
 
 def _tokenizer_fields(model_dir: Path):
@@ -179,7 +178,7 @@ def _tokens_match(gguf_path: Path, model_dir: Path) -> bool:
         llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
     try:
         return all(llm.tokenize(t.encode(), add_bos=False, special=False)
-                   == tok(t, add_special_tokens=False).input_ids for t in PROBE.split("\n"))
+                   == tok(t, add_special_tokens=False).input_ids for t in [PROBE, *PROBE.split("\n")])
     finally:
         llm.close()
 

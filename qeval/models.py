@@ -19,7 +19,14 @@ from pathlib import Path
 from .errors import QevalInputError
 from .fileio import atomic_write_text
 
-MATERIALISE_RECIPE = 1  # bump when the GGUF → HF conversion changes
+MATERIALISE_RECIPE = 2  # bump when the GGUF → HF conversion changes
+# Files besides the weights that change what a model computes from text: part of the fingerprint.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Pre-tokenizer steps that transformers' GGUF tokenizer conversion leaves out, by the GGUF's
+# `tokenizer.ggml.pre` name. SmolLM's original tokenizer splits digits one by one before the
+# byte-level regex; without that step "\n\n1" becomes "\n", "\n", "1" instead of "\n\n", "1"
+# (and llama.cpp, which has it, tokenises differently from the baseline).
+_PRE_TOKENIZER_REPAIRS = {"smollm": {"type": "Digits", "individual_digits": True}}
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,9 @@ def fingerprint_dir(directory: Path) -> str:
             memo[key] = sha256_file(f)
             changed = True
         h.update(f.name.encode() + b"\0" + memo[key].encode())
+    for name in TOKENIZER_FILES:
+        if (directory / name).is_file():
+            h.update(name.encode() + b"\0" + hashlib.sha256((directory / name).read_bytes()).hexdigest().encode())
     if changed:
         atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True))
     return h.hexdigest()
@@ -153,6 +163,7 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    _repair_pre_tokenizer(tmp / "tokenizer.json", gguf_pre_tokenizer(gguf))
     fp = fingerprint_dir(tmp)
     files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     (tmp / "qeval_manifest.json").write_text(json.dumps({
@@ -163,6 +174,27 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
     return target, fp
+
+
+def gguf_pre_tokenizer(gguf: Path) -> str | None:
+    import gguf as gg
+
+    field = gg.GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    return str(field.contents()) if field is not None else None
+
+
+def _repair_pre_tokenizer(path: Path, pre: str | None) -> None:
+    """Put back a pre-tokenizer step the GGUF conversion lost, so the HF tokenizer splits text the
+    way the model was trained (and the way llama.cpp does)."""
+    step = _PRE_TOKENIZER_REPAIRS.get(pre or "")
+    if step is None or not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    current = data.get("pre_tokenizer")
+    if current is None or current.get("type") == "Sequence":
+        return  # nothing to repair, or already a composite we should not second-guess
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [step, current]}
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def _gguf_note(gguf: Path) -> tuple[str, ...]:

@@ -116,28 +116,38 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
         base_compute = baseline.info.compute_dtype if baseline else None
         with opened(lambda: factory.open(variant, base_compute)) as backend:
             info = backend.info
+            # Tokenise and check every task first: a prompt that differs from the baseline's
+            # stops the run before any model time is spent.
+            prepared = []
             for t in todo:
                 if is_text(t):
                     passages = rt.tokenize_passages(t.spec, t.passages, backend.tokenize)
-                    total = sum(p.n_scored for p in passages)
-                    with ui.bar(f"{variant.name} · {t.spec.id} (tokens)", total) as advance:
-                        if baseline is None:
-                            dists[t.spec.id] = ({p.id: p.prompt_hash for p in passages},
-                                                rt.baseline_distributions(backend, passages,
-                                                                          t.spec.baseline_top_k, advance))
-                            recs = []
-                        else:
-                            hashes, base_dists = baseline.dists[t.spec.id]
-                            recs = rt.score_passages(t.spec.id, passages, base_dists, hashes,
-                                                     backend, advance)
-                            text[t.spec.id] = recs
+                    if baseline is not None:
+                        rt.check_same_tokens(t.spec.id, passages, baseline.dists[t.spec.id][0],
+                                             variant.name)
+                    prepared.append((t, passages))
                 else:
                     items = build_requests(t, backend.tokenize)
                     if baseline is not None:
                         check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
-                    total = sum(len(it.requests) for it in items)
+                    prepared.append((t, items))
+            for t, work in prepared:
+                if is_text(t):
+                    total = sum(p.n_scored for p in work)
+                    with ui.bar(f"{variant.name} · {t.spec.id} (tokens)", total) as advance:
+                        if baseline is None:
+                            dists[t.spec.id] = ({p.id: p.prompt_hash for p in work},
+                                                rt.baseline_distributions(backend, work,
+                                                                          t.spec.baseline_top_k, advance))
+                            recs = []
+                        else:
+                            recs = rt.score_passages(t.spec.id, work, baseline.dists[t.spec.id][1],
+                                                     backend, advance)
+                            text[t.spec.id] = recs
+                else:
+                    total = sum(len(it.requests) for it in work)
                     with ui.bar(f"{variant.name} · {t.spec.id}", total) as advance:
-                        recs = score_items(t, items, backend, advance)
+                        recs = score_items(t, work, backend, advance)
                     records[t.spec.id] = recs
                 if store is not None:
                     store.save(keys[t.spec.id], recs, info)

@@ -119,16 +119,23 @@ def binned_kl(dist: BaselineDist, cand_logprobs: np.ndarray) -> np.ndarray:
     return np.maximum(out, 0.0)
 
 
-def score_passages(task_id: str, passages: Sequence[PassageTokens],
-                   baseline: dict[str, list[BaselineDist]], expected_hashes: dict[str, str],
-                   backend: Backend, advance=None) -> list[TextRecord]:
-    records = []
+def check_same_tokens(task_id: str, passages: Sequence[PassageTokens], expected_hashes: dict[str, str],
+                      variant: str) -> None:
+    """Refuse a candidate whose token ids differ from the baseline's, naming the first passage."""
     for p in passages:
         if expected_hashes.get(p.id) != p.prompt_hash:
             raise QevalInputError(
-                f"task {task_id}, passage {p.id}: {backend.info.variant} tokenises the text "
-                "differently from the baseline; the comparison needs identical token ids "
-                "(same tokenizer)")
+                f"task {task_id}, passage {p.id}: {variant} tokenises the text differently from "
+                "the baseline; the comparison needs identical token ids (same tokenizer and "
+                "pre-tokenizer)")
+
+
+def score_passages(task_id: str, passages: Sequence[PassageTokens],
+                   baseline: dict[str, list[BaselineDist]], backend: Backend,
+                   advance=None) -> list[TextRecord]:
+    """Candidate records against the baseline's distributions (token ids already checked)."""
+    records = []
+    for p in passages:
         kls, same, nll_b, nll_c = [], 0, 0.0, 0.0
         for window, dist in zip(p.windows, baseline[p.id]):
             lp = backend.token_logprobs(window)

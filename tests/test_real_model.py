@@ -31,9 +31,14 @@ def _qeval(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ}, timeout=1500)
 
 
-def _compare(out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = _qeval("compare", "--base", "fp32", "--limit", LIMIT, "--n-boot", "2000",
-                  "--out", str(out), *extra)
+MC_TASKS = "clinical_core,clinical_core_cloze"
+
+
+def _compare(out: Path, *extra: str, tasks: str = MC_TASKS, limit: str = LIMIT
+             ) -> tuple[subprocess.CompletedProcess, dict]:
+    chosen = ("--tasks", tasks) if tasks else ()  # "": the default suite
+    proc = _qeval("compare", "--base", "fp32", "--limit", limit, "--n-boot", "2000",
+                  *chosen, "--out", str(out), *extra)
     assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
     return proc, json.loads((out / "results.json").read_text())
 
@@ -123,3 +128,40 @@ def test_log_text_opt_in_writes_prompts(first_run, tmp_path):
                        "--log-text")
     lines = (tmp_path / "txt" / "texts" / "prompts.jsonl").read_text().splitlines()
     assert len(lines) == 2 * int(LIMIT) and "Answer:" in json.loads(lines[0])["prompt"]
+
+
+def test_gguf_f32_on_llama_cpp_matches_the_hf_baseline_on_reference_text(tmp_path):
+    """Cross-engine sanity: the baseline exported to F32 GGUF and run on llama.cpp's kernels
+    reproduces the transformers fp32 baseline on every built-in reference passage; Q2_K does not."""
+    out = tmp_path / "xengine"
+    proc, results = _compare(out, "--candidates", "gguf:f32,gguf:q2_k", tasks="clinical_reference",
+                             limit="1000")
+    comps = {c["candidate"]: c for c in results["comparisons"]}
+    f32, q2 = comps["gguf:f32"], comps["gguf:q2_k"]
+    task = TaskRegistry([project_dir("tasks")]).load("clinical_reference")
+    assert f32["n"] == task.size() and f32["n_tokens"] > 15_000
+    assert f32["kld_mean"]["estimate"] < 1e-4 and f32["kld_max"] < 1e-2
+    assert f32["same_top"]["estimate"] >= 0.999
+    assert abs(f32["ppl_ratio"]["estimate"] - 1) < 1e-3 and f32["verdict"] == "GO"
+    assert q2["kld_mean"]["estimate"] > 100 * f32["kld_mean"]["estimate"]
+    assert q2["ppl_ratio"]["low"] > 1 and q2["verdict"] == "NO_GO"
+    kinds = {c["variant"]: (c["backend"], c["kernel"]) for c in results["candidates"]}
+    assert kinds["gguf:q2_k"][0] == "llamacpp" and "q2_k" in kinds["gguf:q2_k"][1]
+    # Token ids and next-token predictions are text: none of it may reach the run directory.
+    blob = "\n".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    for p in task.passages:
+        assert p.text[:60] not in blob
+        assert all(sentence not in blob for sentence in p.text.split(". ")[:3] if len(sentence) > 25)
+
+
+def test_default_suite_with_gguf_candidates_gives_verdicts(tmp_path):
+    # The default suite (both MC formats and the reference text), cut to a few items each.
+    proc, results = _compare(tmp_path / "suite", "--candidates", "gguf:q8_0,gguf:q2_k", tasks="",
+                             limit="8")
+    got = {(c["task"], c["candidate"]) for c in results["comparisons"]}
+    assert got == {(t, c) for t in ("clinical_core", "clinical_core_cloze", "clinical_reference")
+                   for c in ("gguf:q8_0", "gguf:q2_k")}
+    assert set(results["per_candidate"]) == {"gguf:q8_0", "gguf:q2_k"}
+    assert f"Verdict: {results['verdict']}" in proc.stdout
+    text = {c["candidate"]: c for c in results["comparisons"] if c["task"] == "clinical_reference"}
+    assert text["gguf:q8_0"]["kld_mean"]["estimate"] < text["gguf:q2_k"]["kld_mean"]["estimate"]

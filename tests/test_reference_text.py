@@ -142,11 +142,26 @@ def test_candidate_with_other_token_ids_is_refused_naming_the_passage():
     task = make_text_task(n=3)
     passages = rt.tokenize_passages(task.spec, task.passages, lambda t: list(t.encode()))
     hashes = {p.id: p.prompt_hash for p in passages}
+    rt.check_same_tokens("ref", passages, hashes, "c")
     hashes["p001"] = "different"
-    backend = FakeFactory([task]).open(fake_variant("c"), None)
-    dists = rt.baseline_distributions(backend, passages, 8)
     with pytest.raises(QevalInputError, match="passage p001"):
-        rt.score_passages("ref", passages, dists, hashes, backend)
+        rt.check_same_tokens("ref", passages, hashes, "c")
+
+
+class _OtherTokenizer(FakeFactory):
+    def open(self, variant, baseline_compute):
+        backend = super().open(variant, baseline_compute)
+        if variant.name != "base":
+            backend.tokenize = lambda text: list(text.upper().encode())
+        return backend
+
+
+def test_a_tokenizer_mismatch_stops_the_run_before_scoring():
+    task = make_text_task(n=3)
+    cfg = RunConfig(baseline=fake_variant("base"), candidates=(fake_variant("c"),), tasks=("ref",))
+    with pytest.raises(QevalInputError, match="passage p000: c tokenises"):
+        run_compare(cfg, [task], factory=_OtherTokenizer([task]), store=None, model_fingerprint="f",
+                    policy=GatePolicy(), ui=QuietUI())
 
 
 class _CountingFactory(FakeFactory):

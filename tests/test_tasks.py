@@ -43,7 +43,7 @@ def test_clinical_core_is_big_diverse_and_well_formed():
     assert max(positions.values()) / len(task.samples) < 0.3
     cloze = reg.load("clinical_core_cloze")
     assert [s.id for s in cloze.samples] == [s.id for s in task.samples]
-    assert set(suite_tasks("clinical-core")) == {"clinical_core", "clinical_core_cloze"}
+    assert set(suite_tasks("clinical-core")) == {"clinical_core", "clinical_core_cloze", "clinical_reference"}
 
 
 def test_prompts_render_identically_and_hash_stably():

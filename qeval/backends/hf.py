@@ -147,6 +147,12 @@ class HFBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, device: str = "auto",
                  strict_dtype: bool = False, baseline_compute: str | None = None,
                  batch_size: int = 16):
+        # torchao logs optional CUDA kernels it cannot load on a CPU machine, and torch a
+        # deprecation per Enum it registers: neither is the user's problem.
+        import logging
+
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging

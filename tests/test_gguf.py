@@ -1,0 +1,126 @@
+"""GGUF export and llama.cpp scoring on tiny random models built here (no download): the exported
+file must compute what transformers computes, for each supported architecture; quantized
+artefacts are cached by content."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from qeval.backends.base import LoglikelihoodRequest  # noqa: E402
+from qeval.backends.llamacpp import LlamaCppBackend, _extra_buffer_types  # noqa: E402
+from qeval.config import parse_variant  # noqa: E402
+from qeval.errors import QevalInputError  # noqa: E402
+from qeval.gguf_export import export_gguf, gguf_artefact, sha256_file  # noqa: E402
+from qeval.models import ResolvedModel, fingerprint_dir  # noqa: E402
+
+CORPUS = ["The patient was given 500 mg of metformin twice daily.",
+          "Blood pressure 142/88 mmHg; review in 2 weeks.",
+          "Chest pain radiating to the left arm, sweating and nausea.",
+          "Renal function: eGFR 42, creatinine 130 umol/L.\n\n1. Stop NSAIDs\n2. Recheck in 48 hours"]
+
+
+def _tiny_checkpoint(path, arch: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    fast.save_pretrained(path)
+    common = dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, tie_word_embeddings=(arch == "llama"), eos_token_id=0, bos_token_id=0)
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+        with torch.no_grad():  # non-zero Q/K/V biases, so a dropped bias would show
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    model.save_pretrained(path)
+    return fast, model.eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_exported_f32_gguf_on_llama_cpp_matches_transformers(tmp_path, arch):
+    tok, model = _tiny_checkpoint(tmp_path / "ckpt", arch)
+    out = tmp_path / "m.gguf"
+    export_gguf(tmp_path / "ckpt", out, dtype="f32", pre="gpt-2")
+    text = CORPUS[3]
+    ids = tok(text, add_special_tokens=False).input_ids
+    resolved = ResolvedModel("tiny", tmp_path / "ckpt", fingerprint_dir(tmp_path / "ckpt"), "tiny")
+    backend = LlamaCppBackend(resolved, parse_variant(f"gguf={out}"), cache=tmp_path / "cache")
+    try:
+        assert backend.tokenize(text) == ids  # identical token ids across engines
+        ours = backend.token_logprobs(ids)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1).numpy()
+        assert ours.shape == ref.shape
+        # A wrong Q/K permutation or a lost bias moves these by whole nats.
+        np.testing.assert_allclose(ours, ref, atol=2e-3)
+        req = LoglikelihoodRequest(tuple(ids[:5]), tuple(ids[5:8]), "x", 0)
+        (lp,) = backend.loglikelihood([req])
+        assert lp == pytest.approx(float(ref[np.arange(4, 7), ids[5:8]].sum()), abs=5e-3)
+        assert "f32 (user file)" in backend.info.compute_dtype
+    finally:
+        backend.close()
+
+
+def test_quantized_artefacts_are_cached_and_fingerprinted(tmp_path):
+    _tiny_checkpoint(tmp_path / "ckpt", "llama")
+    cache = tmp_path / "cache"
+    fp = fingerprint_dir(tmp_path / "ckpt")
+    q8 = gguf_artefact(tmp_path / "ckpt", fp, "q8_0", cache)
+    f32 = q8.with_name("f32.gguf")
+    manifest = json.loads(q8.with_suffix(".json").read_text())
+    assert manifest["sha256"] == sha256_file(q8) and manifest["type"] == "q8_0"
+    assert q8.stat().st_size < 0.5 * f32.stat().st_size
+    before = q8.stat().st_mtime_ns
+    assert gguf_artefact(tmp_path / "ckpt", fp, "q8_0", cache) == q8 and q8.stat().st_mtime_ns == before
+    # Another model fingerprint never shares the artefact.
+    assert gguf_artefact(tmp_path / "ckpt", "0" * 64, "f16", cache).parent != q8.parent
+
+
+def test_extra_buffer_types_switch_reaches_llama_cpp_defaults():
+    import llama_cpp.llama_cpp as low
+
+    assert low.llama_model_default_params().use_extra_bufts
+    with _extra_buffer_types(enabled=False):
+        assert not low.llama_model_default_params().use_extra_bufts
+    assert low.llama_model_default_params().use_extra_bufts
+
+
+@pytest.mark.parametrize("text,params", [
+    ("gguf:q4_k_m", {"type": "q4_k_m"}),
+    ("gguf:Q8_0,threads=2", {"type": "q8_0", "threads": 2}),
+    ("gguf", {"type": "q4_k_m"}),
+])
+def test_gguf_variant_parsing(text, params):
+    v = parse_variant(text)
+    assert v.backend == "llamacpp" and v.params == params and v.name == text
+
+
+@pytest.mark.parametrize("text,match", [
+    ("gguf:q9_k", "unknown GGUF type 'q9_k'"),
+    ("gguf:q4_k_m,layers=3", "unknown parameter(s) layers"),
+    ("gguf:q4_k_m,threads=two", "threads must be a non-negative integer"),
+    ("gguf=/no/such/model.gguf", "does not exist"),
+    ("gguf=", "gguf= needs a file"),
+])
+def test_bad_gguf_variants_are_one_clear_error(text, match):
+    with pytest.raises(QevalInputError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        parse_variant(text)
