@@ -31,7 +31,7 @@ def _fail(message: str) -> None:
 def compare(
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
     base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
-    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4 (see `qeval variants`).")] = "int8,int8wo,nf4",
+    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4 or gguf:q4_k_m, gguf=path/to/model.gguf (see `qeval variants`).")] = "int8,int8wo,nf4",
     suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
     policy: Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")] = "default",
@@ -52,7 +52,7 @@ def compare(
     console = Console()
     started = time.perf_counter()
     try:
-        from .config import RunConfig, check_roles, known_variants, parse_variant, policy_path, project_dir, suite_tasks
+        from .config import RunConfig, check_roles, known_variants, parse_variant, policy_path, split_variants, project_dir, suite_tasks
         from .gate import GatePolicy
         from .tasks import TaskRegistry, first_n
 
@@ -60,7 +60,7 @@ def compare(
         task_ids = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite)
         cfg = RunConfig(
             model=model, baseline=parse_variant(base, known),
-            candidates=tuple(parse_variant(c, known) for c in candidates.split(",") if c.strip()),
+            candidates=tuple(parse_variant(c, known) for c in split_variants(candidates)),
             tasks=task_ids, policy=policy, device=device, strict_dtype=strict_dtype,
             batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text, n_boot=n_boot,
             noise_floor=_noise_path(noise_floor),
@@ -131,7 +131,7 @@ def power(
     limit: Annotated[Optional[int], typer.Option(min=1, help="As `compare --limit`: only the first N items.")] = None,
 ) -> None:
     """Print the smallest accuracy drop each task can detect, and the items a margin needs."""
-    from .config import policy_path, project_dir, suite_tasks
+    from .config import policy_path, project_dir, split_variants, suite_tasks
     from .console import RichUI
     from .gate import GatePolicy
     from .power import discordance_history, power_table
@@ -148,7 +148,7 @@ def power(
             history = {}
         else:
             history = discordance_history(runs)
-        names = [c.strip() for c in candidates.split(",") if c.strip()]
+        names = split_variants(candidates)
         RichUI(console).power(power_table(loaded, names, gate_policy, history))
     except QevalInputError as exc:
         _fail(str(exc))

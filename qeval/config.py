@@ -82,6 +82,22 @@ def _coerce(value: str) -> str | int | float | bool:
     return value
 
 
+def split_variants(text: str) -> list[str]:
+    """`--candidates` text → one string per variant. A `key=value` piece with no variant name
+    before it continues the previous variant's parameters: `gguf:q4_k_m,threads=8,int8` is two
+    variants (`gguf=path` is a variant of its own)."""
+    out: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        name = piece.split(":", 1)[0]
+        if out and "=" in name and not name.startswith("gguf="):
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out
+
+
 def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> VariantSpec:
     """`int8`, `nf4:double_quant=true`, `gguf:q4_k_m`, `gguf=path/to/model.gguf` or a name from
     configs/variants/*.yaml."""

@@ -32,6 +32,9 @@ def _bad(args, match, tmp_path):
     (["--noise-floor", "fp64"], "--noise-floor 'fp64'"),
     (["--model", "/no/such/checkpoint"], "does not exist"),
     (["--model", "/no/such/model.gguf"], "does not exist"),
+    (["--candidates", "gguf:q9_k"], "unknown GGUF type 'q9_k'"),
+    (["--candidates", "gguf=/no/such/file.gguf"], "GGUF file /no/such/file.gguf does not exist"),
+    (["--candidates", "gguf:q4_k_m,n_ctx=-1"], "n_ctx must be a non-negative integer"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, match):
     _bad(args, match, tmp_path)

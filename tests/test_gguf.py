@@ -124,3 +124,49 @@ def test_gguf_variant_parsing(text, params):
 def test_bad_gguf_variants_are_one_clear_error(text, match):
     with pytest.raises(QevalInputError, match=match.replace("(", r"\(").replace(")", r"\)")):
         parse_variant(text)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("gguf:q4_k_m,threads=8,int8", ["gguf:q4_k_m,threads=8", "int8"]),
+    ("gguf:q8_0,gguf:q2_k", ["gguf:q8_0", "gguf:q2_k"]),
+    ("nf4:double_quant=true,gguf=/m.gguf,int8wo", ["nf4:double_quant=true", "gguf=/m.gguf", "int8wo"]),
+    (" int8 , ,nf4", ["int8", "nf4"]),
+])
+def test_candidate_lists_keep_parameters_with_their_variant(text, expected):
+    from qeval.config import split_variants
+
+    assert split_variants(text) == expected
+
+
+def test_a_crashing_llama_cpp_becomes_one_clear_error_not_a_segfault(tmp_path, monkeypatch):
+    """A native crash inside llama.cpp (seen: AMX matmul path; a toolchain fault in
+    llama_model::print_info on one Xeon image) happens in a probe child, never in qeval."""
+    import qeval.backends.llamacpp as lc
+
+    _tiny_checkpoint(tmp_path / "ckpt", "llama")
+    path = tmp_path / "m.gguf"
+    export_gguf(tmp_path / "ckpt", path, dtype="f32", pre="gpt-2")
+    assert lc.safe_buffer_setting(path, 1, 0)[0] in (True, False)  # the real probe passes here
+    lc._probe.cache_clear()
+    monkeypatch.setattr(lc, "_PROBE_CODE", "import ctypes; ctypes.string_at(0)")  # a real SIGSEGV
+    with pytest.raises(QevalInputError, match=r"cannot run m.gguf on this machine.*crashed \(SIGSEGV\)"):
+        lc.safe_buffer_setting(path, 1, 0)
+    lc._probe.cache_clear()
+
+
+def test_a_crash_with_extra_buffer_types_retries_without_them(tmp_path, monkeypatch):
+    import qeval.backends.llamacpp as lc
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    monkeypatch.setattr(lc, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(lc, "_PROBE_CODE",
+                        "import sys, ctypes; ctypes.string_at(0) if sys.argv[2] == '1' else print('ok')")
+    lc._probe.cache_clear()
+    extra, notes = lc.safe_buffer_setting(path, 1, 0)
+    assert extra is False and "crashed with its extra buffer types" in notes[0]
+    monkeypatch.setattr(lc, "cpu_has_amx", lambda: True)  # AMX: never tries them on
+    lc._probe.cache_clear()
+    extra, notes = lc.safe_buffer_setting(path, 1, 0)
+    assert extra is False and "AMX" in notes[0]
+    lc._probe.cache_clear()

@@ -8,6 +8,7 @@ server's echo mode nor completion log-probs, which are known to misalign positio
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -56,6 +57,70 @@ def _extra_buffer_types(enabled: bool):
         low.llama_model_default_params = original
 
 
+# A native crash inside llama.cpp would take the whole comparison down with a segfault. So every
+# GGUF is first loaded and run on a few tokens in a child process with the settings the backend
+# will use; a crash there becomes a retry (extra buffer types off) or one clear error.
+_PROBE_CODE = "from qeval.backends.llamacpp import _probe_main; _probe_main()"
+
+
+def _probe_main() -> None:
+    import sys
+
+    import llama_cpp
+
+    path, extra, threads, gpu_layers = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
+    with _extra_buffer_types(enabled=extra):
+        llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=threads,
+                              n_threads_batch=threads, n_gpu_layers=gpu_layers, logits_all=True,
+                              verbose=False)
+    ids = llm.tokenize(b"Metformin 500 mg twice daily; review renal function.", add_bos=False)[:16]
+    llm.eval(ids or [0])
+    print("ok")
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(path: str, mtime_ns: int, extra: bool, threads: int, gpu_layers: int) -> str | None:
+    """None when the child loaded and scored the file; else what went wrong."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE_CODE, path, "1" if extra else "0",
+                               str(threads), str(gpu_layers)], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return "it did not finish loading within 10 minutes"
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return None
+    if proc.returncode < 0:
+        return f"it crashed ({signal.Signals(-proc.returncode).name})"
+    last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+    return f"it failed ({last[:160]})"
+
+
+def safe_buffer_setting(path: Path, threads: int, gpu_layers: int) -> tuple[bool, list[str]]:
+    """Whether to load with llama.cpp's extra (repacked) buffer types, checked in a child process.
+    On AMX CPUs they start off (quantized GGUFs can crash in the AMX matmul path)."""
+    amx = cpu_has_amx()
+    tries = [False] if amx else [True, False]
+    mtime = path.stat().st_mtime_ns
+    problems = []
+    for extra in tries:
+        problem = _probe(str(path.resolve()), mtime, extra, threads, gpu_layers)
+        if problem is None:
+            notes = []
+            if amx:
+                notes.append("AMX CPU: llama.cpp extra buffer types disabled (avoids the AMX matmul crash)")
+            elif not extra:
+                notes.append("llama.cpp crashed with its extra buffer types on this CPU; scored with them off")
+            return extra, notes
+        problems.append(f"extra buffer types {'on' if extra else 'off'}: {problem}")
+    raise QevalInputError(
+        f"llama.cpp cannot run {path.name} on this machine ({'; '.join(problems)}); rebuild "
+        "llama-cpp-python for this CPU (CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --force-reinstall "
+        "--no-binary llama-cpp-python llama-cpp-python==0.3.36) or score this variant on another machine")
+
+
 def llamacpp_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -94,12 +159,9 @@ class LlamaCppBackend:
         # logits_all keeps an (n_ctx × vocabulary) float32 array: 2048 × 49k ≈ 400 MB.
         n_ctx = int(p.get("n_ctx", 2048))
         gpu_layers = int(p.get("gpu_layers", 0))
-        notes = []
-        amx = cpu_has_amx()
-        if amx:
-            notes.append("AMX CPU: llama.cpp extra buffer types disabled (avoids the AMX matmul crash)")
+        extra, notes = safe_buffer_setting(path, threads, gpu_layers)
         try:
-            with quiet_stderr(), _extra_buffer_types(enabled=not amx):
+            with quiet_stderr(), _extra_buffer_types(enabled=extra):
                 self.llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_ubatch=min(512, n_ctx),
                     n_threads=threads, n_threads_batch=threads, logits_all=True, n_gpu_layers=gpu_layers,
