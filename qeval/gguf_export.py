@@ -28,7 +28,8 @@ PERMUTE_QK = {"llama": True, "mistral": True, "qwen2": False}
 # llama.cpp file types by the names users know (llama_ftype values).
 QUANT_TYPES = {
     "f32": 0, "f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q5_k_s": 16, "q4_k_m": 15,
-    "q4_k_s": 14, "q3_k_l": 13, "q3_k_m": 12, "q3_k_s": 11, "q2_k": 10, "q4_0": 2, "q5_0": 8,
+    "q4_k_s": 14, "q3_k_l": 13, "q3_k_m": 12, "q3_k_s": 11, "q2_k": 10, "q4_0": 2, "q4_1": 3,
+    "q5_0": 8, "q5_1": 9,
 }
 PRE_TOKENIZERS = ("llama-bpe", "smollm", "qwen2", "gpt-2", "default", "starcoder", "falcon",
                   "deepseek-llm", "mpt", "olmo", "dbrx", "tekken", "refact", "command-r")
@@ -195,6 +196,22 @@ def quantize(src: Path, out: Path, qtype: str, threads: int | None = None) -> No
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama.cpp could not quantize {src.name} to {qtype} (code {rc})")
+
+
+def tensor_type_mix(path: Path) -> tuple[dict[str, float], float]:
+    """Share of the file's weights held in each ggml type (by element count), and bits per weight.
+    What a type name promises and what a file holds can differ: llama.cpp falls back from k-quants
+    on rows whose length is not a multiple of 256."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    data_bytes = 0
+    for t in gguf.GGUFReader(str(path)).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
+        data_bytes += int(t.n_bytes)
+    total = sum(counts.values()) or 1
+    mix = {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return mix, 8 * data_bytes / total  # tensor data only: metadata is not weights
 
 
 def sha256_file(path: Path) -> str:

@@ -76,6 +76,7 @@ def test_exported_f32_gguf_on_llama_cpp_matches_transformers(tmp_path, arch):
         (lp,) = backend.loglikelihood([req])
         assert lp == pytest.approx(float(ref[np.arange(4, 7), ids[5:8]].sum()), abs=5e-3)
         assert "f32 (user file)" in backend.info.compute_dtype
+        assert "F32 100%" in backend.info.kernel and "32.00 bits" in backend.info.compute_dtype
     finally:
         backend.close()
 
@@ -170,3 +171,46 @@ def test_a_crash_with_extra_buffer_types_retries_without_them(tmp_path, monkeypa
     extra, notes = lc.safe_buffer_setting(path, 1, 0)
     assert extra is False and "AMX" in notes[0]
     lc._probe.cache_clear()
+
+
+def test_quantization_ladder_is_monotone_where_k_quants_apply(tmp_path, monkeypatch):
+    """On a model whose rows are multiples of 256 (so every type means what its name says) and
+    whose weights are not already on a quantization grid, mean KL to the F32 file grows down the
+    ladder. (The default model meets neither condition: see the README and issue 4's note.)"""
+    from qeval import reference_text as rt
+
+    orig = transformers.LlamaConfig
+    monkeypatch.setattr(transformers, "LlamaConfig", lambda **kw: orig(
+        **{**kw, "hidden_size": 256, "intermediate_size": 512, "initializer_range": 0.08}))
+    tok, _ = _tiny_checkpoint(tmp_path / "ckpt", "llama")
+    fp = fingerprint_dir(tmp_path / "ckpt")
+    resolved = ResolvedModel("tiny", tmp_path / "ckpt", fp, "tiny")
+    ids = tok(" ".join(CORPUS * 3), add_special_tokens=False).input_ids
+    passage = rt.PassageTokens("p", "all", None, (tuple(ids),), "h")
+
+    def scores(qtype):
+        b = LlamaCppBackend(resolved, parse_variant(f"gguf:{qtype}"), cache=tmp_path / "cache")
+        try:
+            return b, b.token_logprobs(ids)
+        finally:
+            b.close()
+
+    base_backend, base = scores("f32")
+    dist = rt.baseline_distributions(_FixedTable(base), [passage], 64)["p"][0]
+    ladder = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
+    kl, bpw = [], []
+    for q in ladder:
+        b, lp = scores(q)
+        assert "only" not in " ".join(b.info.notes)  # no k-quant fallback here
+        kl.append(float(rt.binned_kl(dist, lp).mean()))
+        bpw.append(float(b.info.compute_dtype.split(", ")[1].split()[0]))
+    assert kl == sorted(kl) and kl[0] > 0, dict(zip(ladder, kl))
+    assert bpw == sorted(bpw, reverse=True), dict(zip(ladder, bpw))
+
+
+class _FixedTable:
+    def __init__(self, lp):
+        self.lp = lp
+
+    def token_logprobs(self, tokens):
+        return self.lp

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QevalInputError
-from ..gguf_export import gguf_artefact, quiet_stderr
+from ..gguf_export import gguf_artefact, quiet_stderr, tensor_type_mix
 from ..models import ResolvedModel
 from ..types import BackendInfo, VariantSpec
 from .base import LoglikelihoodRequest, NonFiniteScores, Progress, group_jobs
@@ -176,10 +176,19 @@ class LlamaCppBackend:
             ftype = self.llm.metadata.get("general.file_type")
             names = {str(v): k for k, v in QUANT_TYPES.items()}
             qtype = f"{names.get(str(ftype), f'file type {ftype}')} (user file)"
+        mix, bpw = tensor_type_mix(path)
+        mix_text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in mix.items() if v >= 0.005)
+        k_share = sum(v for k, v in mix.items() if k.endswith("_K"))
+        if qtype.startswith(("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")) and k_share < 0.5:
+            fallback = ", ".join(k for k in mix if not k.endswith("_K") and k != "F32")
+            notes.append(
+                f"{qtype}: only {100 * k_share:.0f}% of the weights are k-quants — rows whose length is "
+                f"not a multiple of 256 fell back to {fallback} (llama.cpp's rule) — so this file "
+                f"holds {bpw:.2f} bits per weight; compare GGUF variants by bits per weight, not by name")
         self.info = BackendInfo(
             variant=variant.name, backend="llamacpp", device="cuda" if gpu_layers else "cpu",
-            requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}",
-            kernel=f"llama.cpp ggml kernels ({qtype}; {threads} threads)",
+            requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}, {bpw:.2f} bits per weight",
+            kernel=f"llama.cpp ggml kernels ({mix_text}; {threads} threads)",
             weight_bytes=path.stat().st_size, versions=llamacpp_versions(), notes=tuple(notes),
         )
 
