@@ -133,7 +133,7 @@ def load_task(path: Path) -> Task:
 
 # Fields added after the first release: left out of the content hash while at their default, so
 # tasks that do not use them keep their hash (and their stored records stay reusable).
-_ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "baseline_top_k": 64, "window_tokens": 1024}
+_ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "baseline_top_k": 256, "window_tokens": 1024}
 
 
 def _hashable(model: BaseModel) -> dict:

@@ -94,7 +94,7 @@ class TaskSpec(Strict):
     cluster_by: Literal["cluster", "category"] | None = None
     # reference_text: the baseline's next-token distribution is kept bounded, as its top-k
     # log-probs plus the tail's mass (KL over those k + 1 bins never exceeds the exact KL).
-    baseline_top_k: int = Field(64, ge=1, le=4096)
+    baseline_top_k: int = Field(256, ge=1, le=4096)
     # reference_text: passages longer than this are scored in windows of this many tokens (each
     # window's first token is context only), so any engine's context length suffices.
     window_tokens: int = Field(1024, ge=16, le=32768)
