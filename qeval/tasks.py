@@ -133,13 +133,17 @@ def load_task(path: Path) -> Task:
 
 # Fields added after the first release: left out of the content hash while at their default, so
 # tasks that do not use them keep their hash (and their stored records stay reusable).
-_ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "baseline_top_k": 256, "window_tokens": 1024}
+_ADDED_DEFAULTS = {"cluster": None, "cluster_by": None}
+# Fields that only reference_text tasks read: part of their hash always (a changed k changes every
+# number), never part of a multiple-choice task's.
+_REFERENCE_ONLY = frozenset({"baseline_top_k", "window_tokens"})
 
 
 def _hashable(model: BaseModel) -> dict:
     data = model.model_dump(mode="json")
+    drop = _REFERENCE_ONLY if data.get("kind") == "multiple_choice" else frozenset()
     return {k: v for k, v in data.items()
-            if not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
+            if k not in drop and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
 
 
 class PassageFileEntry(BaseModel):

@@ -247,3 +247,15 @@ def test_bootstrap_ratio_matches_cluster_bootstrap_of_means():
     sums = [v[[i for i in range(20) if labels[i] == c]].sum() for c in sorted(set(labels))]
     b = stats.bootstrap_ratio(sums, [4.0] * 5, n_boot=500, seed=3)
     np.testing.assert_allclose(a, b)
+
+
+def test_changing_top_k_or_windows_changes_the_task_hash(tmp_path):
+    (tmp_path / "passages").mkdir()
+    (tmp_path / "passages" / "p.yaml").write_text(
+        "style: x\npassages:\n  - {id: a, title: t, specialty: s, text: some text}\n")
+    hashes = set()
+    for extra in ["", "baseline_top_k: 64\n", "baseline_top_k: 256\n", "window_tokens: 512\n"]:
+        (tmp_path / "t.yaml").write_text(
+            "id: t\nkind: reference_text\nsource: {format: qeval_passages, path: passages}\n" + extra)
+        hashes.add(load_task(tmp_path / "t.yaml").content_hash)
+    assert len(hashes) == 3  # "" and 256 are the same task: 256 is the default
