@@ -44,6 +44,7 @@ def compare(
     log_text: Annotated[bool, typer.Option(help="PHI opt-in: also write prompt text to the run directory.")] = False,
     n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for confidence intervals.")] = 10_000,
     noise_floor: Annotated[Optional[str], typer.Option(help="Also score the baseline along another numeric path (batch1: one sequence per pass; bf16: bfloat16) and report and gate against that floor.")] = None,
+    allow_contamination: Annotated[bool, typer.Option(help="Quantize even when a GPTQ/AWQ calibration set shares 13-word sequences with more than 1% of a task's items.")] = False,
 ) -> None:
     """Score baseline and candidates on identical prompts, pair per item, and gate.
 
@@ -52,64 +53,192 @@ def compare(
     console = Console()
     started = time.perf_counter()
     try:
-        from .config import RunConfig, check_roles, known_variants, parse_variant, policy_path, split_variants, project_dir, suite_tasks
-        from .gate import GatePolicy
-        from .tasks import TaskRegistry, first_n
-
-        known = known_variants()
-        task_ids = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite)
-        cfg = RunConfig(
-            model=model, baseline=parse_variant(base, known),
-            candidates=tuple(parse_variant(c, known) for c in split_variants(candidates)),
-            tasks=task_ids, policy=policy, device=device, strict_dtype=strict_dtype,
-            batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text, n_boot=n_boot,
-            noise_floor=_noise_path(noise_floor),
-        )
-        check_roles(cfg)
-        gate_file = policy_path(policy)
-        gate_policy = GatePolicy.from_yaml(gate_file)
-        registry = TaskRegistry([project_dir("tasks")])
-        loaded = [first_n(registry.load(t), limit) for t in task_ids]
-        run_dir = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        if run_dir.exists():
-            raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
-
-        from .backends.engines import EngineFactory
-        from .backends.hf import resolve_device
-        from .models import cache_dir, resolve_model
-        from .pipeline import run_compare
-        from .console import RichUI
-        from .report import print_summary, results_dict, write_run
-        from .runner import RecordStore
-
-        resolve_device(device)  # a GPU-only option fails before minutes of model preparation
-        ui = RichUI(console)
-        t_model = time.perf_counter()
-        resolved = resolve_model(model, progress=ui.status)
-        model_seconds = time.perf_counter() - t_model
-        factory = EngineFactory(resolved, device=device, strict_dtype=strict_dtype,
-                                batch_size=batch_size, cache=cache_dir(), progress=ui.status)
-        from .power import discordance_history
-
-        res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
-                          model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
-                          history=discordance_history(run_dir.parent))
-        res.timings["model_preparation_s"] = model_seconds
-        results = results_dict(
-            res,
-            model={"spec": resolved.spec, "source": resolved.source, "fingerprint": resolved.fingerprint,
-                   "notes": list(resolved.notes)},
-            policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
-        )
-        res.timings["total_s"] = time.perf_counter() - started
-        write_run(run_dir, res, results, log_text=log_text)
-        print_summary(console, results, run_dir)
-        console.print(f"[dim]wall time {res.timings['total_s']:.1f} s[/]")
+        cfg = _run_config(model=model, base=base, candidates=candidates, suite=suite, tasks=tasks,
+                          policy=policy, device=device, strict_dtype=strict_dtype,
+                          batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text,
+                          n_boot=n_boot, noise_floor=_noise_path(noise_floor))
+        res, _ = _execute(console, cfg, out=out, allow_contamination=allow_contamination, started=started)
         raise typer.Exit(EXIT_CODES[res.verdict.decision])
     except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or exc}: file not found")
+
+
+def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: str | None, **rest):
+    from .config import RunConfig, check_roles, known_variants, parse_variant, split_variants, suite_tasks
+
+    known = known_variants()
+    task_ids = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite)
+    texts = split_variants(candidates) if isinstance(candidates, str) else candidates
+    cfg = RunConfig(baseline=parse_variant(base, known),
+                    candidates=tuple(parse_variant(c, known) for c in texts), tasks=task_ids, **rest)
+    check_roles(cfg)
+    return cfg
+
+
+def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bool, started: float,
+             extra=None):
+    """config → tasks + variants → runner → compare → gate → report, written atomically.
+    `extra(res, factory)` returns more files (name → text) for the run directory."""
+    from .config import policy_path, project_dir
+    from .gate import GatePolicy
+    from .tasks import TaskRegistry, first_n
+
+    gate_file = policy_path(cfg.policy)
+    gate_policy = GatePolicy.from_yaml(gate_file)
+    registry = TaskRegistry([project_dir("tasks")])
+    loaded = [first_n(registry.load(t), cfg.limit) for t in cfg.tasks]
+    run_dir = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists():
+        raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
+
+    from .backends.engines import EngineFactory
+    from .backends.hf import resolve_device
+    from .console import RichUI
+    from .models import cache_dir, resolve_model
+    from .pipeline import run_compare
+    from .power import discordance_history
+    from .report import print_summary, results_dict, write_run
+    from .runner import RecordStore
+
+    resolve_device(cfg.device)  # a GPU-only option fails before minutes of model preparation
+    ui = RichUI(console)
+    t_model = time.perf_counter()
+    resolved = resolve_model(cfg.model, progress=ui.status)
+    model_seconds = time.perf_counter() - t_model
+    factory = EngineFactory(resolved, device=cfg.device, strict_dtype=cfg.strict_dtype,
+                            batch_size=cfg.batch_size, cache=cache_dir(), progress=ui.status,
+                            calibration_root=project_dir("calibration"), bar=ui.bar)
+    overlaps = factory.preflight(cfg.candidates, loaded, allow_contamination=allow_contamination)
+    res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
+                      model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
+                      history=discordance_history(run_dir.parent))
+    res.timings["model_preparation_s"] = model_seconds
+    results = results_dict(
+        res,
+        model={"spec": resolved.spec, "source": resolved.source, "fingerprint": resolved.fingerprint,
+               "notes": list(resolved.notes)},
+        policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
+    )
+    results["artefacts"] = calibration_summary(factory, overlaps)
+    files = extra(res, factory) if extra else {}
+    res.timings["total_s"] = time.perf_counter() - started
+    write_run(run_dir, res, results, log_text=cfg.log_text, extra_files=files)
+    print_summary(console, results, run_dir)
+    console.print(f"[dim]wall time {res.timings['total_s']:.1f} s[/]")
+    return res, run_dir
+
+
+@app.command()
+def calibrate(
+    methods: Annotated[str, typer.Option(help="Comma-separated quantization methods: gptq, awq.")] = "gptq,awq",
+    sets: Annotated[str, typer.Option(help="Comma-separated calibration sets: built-in names (see `qeval calibration-sets`), .jsonl/.txt files or hf:<dataset>.")] = "generic,clinical",
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method x set (seed 0..N-1 picks the calibration windows).")] = 2,
+    params: Annotated[str, typer.Option(help="Parameters for every arm, e.g. bits=4,group=64,samples=64,seqlen=256.")] = "",
+    model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
+    base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
+    suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
+    policy: Annotated[str, typer.Option(help="Gate policy for the per-candidate verdicts.")] = "default",
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to create (default: runs/<timestamp>).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 16,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N items of each task.")] = None,
+    n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
+    allow_contamination: Annotated[bool, typer.Option(help="Quantize even when a calibration set overlaps an evaluated task.")] = False,
+) -> None:
+    """Which calibration text degrades clinical behaviour least? Sweep methods x sets x seeds.
+
+    Every artefact is scored against one baseline on the suite; per set the report gives paired
+    deltas with intervals over items and seeds, the seed spread, choice-KL and reference-text KLD,
+    a ranking, whether the sets are distinguishable, and a plot (calibrate.svg). Exit 0, or 2.
+    """
+    console = Console()
+    started = time.perf_counter()
+    try:
+        from .calibrate import Arm, markdown, plot_svg, summarise
+
+        method_list = [m.strip() for m in methods.split(",") if m.strip()]
+        set_list = [x.strip() for x in sets.split(",") if x.strip()]
+        bad = [m for m in method_list if m not in ("gptq", "awq")]
+        if bad or not method_list:
+            raise QevalInputError(f"--methods {methods!r}: choose from gptq, awq")
+        if len(set(set_list)) != len(set_list) or not set_list:
+            raise QevalInputError(f"--sets {sets!r}: name each calibration set once")
+        if params and any("=" not in p for p in params.split(",")):
+            raise QevalInputError(f"--params {params!r}: use key=value pairs, e.g. bits=4,group=64")
+        if any(p.split("=")[0].strip() in ("calib", "seed") for p in params.split(",") if p):
+            raise QevalInputError("--params: calib and seed are set by --sets and --seeds")
+        # A set given as a file is labelled by its stem in the tables.
+        labels = {cs: Path(cs).stem if cs.endswith((".jsonl", ".txt", ".md")) else cs for cs in set_list}
+        if len(set(labels.values())) != len(labels):
+            raise QevalInputError(f"--sets {sets!r}: two sets would share the label "
+                                  "(same file name); rename one")
+        arms, names = [], []
+        for m in method_list:
+            for cs in set_list:
+                cands = tuple(f"{m}:calib={cs},seed={k}" + (f",{params}" if params else "")
+                              for k in range(seeds))
+                arms.append(Arm(m, labels[cs], tuple(range(seeds)), cands))
+                names.extend(cands)
+        cfg = _run_config(model=model, base=base, candidates=names, suite=suite, tasks=tasks,
+                          policy=policy, device=device, batch_size=batch_size, limit=limit,
+                          n_boot=n_boot)
+        holder = {}
+
+        def experiment(res, factory):
+            records = {c.spec.name: {**c.records, **c.text} for c in res.candidates}
+            seconds = {k: float(v.get("quantize_seconds", 0.0)) for k, v in factory.artefacts.items()}
+            summary = summarise(res.tasks, res.baseline.records, records, arms, seconds,
+                                n_boot=n_boot, seed=cfg.seed)
+            holder["summary"] = summary
+            panels = [(t.spec.id, "token_kld" if t.spec.kind == "reference_text" else "choice_kl")
+                      for t in res.tasks]
+            panels += [(t.spec.id, "delta_accuracy") for t in res.tasks if t.spec.kind == "multiple_choice"]
+            return {"calibrate.json": summary.model_dump_json(indent=1) + "\n",
+                    "calibrate.md": markdown(summary, "calibrate.svg"),
+                    "calibrate.svg": plot_svg(summary, panels)}
+
+        _, run_dir = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
+                              started=started, extra=experiment)
+        _print_calibrate(console, holder["summary"], run_dir)
+    except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
+        _fail(str(exc))
+
+
+def _print_calibrate(console: Console, summary, run_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="calibration sets: per seed, seed SD, pooled 95% CI (items/passages x seeds)")
+    for col in ("method", "set", "task", "metric", "per seed", "seed SD", "pooled"):
+        table.add_column(col)
+    for r in summary.arms:
+        for s in r.stats:
+            if s.metric in ("delta_log_ppl", "same_top"):
+                continue
+            table.add_row(r.method, r.calib, r.task, s.metric, ", ".join(f"{v:.4f}" for v in s.per_seed),
+                          f"{s.seed_sd:.4f}",
+                          f"{s.pooled.estimate:.4f} [{s.pooled.low:.4f}, {s.pooled.high:.4f}]")
+    console.print(table)
+    for method, order in summary.ranking.items():
+        console.print(f"{method}: best calibration set by {summary.primary[method]}: {' < '.join(order)}",
+                      highlight=False)
+    for c in summary.contrasts:
+        if c.metric in ("token_kld", "choice_kl", "delta_accuracy"):
+            verdict = f"{c.better} better" if c.distinguishable else "not distinguishable"
+            console.print(f"  {c.method} {c.task} {c.metric}: {c.a} - {c.b} = {c.difference.estimate:+.4f} "
+                          f"[{c.difference.low:+.4f}, {c.difference.high:+.4f}] -> {verdict}", highlight=False)
+    console.print(f"calibration report: {run_dir / 'calibrate.md'} (plot: calibrate.svg)", highlight=False)
+
+
+def calibration_summary(factory, overlaps: dict) -> dict:
+    """How each GPTQ/AWQ artefact was made and its calibration set's overlap with every task
+    (ids and counts only, never text)."""
+    return {name: {**factory.artefacts.get(name, {}),
+                   "contamination": [{"task": o.task, "units": o.units, "overlapping": o.contaminated,
+                                      "share": o.share, "examples": list(o.examples)} for o in ov]}
+            for name, ov in overlaps.items()}
 
 
 def _noise_path(value: str | None) -> str | None:
@@ -185,6 +314,54 @@ def list_variants() -> None:
             console.print(f"{name:8} {params:22} {spec.description}", highlight=False)
     except QevalInputError as exc:
         _fail(str(exc))
+
+
+@app.command("calibration-sets")
+def calibration_sets() -> None:
+    """List the calibration sets in calibration/ (GPTQ/AWQ `calib=`), verified against their manifests."""
+    from .calibration import builtin_sets, load_builtin
+    from .config import project_dir
+
+    console = Console()
+    root = project_dir("calibration")
+    try:
+        for name in builtin_sets(root):
+            s = load_builtin(root / name)
+            d = s.describe()
+            console.print(f"{name:10} {d['n_samples']:4d} samples {d['n_words']:7d} words  "
+                          f"sha256 {s.sha256[:12]}  {s.source}", highlight=False)
+    except QevalInputError as exc:
+        _fail(str(exc))
+
+
+@app.command("calibration-manifest")
+def calibration_manifest(
+    directory: Annotated[Path, typer.Argument(help="A calibration set folder holding samples.jsonl.")],
+    description: Annotated[str, typer.Option(help="One line: what the text is.")],
+    source: Annotated[str, typer.Option(help="Where the text comes from.")],
+    licence: Annotated[str, typer.Option(help="The text's licence.")],
+    model: Annotated[str, typer.Option(help="Model whose tokenizer counts the tokens.")] = "smollm2-135m",
+) -> None:
+    """Write (or rewrite) manifest.yaml for a calibration set folder: counts and sha256."""
+    from .calibration import write_manifest
+    from .models import resolve_model
+
+    console = Console()
+    try:
+        if not (directory / "samples.jsonl").is_file():
+            raise QevalInputError(f"{directory}/samples.jsonl does not exist; put one "
+                                  '{"text": ...} object per line there first')
+        from transformers import AutoTokenizer
+
+        resolved = resolve_model(model)
+        tok = AutoTokenizer.from_pretrained(resolved.path)
+        m = write_manifest(directory, name=directory.name, description=description, source=source,
+                           licence=licence, tokenizer_name=resolved.spec,
+                           count_tokens=lambda t: len(tok(t, add_special_tokens=False).input_ids))
+    except QevalInputError as exc:
+        _fail(str(exc))
+    console.print(f"{directory / 'manifest.yaml'}: {m.n_samples} samples, {m.n_tokens} tokens, "
+                  f"sha256 {m.sha256[:12]}", highlight=False)
 
 
 @app.command()

@@ -85,29 +85,40 @@ def _coerce(value: str) -> str | int | float | bool:
 def split_variants(text: str) -> list[str]:
     """`--candidates` text → one string per variant. A `key=value` piece with no variant name
     before it continues the previous variant's parameters: `gguf:q4_k_m,threads=8,int8` is two
-    variants (`gguf=path` is a variant of its own)."""
+    variants (`gguf=path`, `gptq=path`, `awq=path` are variants of their own)."""
     out: list[str] = []
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
             continue
         name = piece.split(":", 1)[0]
-        if out and "=" in name and not name.startswith("gguf="):
+        if out and "=" in name and not name.startswith(BROUGHT):
             out[-1] += "," + piece
         else:
             out.append(piece)
     return out
 
 
+# Artefacts a user brings instead of having qeval make them: `<method>=<path>`.
+BROUGHT = ("gguf=", "gptq=", "awq=")
+
+
 def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> VariantSpec:
-    """`int8`, `nf4:double_quant=true`, `gguf:q4_k_m`, `gguf=path/to/model.gguf` or a name from
-    configs/variants/*.yaml."""
+    """`int8`, `nf4:double_quant=true`, `gguf:q4_k_m`, `gptq:bits=4,group=64,calib=clinical`,
+    `gguf=path/to/model.gguf`, `gptq=path/to/checkpoint` or a name from configs/variants/*.yaml."""
     known = known_variants() if known is None else known
     text = text.strip()
-    if text.startswith("gguf=") and "gguf" in known:
-        path = text.partition("=")[2]
+    method, eq, path = text.partition("=")
+    if eq and text.startswith(BROUGHT) and method in known:
         if not path:
-            raise QevalInputError("gguf= needs a file: gguf=path/to/model.gguf")
-        return _checked_gguf(known["gguf"].model_copy(update={"name": text, "params": {"file": path}}))
+            example = "model.gguf" if method == "gguf" else "checkpoint_dir"
+            raise QevalInputError(f"{method}= needs a path: {method}=path/to/{example}")
+        if method == "gguf":
+            return _checked_gguf(known["gguf"].model_copy(update={"name": text, "params": {"file": path}}))
+        variant = known[method].model_copy(update={"name": text, "params": {"path": path}})
+        from .calibrated import check_variant
+
+        check_variant(variant, None)
+        return variant
     name, _, params_text = text.partition(":")
     if name not in known:
         raise QevalInputError(
@@ -125,6 +136,10 @@ def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> Var
             raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
         params[key.strip()] = _coerce(value.strip())
     variant = base.model_copy(update={"name": text.strip(), "params": params})
+    if base.method in (Method.gptq, Method.awq):
+        from .calibrated import check_variant
+
+        check_variant(variant, None)  # the group-size fit is checked once the model is known
     return _checked_gguf(variant) if base.method == Method.gguf else variant
 
 

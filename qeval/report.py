@@ -57,9 +57,10 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
     }
 
 
-def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -> None:
+def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
+              extra_files: dict[str, str] | None = None) -> None:
     """Everything goes to a temporary directory first, then moves into place: a failed run
-    leaves nothing half-written."""
+    leaves nothing half-written. `extra_files`: name → text, written beside report.md."""
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
         import shutil
@@ -79,6 +80,8 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool) -
                          for r in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]},
     }, indent=1, sort_keys=True) + "\n")
     atomic_write_text(tmp / "report.md", markdown_report(results))
+    for name, text in (extra_files or {}).items():
+        atomic_write_text(tmp / name, text)
     if log_text:
         from .runner import render_prompt
 

@@ -348,3 +348,44 @@ def normal_quantile(q: float) -> float:
     s = r * r
     return (((((a[0] * s + a[1]) * s + a[2]) * s + a[3]) * s + a[4]) * s + a[5]) * r / (
         ((((b[0] * s + b[1]) * s + b[2]) * s + b[3]) * s + b[4]) * s + 1)
+
+
+# ---------------------------------------------------------------- seeds × units
+
+
+def seeds_units_bootstrap(a: np.ndarray, b: np.ndarray | None = None, den: np.ndarray | None = None, *,
+                          n_boot: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_SEED,
+                          level: float = 0.95) -> tuple[Interval, float]:
+    """Two-level bootstrap for an experiment repeated over seeds on the same units (items or
+    passages): `a[s, u]` is seed s's value on unit u (a numerator when `den[u]` is given, making
+    the statistic Σ_u a / Σ_u den). Units are resampled once per replicate and shared by both
+    arms (the same items: a paired design); seeds are resampled within each arm, because a seed
+    of one arm has no partner in the other. Returns the interval for mean(a) − mean(b) (or
+    mean(a) alone) and a two-sided bootstrap p-value for it being 0."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    d = np.ones(a.shape[1]) if den is None else np.asarray(den, dtype=np.float64)
+    if a.shape[1] != d.size or a.shape[1] == 0:
+        raise ValueError("seeds_units_bootstrap: every arm needs the same non-empty units")
+
+    def stat(m, units, seeds):
+        return (m[np.ix_(seeds, units)].sum(axis=1) / d[units].sum()).mean()
+
+    def point(m):
+        return float((m.sum(axis=1) / d.sum()).mean())
+
+    estimate = point(a) - (point(np.atleast_2d(b)) if b is not None else 0.0)
+    rng = np.random.default_rng(seed)
+    n_units = a.shape[1]
+    out = np.empty(n_boot)
+    bb = None if b is None else np.atleast_2d(np.asarray(b, dtype=np.float64))
+    for i in range(n_boot):
+        units = rng.integers(0, n_units, size=n_units)
+        value = stat(a, units, rng.integers(0, a.shape[0], size=a.shape[0]))
+        if bb is not None:
+            value -= stat(bb, units, rng.integers(0, bb.shape[0], size=bb.shape[0]))
+        out[i] = value
+    alpha = 1 - level
+    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
+    p = float(min(1.0, 2 * min((out <= 0).mean(), (out >= 0).mean())))
+    return Interval(estimate=estimate, low=float(low), high=float(high), level=level,
+                    method=f"two-level bootstrap (units paired, seeds within arm), {n_boot} resamples"), p

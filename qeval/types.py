@@ -124,6 +124,8 @@ class Method(str, Enum):
     int8wo = "int8wo"  # torchao int8 weight-only
     nf4 = "nf4"  # bitsandbytes 4-bit NormalFloat
     gguf = "gguf"  # a GGUF file on llama.cpp's kernels (exported and quantized, or brought)
+    gptq = "gptq"  # gptqmodel GPTQ on a calibration set, or a GPTQ checkpoint brought
+    awq = "awq"  # gptqmodel AWQ on a calibration set, or an AWQ checkpoint brought
     fake = "fake"  # statistics and gate tests only
 
 

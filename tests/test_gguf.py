@@ -20,40 +20,7 @@ from qeval.errors import QevalInputError  # noqa: E402
 from qeval.gguf_export import export_gguf, gguf_artefact, sha256_file  # noqa: E402
 from qeval.models import ResolvedModel, fingerprint_dir  # noqa: E402
 
-CORPUS = ["The patient was given 500 mg of metformin twice daily.",
-          "Blood pressure 142/88 mmHg; review in 2 weeks.",
-          "Chest pain radiating to the left arm, sweating and nausea.",
-          "Renal function: eGFR 42, creatinine 130 umol/L.\n\n1. Stop NSAIDs\n2. Recheck in 48 hours"]
-
-
-def _tiny_checkpoint(path, arch: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    fast.save_pretrained(path)
-    common = dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-5, tie_word_embeddings=(arch == "llama"), eos_token_id=0, bos_token_id=0)
-    torch.manual_seed(0)
-    if arch == "llama":
-        cfg = transformers.LlamaConfig(**common)
-        model = transformers.LlamaForCausalLM(cfg)
-    else:
-        cfg = transformers.Qwen2Config(**common)
-        model = transformers.Qwen2ForCausalLM(cfg)
-        with torch.no_grad():  # non-zero Q/K/V biases, so a dropped bias would show
-            for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                    proj.bias.normal_(0, 0.5)
-    model.save_pretrained(path)
-    return fast, model.eval()
-
+from tiny_models import CORPUS, tiny_checkpoint as _tiny_checkpoint  # noqa: E402
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_exported_f32_gguf_on_llama_cpp_matches_transformers(tmp_path, arch):
@@ -120,7 +87,7 @@ def test_gguf_variant_parsing(text, params):
     ("gguf:q4_k_m,layers=3", "unknown parameter(s) layers"),
     ("gguf:q4_k_m,threads=two", "threads must be a non-negative integer"),
     ("gguf=/no/such/model.gguf", "does not exist"),
-    ("gguf=", "gguf= needs a file"),
+    ("gguf=", "gguf= needs a path"),
 ])
 def test_bad_gguf_variants_are_one_clear_error(text, match):
     with pytest.raises(QevalInputError, match=match.replace("(", r"\(").replace(")", r"\)")):
@@ -173,16 +140,14 @@ def test_a_crash_with_extra_buffer_types_retries_without_them(tmp_path, monkeypa
     lc._probe.cache_clear()
 
 
-def test_quantization_ladder_is_monotone_where_k_quants_apply(tmp_path, monkeypatch):
+def test_quantization_ladder_is_monotone_where_k_quants_apply(tmp_path):
     """On a model whose rows are multiples of 256 (so every type means what its name says) and
     whose weights are not already on a quantization grid, mean KL to the F32 file grows down the
     ladder. (The default model meets neither condition: see the README and issue 4's note.)"""
     from qeval import reference_text as rt
 
-    orig = transformers.LlamaConfig
-    monkeypatch.setattr(transformers, "LlamaConfig", lambda **kw: orig(
-        **{**kw, "hidden_size": 256, "intermediate_size": 512, "initializer_range": 0.08}))
-    tok, _ = _tiny_checkpoint(tmp_path / "ckpt", "llama")
+    tok, _ = _tiny_checkpoint(tmp_path / "ckpt", "llama", hidden=256, intermediate=512,
+                              initializer_range=0.08)
     fp = fingerprint_dir(tmp_path / "ckpt")
     resolved = ResolvedModel("tiny", tmp_path / "ckpt", fp, "tiny")
     ids = tok(" ".join(CORPUS * 3), add_special_tokens=False).input_ids

@@ -167,3 +167,29 @@ def test_default_suite_with_gguf_candidates_gives_verdicts(tmp_path):
     assert f"Verdict: {results['verdict']}" in proc.stdout
     text = {c["candidate"]: c for c in results["comparisons"] if c["task"] == "clinical_reference"}
     assert text["gguf:q8_0"]["kld_mean"]["estimate"] < text["gguf:q2_k"]["kld_mean"]["estimate"]
+
+
+def test_gptq_on_the_default_model_and_the_same_checkpoint_brought_back(tmp_path):
+    """GPTQ made by gptqmodel on the real model (small calibration sample to stay quick) gives a
+    verdict with gptqmodel's kernel in the record; the artefact passed back as gptq=PATH scores
+    identically."""
+    pytest.importorskip("gptqmodel")
+    from qeval.models import cache_dir
+
+    variant = "gptq:samples=8,seqlen=128,calib=generic"
+    proc, results = _compare(tmp_path / "made", "--candidates", variant, tasks="clinical_core", limit="12")
+    [cand] = results["candidates"]
+    assert "gptqmodel." in cand["kernel"] and any("made by gptqmodel" in n for n in cand["notes"])
+    art = results["artefacts"][variant]
+    assert art["calibration"]["name"] == "generic" and art["params"]["samples"] == 8
+    assert [o["overlapping"] for o in art["contamination"]] == [0]
+    [path] = [p for p in (cache_dir() / "artefacts").iterdir()
+              if json.loads((p / "qeval_artefact.json").read_text())["params"]["samples"] == 8]
+    _, again = _compare(tmp_path / "brought", "--candidates", f"gptq={path}", tasks="clinical_core", limit="12")
+
+    made_dir = next(p for p in (tmp_path / "made" / "records").iterdir() if p.name.startswith("gptq"))
+    brought_dir = next(p for p in (tmp_path / "brought" / "records").iterdir() if p.name.startswith("gptq"))
+    made = [json.loads(x)["choice_logprobs"] for x in (made_dir / "clinical_core.jsonl").read_text().splitlines()]
+    brought = [json.loads(x)["choice_logprobs"] for x in (brought_dir / "clinical_core.jsonl").read_text().splitlines()]
+    assert made == brought and len(made) == 12
+    assert again["comparisons"][0]["choice_kl_mean"] == results["comparisons"][0]["choice_kl_mean"]

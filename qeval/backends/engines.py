@@ -6,9 +6,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ..models import ResolvedModel
-from ..types import VariantSpec
+from ..calibration import CalibrationSet, Overlap, check_contamination, load_calibration
+from ..errors import QevalInputError
+from ..models import ResolvedModel, fingerprint_dir
+from ..types import Method, Task, VariantSpec
 from .hf import HFFactory
+
+CALIBRATED = (Method.gptq, Method.awq)
 
 
 @functools.lru_cache(maxsize=16)
@@ -21,11 +25,66 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 
 class EngineFactory:
     def __init__(self, model: ResolvedModel, *, device: str = "auto", strict_dtype: bool = False,
-                 batch_size: int = 16, cache: Path, progress=None):
+                 batch_size: int = 16, cache: Path, progress=None, calibration_root: Path | None = None,
+                 bar=None):
         self.model = model
+        self.bar = bar
         self.cache = cache
         self.progress = progress
+        self.calibration_root = calibration_root
         self.hf = HFFactory(model, device=device, strict_dtype=strict_dtype, batch_size=batch_size)
+        self._calibration: dict[str, CalibrationSet] = {}
+        self.artefacts: dict[str, dict] = {}  # variant name → how its artefact was made
+
+    def calibration(self, variant: VariantSpec) -> CalibrationSet:
+        from ..calibrated import settings
+
+        spec = str(settings(variant)["calib"])
+        if spec not in self._calibration:
+            if self.calibration_root is None:
+                raise QevalInputError(f"variant {variant.name!r}: no calibration directory configured")
+            self._calibration[spec] = load_calibration(spec, self.calibration_root)
+        return self._calibration[spec]
+
+    def preflight(self, variants, tasks: list[Task], *, allow_contamination: bool = False
+                  ) -> dict[str, list[Overlap]]:
+        """Before any model time: GPTQ/AWQ settings fit this model, brought checkpoints are what
+        they claim, and no calibration set overlaps the evaluated tasks."""
+        from ..calibrated import check_variant, checkpoint_format, read_config, require_gptqmodel
+
+        config = read_config(self.model.path)
+        overlaps = {}
+        for v in variants:
+            if v.method not in CALIBRATED:
+                continue
+            require_gptqmodel(v)
+            if "path" in v.params:
+                checkpoint_format(Path(str(v.params["path"])).expanduser(), v)
+                continue
+            check_variant(v, config)
+            overlaps[v.name] = check_contamination(self.calibration(v), tasks, allow=allow_contamination)
+        return overlaps
+
+    def checkpoint(self, variant: VariantSpec) -> tuple[Path, tuple[str, ...]]:
+        from ..calibrated import ensure_artefact
+
+        if "path" in variant.params:
+            return Path(str(variant.params["path"])).expanduser().resolve(), ()
+        calib = self.calibration(variant)
+        if variant.method == Method.awq and "clip" not in variant.params:
+            # AWQ's clip search is seconds on a GPU and ~10 minutes on 2 CPU cores: on by default
+            # where it is cheap, off elsewhere, and stated in the artefact either way.
+            variant = variant.model_copy(update={"params": {**variant.params,
+                                                            "clip": self.hf.device.startswith("cuda")}})
+        art = ensure_artefact(self.model.path, self.model.fingerprint, variant, calib, self.cache,
+                              self.progress, self.bar)
+        self.artefacts[variant.name] = art.manifest
+        m = art.manifest
+        clip = f", clip search {'on' if m['params'].get('clip') else 'off'}" if m["method"] == "awq" else ""
+        return art.path, (f"{m['method']} made by gptqmodel {m['versions'].get('gptqmodel')} on "
+                          f"{m['quantize_device']} in {m['quantize_seconds']} s from calibration set "
+                          f"{calib.name} (sha256 {calib.sha256[:12]}, {m['params']['samples']} x "
+                          f"{m['params']['seqlen']} tokens, seed {m['params']['seed']}{clip})",)
 
     def identity(self, variant: VariantSpec) -> dict:
         if variant.backend == "llamacpp":
@@ -40,11 +99,23 @@ class EngineFactory:
                 ident["versions"] = {**ident["versions"],
                                      "gguf_sha256": _digest(str(path), st.st_size, st.st_mtime_ns)}
             return ident
-        return self.hf.identity(variant)
+        ident = self.hf.identity(variant)
+        if variant.method in CALIBRATED:
+            from ..calibrated import library_versions
+
+            # The artefact's content decides the numbers: a brought checkpoint by its weights,
+            # a made one by the calibration texts and the quantizer's version.
+            extra = ({"checkpoint": fingerprint_dir(Path(str(variant.params["path"])).expanduser())}
+                     if "path" in variant.params else {"calib_sha256": self.calibration(variant).sha256})
+            ident = {**ident, "versions": {**ident["versions"], **library_versions(), **extra}}
+        return ident
 
     def open(self, variant: VariantSpec, baseline_compute: str | None):
         if variant.backend == "llamacpp":
             from .llamacpp import LlamaCppBackend
 
             return LlamaCppBackend(self.model, variant, cache=self.cache, progress=self.progress)
+        if variant.method in CALIBRATED:
+            path, notes = self.checkpoint(variant)
+            return self.hf.open(variant, baseline_compute, checkpoint=path, notes=notes)
         return self.hf.open(variant, baseline_compute)

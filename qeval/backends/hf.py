@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import math
-import importlib.metadata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from ..errors import QevalInputError
 from ..models import ResolvedModel
 from ..types import BackendInfo, Method, VariantSpec
+from ..versions import installed_versions
 from .base import LoglikelihoodRequest, NonFiniteScores, Progress, group_jobs
 
 _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bfloat16"}
@@ -29,13 +29,7 @@ LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "accelerate")
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    return installed_versions(LIBRARIES)
 
 
 def resolve_device(device: str) -> str:
@@ -121,7 +115,11 @@ def _kernel_summary(model) -> str:
         wcls = type(weight).__name__ if weight is not None else "none"
         # torchao keeps nn.Linear and swaps the weight for a quantized tensor subclass
         label = f"{type(mod).__module__.split('.')[0]}.{cls}"
-        if wcls not in ("Parameter", "Tensor", "Int8Params", "Params4bit"):
+        scheme = getattr(mod, "quantization_scheme", None)
+        if scheme is not None and getattr(scheme, "weights", None) is not None:
+            # compressed-tensors keeps nn.Linear and swaps in packed weights plus its forward
+            label = f"compressed_tensors.{cls}[w{scheme.weights.num_bits}, group {scheme.weights.group_size}]"
+        elif wcls not in ("Parameter", "Tensor", "Int8Params", "Params4bit"):
             label += f"[{wcls}]"
         counts[label] += 1
     return "; ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
@@ -146,7 +144,9 @@ def _weight_bytes(model) -> int:
 class HFBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, device: str = "auto",
                  strict_dtype: bool = False, baseline_compute: str | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, checkpoint=None, notes: tuple[str, ...] = ()):
+        """`checkpoint`: a quantized checkpoint directory (GPTQ/AWQ) to load instead of the
+        baseline's weights; the tokenizer is always the baseline's."""
         # torchao logs optional CUDA kernels it cannot load on a CPU machine, and torch a
         # deprecation per Enum it registers: neither is the user's problem.
         import logging
@@ -167,10 +167,11 @@ class HFBackend:
         self.batch_size = 1 if numeric_path == "batch1" else batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         try:
+            # A quantized checkpoint carries its own quantization_config; passing None would
+            # override it and load the packed weights as missing plain ones.
+            extra = {"quantization_config": qconfig} if qconfig is not None else {}
             self.model = AutoModelForCausalLM.from_pretrained(
-                model.path, dtype=dtype, quantization_config=qconfig,
-                device_map={"": self.device},
-            )
+                checkpoint or model.path, dtype=dtype, device_map={"": self.device}, **extra)
         except torch.OutOfMemoryError:
             raise QevalInputError(
                 f"out of memory while loading {model.spec} as {variant.name} on {self.device}; "
@@ -181,7 +182,7 @@ class HFBackend:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
         kernel = _kernel_summary(self.model)
-        notes = list(choice.notes)
+        notes = list(choice.notes) + list(notes)
         if variant.method in (Method.int8, Method.nf4):
             import logging
 
@@ -201,12 +202,16 @@ class HFBackend:
         self._check_quantized(variant, kernel)
 
     def _check_quantized(self, variant: VariantSpec, kernel: str) -> None:
-        expected = {Method.int8: "Linear8bitLt", Method.nf4: "Linear4bit", Method.int8wo: "Int8"}
-        marker = expected.get(variant.method)
-        if marker and marker not in kernel:
+        # GPTQ/AWQ load gptqmodel's kernels; an llm-compressor checkpoint loads compressed-tensors'.
+        expected = {Method.int8: ("Linear8bitLt",), Method.nf4: ("Linear4bit",), Method.int8wo: ("Int8",),
+                    Method.gptq: ("gptqmodel.", "compressed_tensors."),
+                    Method.awq: ("gptqmodel.", "compressed_tensors.")}
+        markers = expected.get(variant.method, ())
+        if markers and not any(m in kernel for m in markers):
             raise RuntimeError(
                 f"variant {variant.name}: asked for {variant.method.value} but the loaded model has "
-                f"no {marker} layers ({kernel}); refusing to report it as quantized"
+                f"no {' or '.join(m.rstrip('.') for m in markers)} layers ({kernel}); refusing to "
+                "report it as quantized"
             )
 
     def tokenize(self, text: str) -> list[int]:
@@ -290,8 +295,10 @@ class HFFactory:
     def identity(self, variant: VariantSpec | None = None) -> dict:
         return {"device": self.device, "versions": library_versions()}
 
-    def open(self, variant: VariantSpec, baseline_compute: str | None) -> HFBackend:
+    def open(self, variant: VariantSpec, baseline_compute: str | None, checkpoint=None,
+             notes: tuple[str, ...] = ()) -> HFBackend:
         if variant.backend != "hf":
             raise QevalInputError(f"variant {variant.name!r} needs the {variant.backend} backend")
         return HFBackend(self.model, variant, device=self.device, strict_dtype=self.strict_dtype,
-                         baseline_compute=baseline_compute, batch_size=self.batch_size)
+                         baseline_compute=baseline_compute, batch_size=self.batch_size,
+                         checkpoint=checkpoint, notes=notes)
