@@ -26,7 +26,9 @@ from .types import Method, VariantSpec
 from .versions import installed_versions
 
 RECIPE = 3  # bump when the way artefacts are made changes
-COMMON = frozenset({"bits", "group", "sym", "calib", "samples", "seqlen", "seed"})
+COMMON = frozenset({"bits", "group", "sym", "calib", "samples", "seqlen", "seed", "kernel"})
+# Parameters that choose how an artefact is scored, not how it is made.
+SCORING_ONLY = frozenset({"kernel"})
 PARAMS = {Method.gptq: COMMON | {"act_order", "damp"}, Method.awq: COMMON | {"clip"}}
 BITS = {Method.gptq: (2, 3, 4, 8), Method.awq: (4,)}
 GROUP_CHOICES = (16, 32, 64, 128, 256)  # -1 (one group per row) is always possible
@@ -79,7 +81,7 @@ def check_variant(variant: VariantSpec, config: dict | None) -> None:
     kernel, a group size that does not divide every quantized layer's width."""
     p = variant.params
     if "path" in p:
-        extra = sorted(set(p) - {"path"})
+        extra = sorted(set(p) - {"path", "kernel"})
         if extra:
             raise QevalInputError(f"variant {variant.name!r}: a checkpoint you bring takes no "
                                   f"parameters ({', '.join(extra)}); it is scored as it is")
@@ -111,6 +113,36 @@ def check_variant(variant: VariantSpec, config: dict | None) -> None:
             raise QevalInputError(
                 f"variant {variant.name!r}: group={s['group']} does not divide this model's layer "
                 f"widths ({sizes}); choose group from {', '.join(map(str, ok))}")
+
+
+def scoring_kernel(variant: VariantSpec, device: str) -> str | None:
+    """gptqmodel backend that scores the artefact (None: gptqmodel's own choice). On a CPU,
+    gptqmodel's fast kernels (TorchAten, TorchFused) round activations to bfloat16 inside the int4
+    matmul; GPTQ's `torch` kernel dequantizes to the baseline's float32 instead, so the comparison
+    measures the quantized weights alone. `kernel=auto` (or a backend name) overrides."""
+    chosen = variant.params.get("kernel")
+    if chosen is not None:
+        return None if chosen == "auto" else str(chosen)
+    if variant.method == Method.gptq and not device.startswith("cuda"):
+        return "torch"
+    return None  # AWQ has no float32 CPU kernel in gptqmodel 7.6: its CPU kernels take bf16
+
+
+def loading_config(variant: VariantSpec, checkpoint: Path, device: str):
+    """transformers' loading attributes for a quantized checkpoint: which gptqmodel kernel."""
+    kernel = scoring_kernel(variant, device)
+    qc = read_config(checkpoint).get("quantization_config") or {}
+    if kernel is None or qc.get("quant_method") not in ("gptq", "awq"):
+        return None
+    from transformers import AwqConfig, GPTQConfig
+
+    try:
+        if qc["quant_method"] == "gptq":
+            return GPTQConfig(bits=int(qc.get("bits", 4)), backend=kernel)
+        return AwqConfig(bits=int(qc.get("bits", 4)), backend=kernel)
+    except ValueError as exc:
+        raise QevalInputError(f"variant {variant.name!r}: kernel={kernel} is not a gptqmodel backend "
+                              f"for this checkpoint ({exc})") from None
 
 
 def read_config(directory: Path) -> dict:
@@ -154,7 +186,7 @@ def calibration_windows(texts: Sequence[str], tokenize: Callable[[str], list[int
 
 
 def artefact_key(model_fingerprint: str, variant: VariantSpec, calib: CalibrationSet) -> str:
-    s = {k: v for k, v in settings(variant).items() if k != "calib"}
+    s = {k: v for k, v in settings(variant).items() if k != "calib" and k not in SCORING_ONLY}
     blob = json.dumps({"model": model_fingerprint, "method": variant.method.value, "params": s,
                        "calib": calib.sha256, "versions": library_versions(), "recipe": RECIPE},
                       sort_keys=True)
@@ -326,7 +358,8 @@ def ensure_artefact(model_path: Path, model_fingerprint: str, variant: VariantSp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = {"method": variant.method.value, "params": {k: v for k, v in s.items() if k != "calib"},
+    manifest = {"method": variant.method.value,
+                "params": {k: v for k, v in s.items() if k != "calib" and k not in SCORING_ONLY},
                 "calibration": calib.describe(), "model_fingerprint": model_fingerprint,
                 "versions": library_versions(), "quantize_seconds": round(seconds, 1),
                 "quantize_device": device, "recipe": RECIPE}

@@ -31,7 +31,7 @@ def _fail(message: str) -> None:
 def compare(
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
     base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
-    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4 or gguf:q4_k_m, gguf=path/to/model.gguf (see `qeval variants`).")] = "int8,int8wo,nf4",
+    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4, gguf:q4_k_m, gptq:bits=4,group=64,calib=clinical, awq, or a file you bring: gguf=model.gguf, gptq=DIR, awq=DIR (see `qeval variants`).")] = "int8,int8wo,nf4",
     suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
     policy: Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")] = "default",

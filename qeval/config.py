@@ -114,7 +114,14 @@ def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> Var
             raise QevalInputError(f"{method}= needs a path: {method}=path/to/{example}")
         if method == "gguf":
             return _checked_gguf(known["gguf"].model_copy(update={"name": text, "params": {"file": path}}))
-        variant = known[method].model_copy(update={"name": text, "params": {"path": path}})
+        path, *rest = path.split(",")  # gptq=DIR,kernel=auto
+        params: dict = {"path": path}
+        for part in rest:
+            key, eq2, value = part.partition("=")
+            if not eq2:
+                raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
+            params[key.strip()] = _coerce(value.strip())
+        variant = known[method].model_copy(update={"name": text, "params": params})
         from .calibrated import check_variant
 
         check_variant(variant, None)

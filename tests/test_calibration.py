@@ -234,3 +234,13 @@ def test_summarise_ranks_the_set_with_less_damage_first():
     svg = plot_svg(summary, [("notes", "token_kld"), ("mc", "choice_kl")])
     root = ET.fromstring(svg)
     assert len(root.findall(".//{http://www.w3.org/2000/svg}circle")) == 8  # 2 arms x 2 seeds x 2 panels
+
+
+def test_scoring_kernel_isolates_the_weights_on_cpu_unless_asked():
+    from qeval.calibrated import scoring_kernel
+
+    assert scoring_kernel(parse_variant("gptq"), "cpu") == "torch"  # float32 dequantize
+    assert scoring_kernel(parse_variant("gptq"), "cuda") is None  # gptqmodel's fast kernel
+    assert scoring_kernel(parse_variant("gptq:kernel=auto"), "cpu") is None
+    assert scoring_kernel(parse_variant("awq"), "cpu") is None
+    assert scoring_kernel(parse_variant("gptq=/x,kernel=torch_aten"), "cpu") == "torch_aten"

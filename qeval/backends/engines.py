@@ -101,12 +101,13 @@ class EngineFactory:
             return ident
         ident = self.hf.identity(variant)
         if variant.method in CALIBRATED:
-            from ..calibrated import library_versions
+            from ..calibrated import library_versions, scoring_kernel
 
             # The artefact's content decides the numbers: a brought checkpoint by its weights,
             # a made one by the calibration texts and the quantizer's version.
             extra = ({"checkpoint": fingerprint_dir(Path(str(variant.params["path"])).expanduser())}
                      if "path" in variant.params else {"calib_sha256": self.calibration(variant).sha256})
+            extra["kernel"] = scoring_kernel(variant, self.hf.device) or "auto"
             ident = {**ident, "versions": {**ident["versions"], **library_versions(), **extra}}
         return ident
 
@@ -116,6 +117,9 @@ class EngineFactory:
 
             return LlamaCppBackend(self.model, variant, cache=self.cache, progress=self.progress)
         if variant.method in CALIBRATED:
+            from ..calibrated import loading_config
+
             path, notes = self.checkpoint(variant)
-            return self.hf.open(variant, baseline_compute, checkpoint=path, notes=notes)
+            return self.hf.open(variant, baseline_compute, checkpoint=path, notes=notes,
+                                loading_config=loading_config(variant, path, self.hf.device))
         return self.hf.open(variant, baseline_compute)

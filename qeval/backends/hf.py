@@ -144,7 +144,8 @@ def _weight_bytes(model) -> int:
 class HFBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, device: str = "auto",
                  strict_dtype: bool = False, baseline_compute: str | None = None,
-                 batch_size: int = 16, checkpoint=None, notes: tuple[str, ...] = ()):
+                 batch_size: int = 16, checkpoint=None, notes: tuple[str, ...] = (),
+                 loading_config=None):
         """`checkpoint`: a quantized checkpoint directory (GPTQ/AWQ) to load instead of the
         baseline's weights; the tokenizer is always the baseline's."""
         # torchao logs optional CUDA kernels it cannot load on a CPU machine, and torch a
@@ -163,7 +164,7 @@ class HFBackend:
         choice = choose_dtype(variant.method, self.device, strict_dtype, baseline_compute,
                               numeric_path if isinstance(numeric_path, str) else None)
         dtype = getattr(torch, choice.compute)
-        qconfig = _quantization_config(variant, dtype)
+        qconfig = loading_config or _quantization_config(variant, dtype)
         self.batch_size = 1 if numeric_path == "batch1" else batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         try:
@@ -183,6 +184,13 @@ class HFBackend:
             self.pad_id = self.tokenizer.eos_token_id or 0
         kernel = _kernel_summary(self.model)
         notes = list(choice.notes) + list(notes)
+        compute = choice.compute
+        if "TorchAten" in kernel or "TorchFused" in kernel:
+            # gptqmodel's fast CPU kernels cast activations to bfloat16 for aten's int4 matmul
+            compute = f"{choice.compute}, bfloat16 activations in the int4 matmuls"
+            notes.append("gptqmodel's CPU kernel rounds activations to bfloat16 inside each int4 "
+                         "matmul, so this candidate's degradation includes that rounding (a `bf16` "
+                         "candidate measures it alone)")
         if variant.method in (Method.int8, Method.nf4):
             import logging
 
@@ -196,7 +204,7 @@ class HFBackend:
                 notes.append("bitsandbytes LLM.int8 on CPU casts activations to float16 inside its matmul")
         self.info = BackendInfo(
             variant=variant.name, backend="hf", device=self.device,
-            requested_dtype=choice.requested, compute_dtype=choice.compute, kernel=kernel,
+            requested_dtype=choice.requested, compute_dtype=compute, kernel=kernel,
             weight_bytes=_weight_bytes(self.model), versions=library_versions(), notes=tuple(notes),
         )
         self._check_quantized(variant, kernel)
@@ -296,9 +304,9 @@ class HFFactory:
         return {"device": self.device, "versions": library_versions()}
 
     def open(self, variant: VariantSpec, baseline_compute: str | None, checkpoint=None,
-             notes: tuple[str, ...] = ()) -> HFBackend:
+             notes: tuple[str, ...] = (), loading_config=None) -> HFBackend:
         if variant.backend != "hf":
             raise QevalInputError(f"variant {variant.name!r} needs the {variant.backend} backend")
         return HFBackend(self.model, variant, device=self.device, strict_dtype=self.strict_dtype,
                          baseline_compute=baseline_compute, batch_size=self.batch_size,
-                         checkpoint=checkpoint, notes=notes)
+                         checkpoint=checkpoint, notes=notes, loading_config=loading_config)
