@@ -65,6 +65,15 @@ def test_quantized_artefact_is_made_cached_scored_and_brought_back(tiny, method,
     assert "gptqmodel." in info.kernel and info.compute_dtype.startswith("float32")
     if method == "gptq":  # on a CPU: the float32 dequantizing kernel, the weights' error alone
         assert "gptqmodel.TorchLinear" in info.kernel and info.compute_dtype == "float32"
+        # qeval dequantizes once at load: the same numbers as the kernel's own forward
+        from transformers import AutoModelForCausalLM, GPTQConfig
+
+        path, _ = factory.checkpoint(variant)
+        own = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map={"": "cpu"},
+                                                   quantization_config=GPTQConfig(bits=4, backend="torch"))
+        with torch.no_grad():
+            ref_kernel = torch.log_softmax(own(torch.tensor([ids])).logits[0, :-1].float(), -1).numpy()
+        np.testing.assert_allclose(lp, ref_kernel, atol=1e-4)
     else:  # AWQ has no float32 CPU kernel; the record says what its kernel does to activations
         assert "bfloat16 activations" in info.compute_dtype
     assert any("made by gptqmodel" in n for n in info.notes)

@@ -125,6 +125,48 @@ def _kernel_summary(model) -> str:
     return "; ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
+def _quiet_gptqmodel() -> None:
+    """gptqmodel logs a banner and kernel choices at INFO through its own logger (logbar); the
+    kernel that ran is in qeval's record, so keep only its warnings."""
+    import logging
+
+    try:
+        from logbar import LogBar
+    except ImportError:
+        return
+    LogBar.shared().setLevel(logging.WARNING)
+    # Its `torch` kernel wraps each layer's dequantization in torch.compile, which recompiles
+    # per layer on a CPU (minutes, then dynamo's recompile limit); the dequantized weights are
+    # cached after the first call, so eager costs nothing measurable. qeval compiles nothing else.
+    import torch._dynamo
+
+    torch._dynamo.config.disable = True
+
+
+def _dequantize_torch_linears(model, dtype) -> int:
+    """Swap each gptqmodel TorchLinear for an nn.Linear holding exactly the weights its own
+    `dequantize_weight()` produces (its forward is `x @ dequantize_weight() + bias`). Eager
+    TorchLinear re-dequantizes on every call: 10x slower than the float32 baseline on a CPU."""
+    import torch
+
+    count = 0
+    for name, mod in list(model.named_modules()):
+        if type(mod).__name__ != "TorchLinear" or getattr(mod, "adapter", None):
+            continue
+        with torch.no_grad():
+            # the kernel dequantizes in its scales' dtype, then casts to the activations' dtype
+            w = mod.dequantize_weight()[: mod.in_features, : mod.out_features].T.to(dtype).contiguous()
+            lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                  device=w.device, dtype=w.dtype)
+            lin.weight.copy_(w)
+            if mod.bias is not None:
+                lin.bias.copy_(mod.bias.to(w.dtype))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, lin)
+        count += 1
+    return count
+
+
 def _weight_bytes(model) -> int:
     total = 0
     seen = set()
@@ -159,6 +201,8 @@ class HFBackend:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # qeval's own bars show progress; one bar per step
+        if variant.method in (Method.gptq, Method.awq):
+            _quiet_gptqmodel()
         self.device = resolve_device(device)
         numeric_path = variant.params.get("numeric_path")
         choice = choose_dtype(variant.method, self.device, strict_dtype, baseline_compute,
@@ -183,7 +227,13 @@ class HFBackend:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
         kernel = _kernel_summary(self.model)
+        weight_bytes = _weight_bytes(self.model)
         notes = list(choice.notes) + list(notes)
+        if "gptqmodel.TorchLinear" in kernel:
+            n = _dequantize_torch_linears(self.model, dtype)
+            notes.append(f"gptqmodel's `torch` kernel dequantizes each layer to {choice.compute} and "
+                         f"multiplies in {choice.compute}; qeval does that dequantization once at load "
+                         f"({n} layers), the same numbers without re-dequantizing at every forward pass")
         compute = choice.compute
         if "TorchAten" in kernel or "TorchFused" in kernel:
             # gptqmodel's fast CPU kernels cast activations to bfloat16 for aten's int4 matmul
@@ -205,7 +255,7 @@ class HFBackend:
         self.info = BackendInfo(
             variant=variant.name, backend="hf", device=self.device,
             requested_dtype=choice.requested, compute_dtype=compute, kernel=kernel,
-            weight_bytes=_weight_bytes(self.model), versions=library_versions(), notes=tuple(notes),
+            weight_bytes=weight_bytes, versions=library_versions(), notes=tuple(notes),
         )
         self._check_quantized(variant, kernel)
 
