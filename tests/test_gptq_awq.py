@@ -81,7 +81,9 @@ def test_quantized_artefact_is_made_cached_scored_and_brought_back(tiny, method,
     assert made["params"]["group"] == 32 and made["calibration"]["sha256"] == texts_sha256(
         CalibrationSet("x", tuple((root / "calibration" / "tiny.txt").read_text().split("\n\n")), "", "").texts)
     kl = _kl(ref, lp)
-    assert 0 < kl < 0.25, kl  # quantized (not the float weights), and not broken (4-bit, random weights)
+    # Quantized (not the float weights) and sound: here GPTQ 0.0025, AWQ 0.0045; an AWQ packed
+    # through float32 (a broken model on the real one, NLL 14.8 vs 4.3) measured 0.06.
+    assert 0 < kl < 0.02, kl
 
     # Cached: a second factory finds the artefact without quantizing again.
     again = _factory(resolved, root)
