@@ -193,3 +193,15 @@ def test_llm_compressor_checkpoint_is_scored_as_brought(tiny, tmp_path):
     info, lp = _score(factory, variant, ids)
     assert "compressed_tensors.Linear[w4, group 32]" in info.kernel
     assert 0 < _kl(ref, lp) < 0.25
+
+
+def test_record_keys_follow_the_artefact_recipe(tiny, monkeypatch):
+    """Records scored on an artefact made another way (a new recipe) are never reused."""
+    import qeval.calibrated as cal
+
+    resolved, root, _, _, calib = tiny
+    factory = _factory(resolved, root)
+    variant = parse_variant(f"awq:{SMALL},calib={calib}")
+    before = factory.identity(variant)
+    monkeypatch.setattr(cal, "RECIPE", cal.RECIPE + 1)
+    assert factory.identity(variant) != before

@@ -71,11 +71,7 @@ class EngineFactory:
         if "path" in variant.params:
             return Path(str(variant.params["path"])).expanduser().resolve(), ()
         calib = self.calibration(variant)
-        if variant.method == Method.awq and "clip" not in variant.params:
-            # AWQ's clip search is seconds on a GPU and ~10 minutes on 2 CPU cores: on by default
-            # where it is cheap, off elsewhere, and stated in the artefact either way.
-            variant = variant.model_copy(update={"params": {**variant.params,
-                                                            "clip": self.hf.device.startswith("cuda")}})
+        variant = self._resolved(variant)
         art = ensure_artefact(self.model.path, self.model.fingerprint, variant, calib, self.cache,
                               self.progress, self.bar)
         self.artefacts[variant.name] = art.manifest
@@ -85,6 +81,14 @@ class EngineFactory:
                           f"{m['quantize_device']} in {m['quantize_seconds']} s from calibration set "
                           f"{calib.name} (sha256 {calib.sha256[:12]}, {m['params']['samples']} x "
                           f"{m['params']['seqlen']} tokens, seed {m['params']['seed']}{clip})",)
+
+    def _resolved(self, variant: VariantSpec) -> VariantSpec:
+        if variant.method == Method.awq and "clip" not in variant.params:
+            # AWQ's clip search is seconds on a GPU and ~10 minutes on 2 CPU cores: on by default
+            # where it is cheap, off elsewhere, and stated in the artefact either way.
+            return variant.model_copy(update={"params": {**variant.params,
+                                                         "clip": self.hf.device.startswith("cuda")}})
+        return variant
 
     def identity(self, variant: VariantSpec) -> dict:
         if variant.backend == "llamacpp":
@@ -101,12 +105,17 @@ class EngineFactory:
             return ident
         ident = self.hf.identity(variant)
         if variant.method in CALIBRATED:
-            from ..calibrated import library_versions, scoring_kernel
+            from ..calibrated import artefact_key, library_versions, scoring_kernel
 
-            # The artefact's content decides the numbers: a brought checkpoint by its weights,
-            # a made one by the calibration texts and the quantizer's version.
-            extra = ({"checkpoint": fingerprint_dir(Path(str(variant.params["path"])).expanduser())}
-                     if "path" in variant.params else {"calib_sha256": self.calibration(variant).sha256})
+            # The artefact decides the numbers: a brought checkpoint by its weights' hash, a made
+            # one by its key (weights, parameters, calibration texts, versions, recipe), so
+            # records of an artefact made another way are never reused.
+            if "path" in variant.params:
+                extra = {"checkpoint": fingerprint_dir(Path(str(variant.params["path"])).expanduser())}
+            else:
+                calib = self.calibration(variant)
+                extra = {"calib_sha256": calib.sha256,
+                         "artefact": artefact_key(self.model.fingerprint, self._resolved(variant), calib)}
             extra["kernel"] = scoring_kernel(variant, self.hf.device) or "auto"
             ident = {**ident, "versions": {**ident["versions"], **library_versions(), **extra}}
         return ident
