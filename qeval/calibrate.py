@@ -77,8 +77,10 @@ def unit_matrices(task: Task, base_records, runs: Sequence[dict], metric: str
                   ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(seeds × units) numerators and per-unit denominators for one metric of one arm."""
     if task.spec.kind == "reference_text":
-        ids = sorted(r.sample_id for r in runs[0][task.spec.id])
-        rows, den = [], None
+        first = {r.sample_id: r for r in runs[0][task.spec.id]}
+        ids = sorted(first)
+        den = np.array([first[i].n_tokens for i in ids], dtype=np.float64)  # same passages every seed
+        rows = []
         for run in runs:
             by = {r.sample_id: r for r in run[task.spec.id]}
             recs: list[TextRecord] = [by[i] for i in ids]
@@ -88,7 +90,6 @@ def unit_matrices(task: Task, base_records, runs: Sequence[dict], metric: str
                 rows.append([r.nll_candidate - r.nll_baseline for r in recs])
             else:
                 rows.append([float(r.same_top) for r in recs])
-            den = np.array([r.n_tokens for r in recs], dtype=np.float64)
         return np.array(rows), den, ids
     base = {r.sample_id: r for r in base_records[task.spec.id]}
     ids = sorted(base)

@@ -185,9 +185,14 @@ def calibration_windows(texts: Sequence[str], tokenize: Callable[[str], list[int
     return [stream[s:s + seqlen] for s in starts]
 
 
+def made_params(variant: VariantSpec) -> dict:
+    """The settings that shape the artefact (the calibration set enters by its hash, and
+    scoring-only parameters do not make another artefact)."""
+    return {k: v for k, v in settings(variant).items() if k != "calib" and k not in SCORING_ONLY}
+
+
 def artefact_key(model_fingerprint: str, variant: VariantSpec, calib: CalibrationSet) -> str:
-    s = {k: v for k, v in settings(variant).items() if k != "calib" and k not in SCORING_ONLY}
-    blob = json.dumps({"model": model_fingerprint, "method": variant.method.value, "params": s,
+    blob = json.dumps({"model": model_fingerprint, "method": variant.method.value, "params": made_params(variant),
                        "calib": calib.sha256, "versions": library_versions(), "recipe": RECIPE},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -274,6 +279,7 @@ def _quantize_main() -> None:
 def _run_child(job: dict, layers: int, bar=None) -> tuple[float, str]:
     import subprocess
     import sys
+    import tempfile
     from collections import deque
     from contextlib import nullcontext
 
@@ -283,8 +289,6 @@ def _run_child(job: dict, layers: int, bar=None) -> tuple[float, str]:
     # The child runs elsewhere (below): make sure it imports this qeval.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                       env.get("PYTHONPATH")]))
-    import tempfile
-
     # gptqmodel writes per-layer logs under ./logs: the child works in a private folder that
     # goes away with it, so nothing lands in the user's working directory.
     workdir = tempfile.mkdtemp(prefix="qeval-quantize-")
@@ -349,7 +353,7 @@ def ensure_artefact(model_path: Path, model_fingerprint: str, variant: VariantSp
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = {"method": variant.method.value,
-                "params": {k: v for k, v in s.items() if k != "calib" and k not in SCORING_ONLY},
+                "params": made_params(variant),
                 "calibration": calib.describe(), "model_fingerprint": model_fingerprint,
                 "versions": library_versions(), "quantize_seconds": round(seconds, 1),
                 "quantize_device": device, "quantize_dtype": quantize_dtype(variant.method, device == "cuda"),

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("gptqmodel")
 
 from qeval.backends.engines import EngineFactory  # noqa: E402
-from qeval.calibration import CalibrationSet, texts_sha256  # noqa: E402
+from qeval.calibration import texts_sha256  # noqa: E402
 from qeval.config import parse_variant  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
 from qeval.models import ResolvedModel, fingerprint_dir  # noqa: E402
@@ -79,7 +79,7 @@ def test_quantized_artefact_is_made_cached_scored_and_brought_back(tiny, method,
     assert any("made by gptqmodel" in n for n in info.notes)
     made = factory.artefacts[variant.name]
     assert made["params"]["group"] == 32 and made["calibration"]["sha256"] == texts_sha256(
-        CalibrationSet("x", tuple((root / "calibration" / "tiny.txt").read_text().split("\n\n")), "", "").texts)
+        (root / "calibration" / "tiny.txt").read_text().split("\n\n"))
     kl = _kl(ref, lp)
     # Quantized (not the float weights) and sound: here GPTQ 0.0025, AWQ 0.0045; an AWQ packed
     # through float32 (a broken model on the real one, NLL 14.8 vs 4.3) measured 0.06.

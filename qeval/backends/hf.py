@@ -136,8 +136,9 @@ def _quiet_gptqmodel() -> None:
         return
     LogBar.shared().setLevel(logging.WARNING)
     # Its `torch` kernel wraps each layer's dequantization in torch.compile, which recompiles
-    # per layer on a CPU (minutes, then dynamo's recompile limit); the dequantized weights are
-    # cached after the first call, so eager costs nothing measurable. qeval compiles nothing else.
+    # per layer on a CPU (minutes, then dynamo's recompile limit). qeval calls that
+    # dequantization once per layer at load (_dequantize_torch_linears), so eager is all it needs;
+    # qeval compiles nothing else.
     import torch._dynamo
 
     torch._dynamo.config.disable = True
