@@ -15,7 +15,7 @@ from rich.console import Console
 from .backends.base import NonFiniteScores
 from .compare import PairingError, PromptMismatch
 from .errors import QevalInputError
-from .types import EXIT_BAD_INPUT, EXIT_CODES
+from .types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Is this quantized model safe to release instead of the full-precision one?")
@@ -49,6 +49,8 @@ def compare(
     skip_missing_data: Annotated[bool, typer.Option(help="Run the tasks whose data files exist and report the others as skipped, instead of stopping.")] = False,
     from_hub: Annotated[bool, typer.Option(help="Online only: fetch a benchmark file missing from the data directory from the hub copy its task names (cached once).")] = False,
     lm_eval_include: Annotated[Optional[Path], typer.Option(help="Folder of extra lm-eval task YAMLs for --tasks lm-eval:<task> (lm-eval's --include_path).")] = None,
+    efficiency: Annotated[bool, typer.Option(help="Measure each variant's artefact size, memory, load time and prefill/decode speed in this run (opens variants whose records are reused, for the speed probe).")] = True,
+    speed_batch: Annotated[int, typer.Option(min=2, max=256, help="The larger batch of the speed probe (batch 1 is always measured).")] = 8,
 ) -> None:
     """Score baseline and candidates on identical prompts, pair per item, and gate.
 
@@ -62,7 +64,8 @@ def compare(
                           batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text,
                           n_boot=n_boot, noise_floor=_noise_path(noise_floor),
                           data_dir=data_dir, skip_missing_data=skip_missing_data, from_hub=from_hub,
-                          lm_eval_include=_existing_dir(lm_eval_include, "--lm-eval-include"))
+                          lm_eval_include=_existing_dir(lm_eval_include, "--lm-eval-include"),
+                          efficiency=EfficiencyProbe(batch=speed_batch) if efficiency else None)
         res, _ = _execute(console, cfg, out=out, allow_contamination=allow_contamination, started=started)
         raise typer.Exit(EXIT_CODES[res.verdict.decision])
     except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
@@ -148,6 +151,8 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
                "notes": list(resolved.notes)},
         policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
     )
+    if cfg.efficiency is not None:
+        results["efficiency"] = _efficiency(res, cfg, resolved)
     results["artefacts"] = calibration_summary(factory, overlaps)
     results["skipped_tasks"] = skipped
     files = extra(res, factory) if extra else {}
@@ -156,6 +161,19 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     print_summary(console, results, run_dir)
     console.print(f"[dim]wall time {res.timings['total_s']:.1f} s[/]")
     return res, run_dir
+
+
+def _efficiency(res, cfg, resolved) -> dict:
+    from .efficiency import efficiency_table
+    from .plan import load_shape
+
+    try:
+        shape = load_shape(str(resolved.path))
+    except QevalInputError:
+        shape = None  # not a llama-like config: no planner prediction, the measurements stand
+    runs = [("baseline", res.baseline.spec, res.baseline)] + [("candidate", c.spec, c) for c in res.candidates]
+    return efficiency_table(runs, probe=cfg.efficiency, shape=shape, comparisons=res.comparisons,
+                            verdicts=res.verdict.tasks, per_candidate=res.verdict.per_candidate)
 
 
 @app.command()
@@ -213,7 +231,8 @@ def calibrate(
                 names.extend(cands)
         cfg = _run_config(model=model, base=base, candidates=names, suite=suite, tasks=tasks,
                           policy=policy, device=device, batch_size=batch_size, limit=limit,
-                          n_boot=n_boot, data_dir=data_dir)
+                          n_boot=n_boot, data_dir=data_dir,
+                          efficiency=None)  # every arm has the same format: one speed, nothing to learn
         holder = {}
 
         def experiment(res, factory):
@@ -463,7 +482,8 @@ def calibration_manifest(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `qeval compare`.")],
 ) -> None:
-    """Print the verdict table of an earlier run; exits with that run's exit code."""
+    """Print the verdict table of an earlier run and render its report.html again; exits with that
+    run's exit code."""
     import json
 
     from .report import RESULTS_SCHEMA, print_summary
@@ -475,7 +495,14 @@ def report(
         _fail(f"{path}: cannot read results ({getattr(exc, 'strerror', None) or exc}); pass a run directory")
     if results.get("schema") != RESULTS_SCHEMA:
         _fail(f"{path}: schema {results.get('schema')!r} is not {RESULTS_SCHEMA!r}; use the qeval that wrote it")
+    from .html_report import write_html
+
+    try:
+        html = write_html(run_dir)  # rendered again: an older run gets the current report
+    except QevalInputError as exc:
+        _fail(str(exc))
     print_summary(Console(), results, run_dir)
+    Console().print(f"HTML report: {html}", highlight=False)
     raise typer.Exit(results["exit_code"])
 
 

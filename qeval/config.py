@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import QevalInputError
 from .models import DEFAULT_MODEL
-from .types import BASELINE_METHODS, Method, VariantSpec
+from .types import BASELINE_METHODS, EfficiencyProbe, Method, VariantSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,9 @@ class RunConfig(BaseModel):
     from_hub: bool = False
     # Directory of extra lm-eval task YAMLs for `lm-eval:<task>` ids (lm-eval's --include_path).
     lm_eval_include: str | None = None
+    # Measure each variant's load time, peak memory and speed in this run (None: skip; a variant
+    # whose records are all reused is then not opened at all).
+    efficiency: EfficiencyProbe | None = EfficiencyProbe()
 
 
 def data_dir_from(flag: str | Path | None) -> Path | None:

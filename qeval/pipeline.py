@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import compare as cmp
+from . import efficiency as eff
 from .backends.base import Backend
 from .config import RunConfig, floor_replica
 from .gate import GatePolicy, judge
@@ -16,7 +17,7 @@ from . import generation as gen
 from . import reference_text as rt
 from .runner import RecordStore, build_requests, check_same_prompts, opened, score_items
 from .types import (
-    BackendInfo, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task, TaskComparison,
+    Artefact, BackendInfo, Efficiency, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task, TaskComparison,
     TextComparison, TextRecord, VariantSpec, Verdict,
 )
 
@@ -26,6 +27,10 @@ Comparison = TaskComparison | TextComparison | GenerationComparison
 class BackendFactory(Protocol):
     def identity(self, variant: VariantSpec) -> dict:
         """What, besides the variant, changes a backend's numbers (device, versions, ...)."""
+        ...
+
+    def prepare(self, variant: VariantSpec) -> Artefact:
+        """Make the variant's artefact if needed (not timed as loading); say what is on disk."""
         ...
 
     def open(self, variant: VariantSpec, baseline_compute: str | None) -> Backend: ...
@@ -54,6 +59,7 @@ class VariantRun:
         default_factory=dict, repr=False)
     # generate tasks, only when the user opted in to text logging: task → sample id → output text.
     outputs: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    efficiency: Efficiency | None = None  # measured in this run (None: not asked for)
 
 
 @dataclass
@@ -127,10 +133,16 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
             and not (baseline is None and is_text(t) and t.spec.id in reused)]
     dists = {}
-    if todo:
-        ui.status(f"Loading {variant.name}")
+    measure = cfg.efficiency is not None and not variant.params.get("numeric_path")
+    efficiency = None
+    if todo or measure:
+        artefact = factory.prepare(variant)
+        ui.status(f"Loading {variant.name}" + ("" if todo else " (records reused; speed probe only)"))
         base_compute = baseline.info.compute_dtype if baseline else None
+        ident = factory.identity(variant)
+        meter = eff.Measurement(eff.meter_for(variant.backend, str(ident.get("device", ""))), artefact)
         with opened(lambda: factory.open(variant, base_compute)) as backend:
+            meter.loaded()
             info = backend.info
             # Tokenise and check every task first: a prompt that differs from the baseline's
             # stops the run before any model time is spent.
@@ -178,9 +190,12 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     records[t.spec.id] = recs
                 if store is not None:
                     store.save(keys[t.spec.id], recs, info)
+            if measure:
+                ui.status(f"Measuring {variant.name}: prefill and decode speed")
+                efficiency = meter.finish(eff.measure_speed(backend, cfg.efficiency), scored_here=bool(todo))
     assert info is not None
     return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
-                      outputs)
+                      outputs, efficiency)
 
 
 def text_tasks_to_score(variants: Sequence[VariantSpec], tasks: Sequence[Task], base_keys: dict[str, str],

@@ -99,6 +99,9 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
                    for task_id, texts in sorted(run.outputs.items()) for sid, text in sorted(texts.items())]
         if outputs:
             atomic_write_text(tmp / "texts" / "outputs.jsonl", "\n".join(outputs) + "\n")
+    from .html_report import write_html  # here: html_report reads run directories through this module
+
+    write_html(tmp)
     if out.exists():
         raise FileExistsError(out)
     tmp.replace(out)
@@ -160,6 +163,74 @@ def _reasons(counts: dict) -> str:
     return " / ".join(str(counts.get(k, 0)) for k in ("stop", "eos", "max_tokens"))
 
 
+def _mb(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**20:.1f}"
+
+
+def _times(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def _speed_cell(row: dict, batch_one: bool, key: str) -> str:
+    point = next((p for p in row["speed"] if (p["batch"] == 1) == batch_one), None)
+    value = None if point is None else point[key]
+    if value is None:
+        return "—"
+    ratio = (row.get("vs_baseline") or {}).get(f"{key.split('_')[0]}_{'b1' if batch_one else 'bN'}")
+    return f"{value:.0f}" + ("" if row["role"] == "baseline" or ratio is None else f" ({ratio:.2f}×)")
+
+
+def _quality_cell(row: dict) -> str:
+    q = row.get("quality")
+    if not q:
+        return "baseline"
+    d = q.get("worst_delta")
+    worst = "" if d is None else f", worst Δ {100 * d['estimate']:+.1f} pp [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({q['worst_task']})"
+    return f"{q['verdict']}{worst}"
+
+
+def efficiency_rows(eff: dict) -> list[list[str]]:
+    """One row per variant: what it buys (memory, speed) beside what it costs (quality)."""
+    rows = []
+    for r in eff["variants"]:
+        vs = r.get("vs_baseline") or {}
+        rows.append([
+            r["variant"], "—" if r["bits_per_weight"] is None else f"{r['bits_per_weight']:.2f}",
+            _mb(r["artefact_bytes"]), _mb(r["weight_bytes"]), _mb(r["predicted_weight_bytes"]),
+            _times(vs.get("weight_bytes")), _mb(r["peak_memory_bytes"]), _times(vs.get("peak_memory")),
+            f"{r['load_s']:.2f}", _speed_cell(r, True, "prefill_tok_s"), _speed_cell(r, True, "decode_tok_s"),
+            _speed_cell(r, False, "prefill_tok_s"), _speed_cell(r, False, "decode_tok_s"), _quality_cell(r)])
+    return rows
+
+
+EFFICIENCY_COLUMNS = ["variant", "bits/weight", "artefact MiB", "weights MiB", "planner MiB",
+                      "weights vs base", "peak MiB", "peak vs base", "load s", "prefill tok/s b1",
+                      "decode tok/s b1", "prefill tok/s bN", "decode tok/s bN", "quality"]
+
+
+def efficiency_markdown(eff: dict | None) -> list[str]:
+    if not eff or not eff.get("variants"):
+        return []
+    p = eff["probe"]
+    head = [c.replace("bN", f"b{p['batch']}") for c in EFFICIENCY_COLUMNS]
+    lines = ["", "## What each variant buys (measured in this run)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in efficiency_rows(eff)]
+    kinds = sorted({r["memory_kind"] for r in eff["variants"]})
+    reused = [r["variant"] for r in eff["variants"] if not r["scored_here"]]
+    lines += ["", f"Speed: a fixed neutral {p['prompt_tokens']}-token prompt (no task text), one prefill "
+              f"and {p['new_tokens']} greedy decoding steps from the KV cache, logits of the last "
+              f"position only; best of {p['repeats']} after a warm-up; {p.get('torch_threads')} torch "
+              f"threads on {p.get('cpu_count')} CPUs. Ratios (×) are against the baseline measured "
+              "in this run; timings from different runs or machines are not comparable. "
+              f"Peak: {'; '.join(kinds)} (loading has its own peak, in results.json: `load_peak_bytes`). "
+              "Bits per weight: resident weight bytes × 8 / the baseline's parameter count. Planner: "
+              "`qeval plan`'s weight bytes for the format as held. '—' means not measurable on that "
+              "engine (qeval's llama.cpp backend runs one sequence at a time)."
+              + (f" Records reused, speed probe only: {', '.join(reused)}." if reused else ""), ""]
+    return lines
+
+
 def markdown_report(results: dict) -> str:
     lines = [
         "# qeval compare",
@@ -180,6 +251,7 @@ def markdown_report(results: dict) -> str:
     notes = {n for info in [results["baseline"], *results["candidates"]] for n in info["notes"]}
     for n in sorted(notes):
         lines.append(f"\n> {n}")
+    lines += efficiency_markdown(results.get("efficiency"))
     if results.get("power"):
         lines += ["", "## Before scoring: what each task could detect", "",
                   "| task | candidate | n | discordance | from | detectable drop (pp) | margin (pp) | |",
@@ -362,6 +434,20 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
                        f"{c['kld_max']:.2f}", f"{100 * c['same_top']['estimate']:.2f}",
                        _ratio(c["ppl_ratio"]), f"[{_COLOR[dec]}]{dec.value}[/]")
         console.print(tt)
+    eff = results.get("efficiency")
+    if eff and eff.get("variants"):
+        n = eff["probe"]["batch"]
+        et = Table(title=f"what each variant buys: measured in this run; (×) vs the baseline; tok/s at "
+                         f"batch 1 and {n}; full table in report.md")
+        for col in ["variant", "bits/w", "weights MiB", "peak MiB", "load s", "prefill b1",
+                    "decode b1", f"prefill b{n}", f"decode b{n}", "verdict"]:
+            et.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
+        for r, row in zip(eff["variants"], efficiency_rows(eff)):
+            vs = r.get("vs_baseline") or {}
+            et.add_row(row[0], row[1], f"{row[3]} ({_times(vs.get('weight_bytes'))})",
+                       f"{row[6]} ({_times(vs.get('peak_memory'))})", row[8], *row[9:13],
+                       (r.get("quality") or {}).get("verdict", "baseline"))
+        console.print(et)
     b = results["baseline"]
     console.print(f"baseline {b['variant']}: computed in {b['compute_dtype']} on {b['device']} "
                   f"(requested {b['requested_dtype']})")
@@ -390,4 +476,4 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
     per = ", ".join(f"{k} {v}" for k, v in results["per_candidate"].items())
     console.print(f"[bold {_COLOR[overall]}]Verdict: {overall.value}[/] ({per}); exit code {results['exit_code']}")
     if out is not None:
-        console.print(f"Run directory: {out}  (results.json, report.md, records/)")
+        console.print(f"Run directory: {out}  (results.json, report.md, report.html, records/)")

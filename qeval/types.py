@@ -194,6 +194,48 @@ class BackendInfo(Strict):
     weight_bytes: int
     versions: dict[str, str]
     notes: tuple[str, ...] = ()
+    # Parameters of the unquantized model (full-precision variants only: packed quantized tensors
+    # do not count weights); the denominator of every variant's bits per weight.
+    params: int | None = None
+
+
+# ---------------------------------------------------------------- efficiency
+
+
+class Artefact(Strict):
+    """What must be on disk to run a variant the way qeval ran it."""
+
+    bytes: int | None  # None: nothing to measure (fake backend)
+    description: str
+
+
+class SpeedPoint(Strict):
+    batch: int
+    prefill_tok_s: float | None  # prompt tokens per second (None: not measurable on this engine)
+    decode_tok_s: float | None  # generated tokens per second, all sequences of the batch together
+
+
+class EfficiencyProbe(Strict):
+    """The speed probe run on every variant: a fixed neutral prompt (no task text), one prefill
+    and `new_tokens` greedy steps, at batch 1 and at `batch`; the best of `repeats` after a warm-up."""
+
+    prompt_tokens: int = Field(128, ge=8, le=8192)
+    new_tokens: int = Field(32, ge=1, le=1024)
+    batch: int = Field(8, ge=2, le=256)
+    repeats: int = Field(2, ge=1, le=20)
+
+
+class Efficiency(Strict):
+    """What a variant costs, measured in this run (timings are comparable only within one run)."""
+
+    artefact: Artefact
+    load_s: float  # opening the variant from its artefact (making the artefact excluded)
+    memory_kind: str  # what peak_memory_bytes measures
+    memory_before_bytes: int | None  # the process before loading the variant
+    load_peak_bytes: int | None  # the process's peak while loading (quantize-on-load transients)
+    peak_memory_bytes: int | None  # the process's peak after loading: scoring and the speed probe
+    speed: tuple[SpeedPoint, ...]
+    scored_here: bool  # False: records were reused, only the speed probe ran
 
 
 # ---------------------------------------------------------------- records

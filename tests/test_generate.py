@@ -484,6 +484,9 @@ def test_qeval_compare_on_a_generate_task_through_the_cli(tiny, tmp_path, monkey
     results = json.loads((out / "results.json").read_text())
     comps = {c["candidate"]: c for c in results["comparisons"]}
     assert set(comps) == {"gguf:q8_0", "bf16"} and all(c["kind"] == "generate" for c in comps.values())
+    # The speed probe ran on both engines of the tiny model (a 128-token prompt fits its 256 positions).
+    speed = {r["variant"]: r["speed"] for r in results["efficiency"]["variants"]}
+    assert set(speed) == {"fp32", "gguf:q8_0", "bf16"} and speed["gguf:q8_0"][0]["decode_tok_s"] > 0
     for c in comps.values():
         assert c["n"] == 6 and {r["rule"] for r in c["rules"]} >= {"min_items", "answer_disagreement"}
         assert sum(c["baseline_stop_reasons"].values()) == 6

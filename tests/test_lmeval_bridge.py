@@ -212,7 +212,7 @@ def test_compare_runs_an_lm_eval_task_on_a_quantized_candidate(include_dir, tmp_
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "qeval.cli", "compare", "--tasks", f"lm-eval:{MC_TASK}",
                            "--lm-eval-include", str(include_dir), "--base", "fp32", "--candidates", "int8wo",
-                           "--n-boot", "500", "--out", str(out)],
+                           "--n-boot", "500", "--no-efficiency", "--out", str(out)],
                           capture_output=True, text=True, timeout=1500,
                           env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
     assert proc.returncode in (1, 3), proc.stdout + proc.stderr  # 6 items: never GO

@@ -34,11 +34,12 @@ def _qeval(*args: str) -> subprocess.CompletedProcess:
 MC_TASKS = "clinical_core,clinical_core_cloze"
 
 
-def _compare(out: Path, *extra: str, tasks: str = MC_TASKS, limit: str = LIMIT
+def _compare(out: Path, *extra: str, tasks: str = MC_TASKS, limit: str = LIMIT, efficiency: bool = False
              ) -> tuple[subprocess.CompletedProcess, dict]:
     chosen = ("--tasks", tasks) if tasks else ()  # "": the default suite
+    # The speed probe costs ~15 s per variant: on only where a test looks at it.
     proc = _qeval("compare", "--base", "fp32", "--limit", limit, "--n-boot", "2000",
-                  *chosen, "--out", str(out), *extra)
+                  *chosen, "--out", str(out), *(() if efficiency else ("--no-efficiency",)), *extra)
     assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
     return proc, json.loads((out / "results.json").read_text())
 
@@ -46,7 +47,7 @@ def _compare(out: Path, *extra: str, tasks: str = MC_TASKS, limit: str = LIMIT
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "first"
-    return out, *_compare(out, "--candidates", "int8wo,nf4", "--noise-floor", "batch1")
+    return out, *_compare(out, "--candidates", "int8wo,nf4", "--noise-floor", "batch1", efficiency=True)
 
 
 def test_compare_prints_a_verdict_and_writes_results(first_run):
@@ -92,9 +93,37 @@ def test_compare_prints_a_verdict_and_writes_results(first_run):
         assert f["discordance"] <= comps[(task, "nf4")]["discordance"]
     assert (out / "records" / "fp32_batch1" / "clinical_core.jsonl").is_file()
     assert "all tasks must pass" in results["combination"]
-    # `qeval report` re-prints the verdict from the run directory alone.
+    # `qeval report` re-prints the verdict from the run directory alone (and renders the HTML again).
+    (out / "report.html").unlink()
     shown = _qeval("report", str(out))
     assert shown.returncode == results["exit_code"] and f"Verdict: {results['verdict']}" in shown.stdout
+    assert (out / "report.html").is_file()
+
+
+def test_efficiency_is_measured_beside_quality(first_run):
+    out, proc, results = first_run
+    eff = {r["variant"]: r for r in results["efficiency"]["variants"]}
+    assert list(eff) == ["fp32", "int8wo", "nf4"]  # the noise-floor replica is not a deployment
+    base, wo, nf4 = eff["fp32"], eff["int8wo"], eff["nf4"]
+    # Weights: fp32 holds 4 bytes per parameter, exactly what the planner predicts from config.json.
+    assert base["bits_per_weight"] == pytest.approx(32, abs=0.01)
+    assert base["predicted_weight_bytes"] == pytest.approx(base["weight_bytes"], rel=0.01)
+    # Quantized: fewer bytes (embeddings stay full precision on CPU, so not 4x / 8x fewer).
+    assert 0.3 < wo["vs_baseline"]["weight_bytes"] < 0.6 and nf4["weight_bytes"] < wo["weight_bytes"]
+    # Scoring touched the weights: the peak after loading holds at least them.
+    assert base["peak_memory_bytes"] >= 0.9 * base["weight_bytes"]
+    for r in eff.values():
+        assert r["load_s"] > 0 and r["scored_here"]
+        assert [p["batch"] for p in r["speed"]] == [1, 8]
+        assert all(p["prefill_tok_s"] > 0 and p["decode_tok_s"] > 0 for p in r["speed"])
+        # Batching raises total decode throughput on every transformers variant.
+        assert r["speed"][1]["decode_tok_s"] > r["speed"][0]["decode_tok_s"]
+    assert base["artefact_bytes"] == wo["artefact_bytes"] and "quantized to int8wo while loading" in wo["artefact"]
+    assert wo["quality"]["verdict"] == results["per_candidate"]["int8wo"]
+    assert "what each variant buys" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "## What each variant buys (measured in this run)" in report and "| nf4 |" in report
+    assert 'id="qeval-efficiency"' in (out / "report.html").read_text()
 
 
 def test_no_prompt_text_in_the_run_directory(first_run):
@@ -159,7 +188,7 @@ def test_gguf_f32_on_llama_cpp_matches_the_hf_baseline_on_reference_text(tmp_pat
 def test_default_suite_with_gguf_candidates_gives_verdicts(tmp_path):
     # The default suite (both MC formats and the reference text), cut to a few items each.
     proc, results = _compare(tmp_path / "suite", "--candidates", "gguf:q8_0,gguf:q2_k", tasks="",
-                             limit="8")
+                             limit="8", efficiency=True)
     got = {(c["task"], c["candidate"]) for c in results["comparisons"]}
     assert got == {(t, c) for t in ("clinical_core", "clinical_core_cloze", "clinical_reference")
                    for c in ("gguf:q8_0", "gguf:q2_k")}
@@ -167,6 +196,13 @@ def test_default_suite_with_gguf_candidates_gives_verdicts(tmp_path):
     assert f"Verdict: {results['verdict']}" in proc.stdout
     text = {c["candidate"]: c for c in results["comparisons"] if c["task"] == "clinical_reference"}
     assert text["gguf:q8_0"]["kld_mean"]["estimate"] < text["gguf:q2_k"]["kld_mean"]["estimate"]
+    # What the GGUF files buy: their size on disk is what llama.cpp maps; one sequence at a time.
+    eff = {r["variant"]: r for r in results["efficiency"]["variants"]}
+    for name in ("gguf:q8_0", "gguf:q2_k"):
+        assert eff[name]["artefact_bytes"] == eff[name]["weight_bytes"]
+        assert eff[name]["speed"][0]["decode_tok_s"] > 0 and eff[name]["speed"][1]["decode_tok_s"] is None
+    assert eff["gguf:q2_k"]["weight_bytes"] < eff["gguf:q8_0"]["weight_bytes"] < eff["fp32"]["weight_bytes"] / 3
+    assert 8.0 < eff["gguf:q8_0"]["bits_per_weight"] < 9.0
 
 
 def test_gptq_on_the_default_model_and_the_same_checkpoint_brought_back(tmp_path):

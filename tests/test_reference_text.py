@@ -178,7 +178,7 @@ def test_stored_text_records_are_reused_and_the_baseline_is_not_reopened(tmp_pat
     task = make_text_task(n=35)
     store = RecordStore(tmp_path)
     cfg = RunConfig(baseline=fake_variant("base"), candidates=(fake_variant("c", noise=0.5),),
-                    tasks=("ref",), n_boot=500)
+                    tasks=("ref",), n_boot=500, efficiency=None)
     runs = []
     for _ in range(2):
         f = _CountingFactory([task])

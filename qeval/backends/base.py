@@ -109,6 +109,12 @@ class GreedyOutput:
         return self.result is not None
 
 
+@dataclass(frozen=True)
+class ForwardTiming:
+    prefill_s: float  # one pass over the batch's prompts, KV cache filled
+    decode_s: float  # the greedy decoding steps after it, every sequence of the batch advancing
+
+
 class Backend(Protocol):
     info: BackendInfo
 
@@ -129,6 +135,12 @@ class Backend(Protocol):
                  ) -> list[GenerationResult]:
         """Greedy decoding (argmax, ties to the lowest token id), one result per request, in
         request order; `advance(1)` as each request finishes."""
+        ...
+
+    def time_forward(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> ForwardTiming | None:
+        """Time one prefill of `prompts` (equal lengths, one batch) and `new_tokens` greedy
+        decoding steps of all of them, the way a server would (logits of the last position
+        only); None when this engine cannot run a batch of that size."""
         ...
 
     def close(self) -> None: ...

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..calibration import CalibrationSet, Overlap, check_contamination, load_calibration
 from ..errors import QevalInputError
 from ..models import ResolvedModel, fingerprint_dir
-from ..types import Method, Task, VariantSpec
+from ..types import Artefact, Method, Task, VariantSpec
 from .hf import HFFactory
 
 CALIBRATED = (Method.gptq, Method.awq)
@@ -21,6 +21,14 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     from ..gguf_export import sha256_file
 
     return sha256_file(Path(path))
+
+
+def _weights_on_disk(checkpoint: Path) -> int:
+    """Bytes of a checkpoint directory's weight files (safetensors or PyTorch), or of a file."""
+    if checkpoint.is_file():
+        return checkpoint.stat().st_size
+    files = [f for f in checkpoint.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".gguf")]
+    return sum(f.stat().st_size for f in files)
 
 
 class EngineFactory:
@@ -119,6 +127,28 @@ class EngineFactory:
             extra["kernel"] = scoring_kernel(variant, self.hf.device) or "auto"
             ident = {**ident, "versions": {**ident["versions"], **library_versions(), **extra}}
         return ident
+
+    def prepare(self, variant: VariantSpec) -> Artefact:
+        """Make the variant's artefact if it is not cached yet (a GGUF file, a GPTQ/AWQ checkpoint),
+        so that opening it afterwards times loading alone; say what is on disk."""
+        if variant.backend == "llamacpp":
+            if "file" in variant.params:
+                path = Path(str(variant.params["file"])).expanduser()
+                what = "GGUF file (brought)"
+            else:
+                from ..gguf_export import gguf_artefact
+
+                qtype = str(variant.params.get("type", "q4_k_m")).lower()
+                path = gguf_artefact(self.model.path, self.model.fingerprint, qtype, self.cache, self.progress)
+                what = f"GGUF {qtype} file"
+            return Artefact(bytes=path.stat().st_size, description=what)
+        if variant.method in CALIBRATED:
+            path, _ = self.checkpoint(variant)
+            return Artefact(bytes=_weights_on_disk(path),
+                            description=f"{variant.method.value.upper()} checkpoint (weight files)")
+        return Artefact(bytes=_weights_on_disk(Path(self.model.path)), description=(
+            "the baseline checkpoint (weight files)" if variant.method.value in ("fp32", "fp16", "bf16")
+            else f"the baseline checkpoint, quantized to {variant.method.value} while loading"))
 
     def open(self, variant: VariantSpec, baseline_compute: str | None):
         if variant.backend == "llamacpp":

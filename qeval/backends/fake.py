@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..types import BackendInfo, VariantSpec
+from ..types import Artefact, BackendInfo, VariantSpec
 from .base import GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, Progress
 
 _REASONING = (
@@ -161,6 +161,9 @@ class FakeBackend:
         m = logits.max(axis=1, keepdims=True)
         return (logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))).astype(np.float32)
 
+    def time_forward(self, prompts, new_tokens: int) -> None:
+        return None  # no model, no speed: efficiency shows "not measured"
+
     def close(self) -> None:
         pass
 
@@ -176,6 +179,9 @@ class FakeFactory:
 
     def identity(self, variant: VariantSpec | None = None) -> dict:
         return {"device": "none", "versions": {}}
+
+    def prepare(self, variant: VariantSpec) -> Artefact:
+        return Artefact(bytes=None, description="fake backend: no weights")
 
     def open(self, variant: VariantSpec, baseline_compute: str | None) -> FakeBackend:
         return FakeBackend(variant, self.answer_key, self.n_choices, self.answer_options)

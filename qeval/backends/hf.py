@@ -20,7 +20,7 @@ from ..models import ResolvedModel
 from ..types import BackendInfo, Method, VariantSpec
 from ..versions import installed_versions
 from .base import (
-    GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
+    ForwardTiming, GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
     group_jobs,
 )
 
@@ -281,6 +281,10 @@ class HFBackend:
             variant=variant.name, backend="hf", device=self.device,
             requested_dtype=choice.requested, compute_dtype=compute, kernel=kernel,
             weight_bytes=weight_bytes, versions=library_versions(), notes=tuple(notes),
+            # Quantized tensors are packed (several weights per element): only a full-precision
+            # variant's tensors count the model's weights.
+            params=(sum(p.numel() for p in self.model.parameters())
+                    if variant.method in _DTYPE_NAMES and checkpoint is None else None),
         )
         self._check_quantized(variant, kernel)
 
@@ -427,6 +431,35 @@ class HFBackend:
                                     position_ids=next_pos[:, None], past_key_values=cache,
                                     use_cache=True).logits[:, -1]
                 next_pos = next_pos + 1
+
+    def time_forward(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> ForwardTiming:
+        import time
+
+        import torch
+        from transformers import DynamicCache
+
+        def sync():
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+
+        ids = torch.tensor([list(p) for p in prompts], dtype=torch.long, device=self.device)
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            sync()
+            t0 = time.perf_counter()
+            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1]
+            tokens = logits.argmax(dim=-1)
+            sync()
+            t1 = time.perf_counter()
+            for _ in range(new_tokens):
+                logits = self.model(input_ids=tokens[:, None], past_key_values=cache,
+                                    use_cache=True).logits[:, -1]
+                tokens = logits.argmax(dim=-1)
+            tokens.tolist()  # waits for the device
+            sync()
+            t2 = time.perf_counter()
+        return ForwardTiming(t1 - t0, t2 - t1)
 
     def token_logprobs(self, tokens: Sequence[int]):
         import torch

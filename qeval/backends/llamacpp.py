@@ -21,7 +21,7 @@ from ..gguf_export import gguf_artefact, quiet_stderr, tensor_type_mix
 from ..models import ResolvedModel
 from ..types import BackendInfo, VariantSpec
 from .base import (
-    GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
+    ForwardTiming, GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
     group_jobs,
 )
 
@@ -274,6 +274,41 @@ class LlamaCppBackend:
             if advance:
                 advance(1)
         return out
+
+    def time_forward(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> ForwardTiming | None:
+        """Batch 1 only: this backend runs one sequence at a time (llama-server batches several;
+        that is its scheduler, not a kernel qeval measures)."""
+        import time
+
+        if len(prompts) != 1:
+            return None
+        prompt = list(prompts[0])
+        if len(prompt) + new_tokens > self.n_ctx:
+            return None
+        n_vocab = self.llm.n_vocab()
+
+        def last_logits() -> np.ndarray:
+            return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(n_vocab,))
+
+        # Scoring keeps the logits of every position (logits_all); a server computes only the
+        # last one. Timed the server's way: the flag is llama-cpp-python 0.3.36's own switch.
+        keep_all = self.llm._logits_all
+        self.llm._logits_all = False
+        try:
+            self.llm.reset()
+            with quiet_stderr():
+                t0 = time.perf_counter()
+                self.llm.eval(prompt)
+                token = int(np.argmax(last_logits()))
+                t1 = time.perf_counter()
+                for _ in range(new_tokens):
+                    self.llm.eval([token])
+                    token = int(np.argmax(last_logits()))
+                t2 = time.perf_counter()
+        finally:
+            self.llm._logits_all = keep_all
+            self.llm.reset()
+        return ForwardTiming(t1 - t0, t2 - t1)
 
     def token_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
         """Log-softmax over the vocabulary at every position that predicts tokens[1:]."""
