@@ -484,20 +484,12 @@ def report(
 ) -> None:
     """Print the verdict table of an earlier run and render its report.html again; exits with that
     run's exit code."""
-    import json
-
-    from .report import RESULTS_SCHEMA, print_summary
-
-    path = run_dir / "results.json"
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        _fail(f"{path}: cannot read results ({getattr(exc, 'strerror', None) or exc}); pass a run directory")
-    if results.get("schema") != RESULTS_SCHEMA:
-        _fail(f"{path}: schema {results.get('schema')!r} is not {RESULTS_SCHEMA!r}; use the qeval that wrote it")
     from .html_report import write_html
+    from .report import print_summary
+    from .rundir import load_run
 
     try:
+        results = load_run(run_dir).results  # results.json with efficiency.json beside it
         html = write_html(run_dir)  # rendered again: an older run gets the current report
     except QevalInputError as exc:
         _fail(str(exc))

@@ -17,6 +17,7 @@ from .runner import write_jsonl
 from .types import EXIT_CODES, Decision, TaskComparison
 
 RESULTS_SCHEMA = "qeval.results/2"
+EFFICIENCY_SCHEMA = "qeval.efficiency/1"
 
 _COLOR = {Decision.GO: "green", Decision.NO_GO: "red", Decision.INCONCLUSIVE: "yellow"}
 
@@ -73,7 +74,14 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
             write_jsonl(folder / f"{_safe(task_id)}.jsonl", recs)  # lm-eval:<task> has a colon
         # What actually ran (device, dtypes, kernels), beside the records it produced.
         atomic_write_text(folder / "backend.json", run.info.model_dump_json(indent=1) + "\n")
-    atomic_write_text(tmp / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
+    # Measurements of time and memory differ from run to run; results.json must not (the same
+    # compare twice gives the same file apart from created_at), so they live beside it.
+    efficiency = results.get("efficiency")
+    stable = {k: v for k, v in results.items() if k != "efficiency"}
+    atomic_write_text(tmp / "results.json", json.dumps(stable, indent=1, sort_keys=True) + "\n")
+    if efficiency is not None:
+        atomic_write_text(tmp / "efficiency.json", json.dumps(
+            {"schema": EFFICIENCY_SCHEMA, **efficiency}, indent=1, sort_keys=True) + "\n")
     atomic_write_text(tmp / "timings.json", json.dumps({
         **res.timings,
         "reused_tasks": {r.spec.name: r.reused_tasks
@@ -223,7 +231,7 @@ def efficiency_markdown(eff: dict | None) -> list[str]:
               f"position only; best of {p['repeats']} after a warm-up; {p.get('torch_threads')} torch "
               f"threads on {p.get('cpu_count')} CPUs. Ratios (×) are against the baseline measured "
               "in this run; timings from different runs or machines are not comparable. "
-              f"Peak: {'; '.join(kinds)} (loading has its own peak, in results.json: `load_peak_bytes`). "
+              f"Peak: {'; '.join(kinds)} (loading has its own peak, in efficiency.json: `load_peak_bytes`). "
               "Bits per weight: resident weight bytes × 8 / the baseline's parameter count. Planner: "
               "`qeval plan`'s weight bytes for the format as held. '—' means not measurable on that "
               "engine (qeval's llama.cpp backend runs one sequence at a time)."
@@ -476,4 +484,4 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
     per = ", ".join(f"{k} {v}" for k, v in results["per_candidate"].items())
     console.print(f"[bold {_COLOR[overall]}]Verdict: {overall.value}[/] ({per}); exit code {results['exit_code']}")
     if out is not None:
-        console.print(f"Run directory: {out}  (results.json, report.md, report.html, records/)")
+        console.print(f"Run directory: {out}  (results.json, efficiency.json, report.md, report.html, records/)")

@@ -137,5 +137,14 @@ def load_run(path: str | Path) -> Run:
     if schema != RESULTS_SCHEMA:
         raise QevalInputError(f"{results_path}: schema {schema!r} is not {RESULTS_SCHEMA!r}; "
                               "use the qeval that wrote it")
+    eff_path = path / "efficiency.json"
+    if eff_path.is_file():
+        # Measured beside results.json (timings vary between runs; results.json does not).
+        try:
+            efficiency = json.loads(eff_path.read_text())
+        except ValueError as exc:
+            raise QevalInputError(f"{eff_path}: not valid JSON ({exc}); the run directory is damaged") from None
+        efficiency.pop("schema", None)
+        results = {**results, "efficiency": efficiency}
     return Run(path=path, results=results)
 

@@ -102,7 +102,7 @@ def test_compare_prints_a_verdict_and_writes_results(first_run):
 
 def test_efficiency_is_measured_beside_quality(first_run):
     out, proc, results = first_run
-    eff = {r["variant"]: r for r in results["efficiency"]["variants"]}
+    eff = {r["variant"]: r for r in json.loads((out / "efficiency.json").read_text())["variants"]}
     assert list(eff) == ["fp32", "int8wo", "nf4"]  # the noise-floor replica is not a deployment
     base, wo, nf4 = eff["fp32"], eff["int8wo"], eff["nf4"]
     # Weights: fp32 holds 4 bytes per parameter, exactly what the planner predicts from config.json.
@@ -197,7 +197,7 @@ def test_default_suite_with_gguf_candidates_gives_verdicts(tmp_path):
     text = {c["candidate"]: c for c in results["comparisons"] if c["task"] == "clinical_reference"}
     assert text["gguf:q8_0"]["kld_mean"]["estimate"] < text["gguf:q2_k"]["kld_mean"]["estimate"]
     # What the GGUF files buy: their size on disk is what llama.cpp maps; one sequence at a time.
-    eff = {r["variant"]: r for r in results["efficiency"]["variants"]}
+    eff = {r["variant"]: r for r in json.loads((tmp_path / "suite" / "efficiency.json").read_text())["variants"]}
     for name in ("gguf:q8_0", "gguf:q2_k"):
         assert eff[name]["artefact_bytes"] == eff[name]["weight_bytes"]
         assert eff[name]["speed"][0]["decode_tok_s"] > 0 and eff[name]["speed"][1]["decode_tok_s"] is None
