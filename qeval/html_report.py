@@ -9,6 +9,7 @@ for an earlier run. It shows ids, hashes and numbers only: even when the run opt
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,7 +41,11 @@ figure { margin: 8px 0 24px; overflow-x: auto; } figcaption { color: var(--muted
 .table-wrap { overflow-x: auto; margin: 8px 0 16px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; white-space: nowrap; }
-th { background: #f6f8fa; } td.l, th.l { text-align: left; }
+th { background: #f6f8fa; white-space: normal; vertical-align: bottom; } td.l, th.l { text-align: left; }
+table.compact { font-size: 12px; } table.compact th, table.compact td { padding: 3px 6px; }
+td.w { white-space: normal; } .unit { color: var(--muted); } #qeval-efficiency td.w { min-width: 16em; }
+#qeval-tasks td:last-child, #qeval-tasks th:last-child { position: sticky; right: 0; }
+#qeval-tasks td:last-child { background: white; }
 b.GO { color: var(--go); } b.NO_GO { color: var(--nogo); } b.INCONCLUSIVE { color: var(--inc); }
 details { margin: 4px 0; } summary { cursor: pointer; }
 .note { color: var(--muted); font-size: 13px; }
@@ -73,8 +78,10 @@ def render_html(run: Run) -> str:
         _figure("kld", "KL divergence distributions", _kld_svg(run),
                 "Per-item choice-KL (multiple choice) and per-token KL (reference text), recomputed "
                 "from the stored records."),
-        _figure("memory", "Quality vs weight memory", plots.quality_memory_plot(r),
-                "Each variant at its weight memory against its worst task."),
+        _figure("memory", "Quality vs memory", plots.quality_memory_plot(r),
+                "Each variant against its worst task, at its resident weight memory (filled marker) and, "
+                "when this run measured efficiency, at its peak memory after loading, while scoring "
+                "and in the speed probe (hollow marker on the same row)."),
         _task_table(r),
         _efficiency_table(r.get("efficiency")),
         _why(r),
@@ -98,10 +105,6 @@ def _esc(value: object) -> str:
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
-
-
-def _num(x: float | int | None, fmt: str = ".3g", scale: float = 1.0) -> str:
-    return "—" if x is None else format(x * scale, fmt)
 
 
 def _interval_pp(i: dict) -> str:
@@ -144,32 +147,45 @@ def _kld_svg(run: Run) -> str:
     return plots.kld_plot(series)
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: int, table_id: str) -> str:
-    """`left`: how many leading columns are text (left-aligned). Cells arrive escaped."""
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_esc(h)}</th>' for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{cell}</td>'
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: int, table_id: str,
+           cls: str = "", wrap: Iterable[int] = (), text: Iterable[int] = ()) -> str:
+    """`left`: how many leading columns are text (left-aligned), `text` any other such columns;
+    `wrap`: columns whose cells may wrap. Cells arrive escaped."""
+    wrap, text = set(wrap), set(text)
+
+    def classes(i: int) -> str:
+        return " ".join(c for c, on in (("l", i < left or i in text), ("w", i in wrap)) if on)
+
+    head = "".join(f'<th class="{classes(i)}">{_esc(h)}</th>' for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="{classes(i)}">{cell}</td>'
                                     for i, cell in enumerate(row)) + "</tr>" for row in rows)
-    return (f'<div class="table-wrap"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+    return (f'<div class="table-wrap"><table id="{table_id}" class="{cls}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
+
+
+def _unit(what: str) -> str:
+    """What a number is, in brackets, kept on one line (a cell may break before it)."""
+    return f'<span class="unit">({_esc(what).replace(" ", "&nbsp;")})</span>'
 
 
 def _task_row(c: dict) -> list[str]:
     kind = c.get("kind", "multiple_choice")
     verdict = f'<b class="{_esc(c["verdict"])}">{_esc(c["verdict"])}</b>'
     if kind == "reference_text":
-        return [_esc(c["task"]), _esc(kind), _esc(c["candidate"]), f"{c['n']} passages / {c['n_tokens']} tokens",
-                "—", "—", "—", "—", "—", f"{c['kld_mean']['estimate']:.4g} (per token)",
-                f"{_pct(c['same_top']['estimate'])} (same top token)",
-                f"PPL ratio {c['ppl_ratio']['estimate']:.4f}", verdict]
+        return [_esc(c["task"]), _esc(kind), _esc(c["candidate"]),
+                f"{c['n']}&nbsp;passages / {c['n_tokens']}&nbsp;tokens", "—", "—", "—", "—", "—",
+                f"{c['kld_mean']['estimate']:.4g} {_unit('per token')}",
+                f"{_pct(c['same_top']['estimate'])} {_unit('same top token')}",
+                f"PPL&nbsp;ratio&nbsp;{c['ppl_ratio']['estimate']:.4f}", verdict]
     high = c["high_risk"]
     agreement = (c["top1_agreement"] if kind == "multiple_choice" else c["answer_agreement"])["estimate"]
-    kl = f"{c['choice_kl_mean']['estimate']:.4g} (per item)" if kind == "multiple_choice" else "—"
+    kl = f"{c['choice_kl_mean']['estimate']:.4g} {_unit('per item')}" if kind == "multiple_choice" else "—"
     return [_esc(c["task"]), _esc(kind), _esc(c["candidate"]), str(c["n"]), _pct(c["baseline_accuracy"]),
             _pct(c["candidate_accuracy"]), _interval_pp(c["delta"]),
             f"{c['flips_correct_to_wrong']} ({len(high['correct_to_wrong'])})",
             f"{c['flips_wrong_to_correct']} ({len(high['wrong_to_correct'])})", kl,
-            f"{_pct(agreement)} ({'top-1' if kind == 'multiple_choice' else 'same answer'})",
-            f"McNemar p {c['mcnemar_p']:.3g}", verdict]
+            f"{_pct(agreement)} {_unit('top-1' if kind == 'multiple_choice' else 'same answer')}",
+            f"McNemar&nbsp;p&nbsp;{c['mcnemar_p']:.3g}", verdict]
 
 
 def _task_table(r: dict) -> str:
@@ -178,63 +194,43 @@ def _task_table(r: dict) -> str:
                "verdict"]
     rows = [_task_row(c) for c in r["comparisons"]]
     return ('<h2 id="tasks">Per task</h2>'
-            + _table(headers, rows, left=3, table_id="qeval-tasks")
+            + _table(headers, rows, left=3, table_id="qeval-tasks", cls="compact", wrap={3, 9, 10, 11},
+                     text={11})
             + '<p class="note">Δ is candidate − baseline accuracy on the same items (Tango score interval; '
               "Rao–Scott when clustered). KL is KL(baseline ‖ candidate): over the softmax of the choice "
               "scores per item, or per token over the baseline's top-k plus a tail bin.</p>")
 
 
-def _speed_cells(v: dict, batches: Sequence[int]) -> list[str]:
-    by_batch = {s.get("batch"): s for s in v.get("speed") or []}
-    return [f"{_num(by_batch.get(b, {}).get('prefill_tok_s'), '.0f')} / "
-            f"{_num(by_batch.get(b, {}).get('decode_tok_s'), '.1f')}" for b in batches]
+def _efficiency_cell(cell: str, verdicts: Iterable[str]) -> str:
+    """report.md's cell, escaped; a quality cell's leading verdict in its colour."""
+    for v in verdicts:
+        if cell == v or cell.startswith(f"{v},"):
+            return f'<b class="{_esc(v)}">{_esc(v)}</b>{_esc(cell[len(v):])}'
+    return _esc(cell)
 
 
-def _vs_baseline(ratios: dict | None) -> str:
-    labels = {"weight_bytes": "weight", "peak_memory": "peak", "load_s": "load", "prefill_b1": "prefill b1",
-              "decode_b1": "decode b1", "prefill_bN": "prefill bN", "decode_bN": "decode bN"}
-    parts = [f"{label} ×{ratios[k]:.2f}" for k, label in labels.items()
-             if ratios and ratios.get(k) is not None]
-    return _esc(", ".join(parts)) or "—"
-
-
-def _quality_cells(q: dict | None) -> list[str]:
-    if not q:
-        return ["—", "—"]
-    worst = q.get("worst_delta")
-    where = _esc(q.get("worst_task") or "—")
-    return [f'<b class="{_esc(q.get("verdict", ""))}">{_esc(q.get("verdict") or "—")}</b>',
-            f"{where}: {_interval_pp(worst)}" if worst else where]
+def _markdown_prose(line: str) -> str:
+    """A line of report.md's prose: escaped, `code` spans as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _esc(line))
 
 
 def _efficiency_table(eff: dict | None) -> str:
-    """The efficiency section (results["efficiency"]); older runs have none."""
-    if not eff:
+    """The efficiency section: the very cells, columns, heading and notes of report.md's table
+    (qeval.report.efficiency_rows / efficiency_markdown); older runs have none."""
+    if not eff or not eff.get("variants"):
         return ""
-    probe = eff.get("probe") or {}
-    batches = sorted({s.get("batch") for v in eff.get("variants", []) for s in v.get("speed") or []
-                      if s.get("batch") is not None} | set(probe.get("batch_sizes") or []))
-    headers = ["variant", "role", "backend · device", "params (M)", "bits / weight", "weight MB",
-               "predicted MB", "artefact MB", "artefact", "peak memory MB", "load s",
-               *(f"batch {b}: prefill / decode tok/s" for b in batches), "vs baseline", "verdict", "worst task Δ pp"]
-    rows = []
-    for v in eff.get("variants", []):
-        rows.append([
-            _esc(v.get("variant")), _esc(v.get("role", "")),
-            f"{_esc(v.get('backend', '—'))} · {_esc(v.get('device', '—'))}",
-            _num(v.get("params"), ".1f", 1e-6), _num(v.get("bits_per_weight"), ".2f"),
-            _num(v.get("weight_bytes"), ".1f", 1e-6), _num(v.get("predicted_weight_bytes"), ".1f", 1e-6),
-            _num(v.get("artefact_bytes"), ".1f", 1e-6), _esc(v.get("artefact") or "—"),
-            _num(v.get("peak_memory_bytes"), ".1f", 1e-6)
-            + (f" ({_esc(v['memory_kind'])})" if v.get("memory_kind") else ""),
-            _num(v.get("load_s"), ".2f"), *_speed_cells(v, batches), _vs_baseline(v.get("vs_baseline")),
-            *_quality_cells(v.get("quality")),
-        ])
-    probe_text = ", ".join(f"{k.replace('_', ' ')} {_esc(', '.join(map(str, val)) if isinstance(val, list) else val)}"
-                           for k, val in probe.items() if val is not None)
-    return ('<h2 id="efficiency">Efficiency</h2>'
-            + (f'<p class="note">Probe: {probe_text}. — means not measured.</p>' if probe_text else "")
-            + _table(headers, rows, left=3, table_id="qeval-efficiency"))
+    from .report import EFFICIENCY_COLUMNS, efficiency_markdown, efficiency_rows  # report → html_report
+
+    markdown = efficiency_markdown(eff)
+    heading = next((line[3:] for line in markdown if line.startswith("## ")), "Efficiency")
+    prose = [line for line in markdown if line.strip() and not line.startswith(("|", "#"))]
+    headers = [c.replace("bN", f"b{eff['probe']['batch']}") for c in EFFICIENCY_COLUMNS]
+    verdicts = ("INCONCLUSIVE", "NO_GO", "GO")
+    rows = [[_efficiency_cell(cell, verdicts) for cell in row] for row in efficiency_rows(eff)]
+    return (f'<h2 id="efficiency">{_esc(heading)}</h2>'
+            + _table(headers, rows, left=1, table_id="qeval-efficiency", cls="compact",
+                     wrap={len(headers) - 1}, text={len(headers) - 1})
+            + "".join(f'<p class="note">{_markdown_prose(line)}</p>' for line in prose))
 
 
 def _why(r: dict) -> str:

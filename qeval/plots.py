@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
@@ -32,7 +33,8 @@ BASELINE_COLOUR = "#57606a"
 _FLIP_COLOUR = {("c2w", "high"): "#a40e26", ("c2w", "standard"): "#ff8182",
                 ("w2c", "high"): "#116329", ("w2c", "standard"): "#6fdd8b"}
 _FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif" font-size="12"'
-_CHAR_PX = 6.8  # rough width of a 12px character, to size label columns
+_EM_PER_CHAR = 0.6  # a generous average glyph width (7.2 px at 12 px): sizes columns and the canvas
+_LABEL_CAP = 340  # a row label wider than this wraps after its task id
 _ROW_H = 26
 _LABELLED_KINDS = ("multiple_choice", "generate")
 
@@ -44,9 +46,35 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _text_px(label: str, size: float = 12, bold: bool = False) -> float:
+    """Estimated width of a label in px (no font metrics without a browser: deliberately generous)."""
+    return len(label) * size * (_EM_PER_CHAR + (0.05 if bold else 0))
+
+
+_TEXT_TAG = re.compile(r'<text x="([-\d.]+)" y="[-\d.]+" text-anchor="(\w+)"([^>]*)>([^<]*)</text>')
+
+
+def text_extents(svg: str) -> list[tuple[float, float, str]]:
+    """(left, right, label) of every horizontal <text> of a plot, by the estimate above; rotated
+    text (a transform) is left out. The plots size their canvas with it; tests check it."""
+    out = []
+    for x, anchor, attrs, content in _TEXT_TAG.findall(svg):
+        if "transform=" in attrs:
+            continue
+        size = float(m.group(1)) if (m := re.search(r'font-size="([\d.]+)"', attrs)) else 12
+        label = html.unescape(content)
+        w = _text_px(label, size, 'font-weight="bold"' in attrs)
+        left = float(x) - {"start": 0, "middle": w / 2, "end": w}[anchor]
+        out.append((left, left + w, label))
+    return out
+
+
 def _svg(plot_id: str, title: str, width: float, height: float, body: Iterable[str]) -> str:
     """A standalone SVG document (namespace included, for notebooks and files); the HTML
-    report inlines it through `inline_svg`."""
+    report inlines it through `inline_svg`. The canvas widens to the right edge of its widest
+    label, so no label is ever cut at the edge."""
+    body = list(body)
+    width = max([width, *(right + 8 for _, right, _ in text_extents("".join(body)))])
     return (f'<svg xmlns="{SVG_NAMESPACE}" id="{plot_id}" class="qeval-plot" role="img" '
             f'aria-label="{_esc(title)}" width="{width:.0f}" height="{height:.0f}" '
             f'viewBox="0 0 {width:.0f} {height:.0f}" {_FONT}>'
@@ -77,14 +105,23 @@ def _line(x1: float, y1: float, x2: float, y2: float, stroke: str, width: float 
             f'stroke-width="{width}"{extra}/>')
 
 
-def _label_width(labels: Iterable[str], minimum: float = 80, maximum: float = 300) -> float:
-    return min(maximum, max([minimum, *(len(s) * _CHAR_PX + 16 for s in labels)]))
+def _wrap(label: str) -> list[str]:
+    """A row label on one line, or, when wider than _LABEL_CAP, on two: after "task ·"."""
+    if _text_px(label) + 16 <= _LABEL_CAP or " · " not in label:
+        return [label]
+    head, tail = label.split(" · ", 1)
+    return [f"{head} ·", tail]
 
 
-def _clip(label: str, width: float) -> str:
-    """A row label cut to its column (the row's data attributes keep the full names)."""
-    room = int((width - 16) / _CHAR_PX)
-    return label if len(label) <= room else label[: max(room - 1, 1)] + "…"
+def _label_column(labels: Iterable[str], minimum: float = 80) -> tuple[float, list[list[str]]]:
+    """The label column's width and each label's lines: every label shows in full."""
+    lines = [_wrap(s) for s in labels]
+    return max([minimum, *(_text_px(x) + 16 for ls in lines for x in ls)]), lines
+
+
+def _row_label(x: float, y: float, lines: Sequence[str], *, size: int = 12, gap: float = 13) -> str:
+    """A row label whose last line sits on baseline y (a wrapped label grows upwards)."""
+    return "".join(_text(x, y - (len(lines) - 1 - i) * gap, line, size=size) for i, line in enumerate(lines))
 
 
 def _nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
@@ -102,7 +139,7 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _row_label(c: dict) -> str:
+def _task_candidate(c: dict) -> str:
     return f"{c['task']} · {c['candidate']}"
 
 
@@ -150,31 +187,35 @@ def forest_plot(results: dict) -> str:
     values += [-100 * m for m in margins if m is not None] + [0.0]
     pad = 0.06 * (max(values) - min(values)) or 1.0
     lo, hi = min(values) - pad, max(values) + pad
-    left, width, right, top = _label_width(map(_row_label, rows)), 380, 230, 40
-    height = top + _ROW_H * len(rows) + 56
+    left, lines = _label_column(map(_task_candidate, rows))
+    row_h = _ROW_H + 8 if any(len(x) > 1 for x in lines) else _ROW_H
+    estimates = [f"{100 * c['delta']['estimate']:+.1f} [{100 * c['delta']['low']:+.1f}, "
+                 f"{100 * c['delta']['high']:+.1f}] pp  {c.get('verdict', '')}" for c in rows]
+    width, top = 380, 40
+    right = 12 + max(_text_px(e) for e in estimates) + 12
+    height = top + row_h * len(rows) + 56
 
     def x(pp: float) -> float:
         return left + (pp - lo) / (hi - lo) * width
 
     body = [_text(12, 18, title, weight="bold")]
-    bottom = top + _ROW_H * len(rows)
+    bottom = top + row_h * len(rows)
     for t in _nice_ticks(lo, hi):
         body += [_line(x(t), top, x(t), bottom, "#eaeef2"),
                  _text(x(t), bottom + 14, f"{t:+g}", anchor="middle", size=10)]
     body.append(_line(x(0), top - 6, x(0), bottom, "#6e7781", 1.2, cls="zero-line"))
-    for i, (c, margin) in enumerate(zip(rows, margins)):
-        y = top + i * _ROW_H + _ROW_H / 2
+    for i, (c, margin, label, estimate) in enumerate(zip(rows, margins, lines, estimates)):
+        y = top + i * row_h + row_h / 2
         colour = VERDICT_COLOUR.get(c.get("verdict", ""), BASELINE_COLOUR)
         d = c["delta"]
-        row = [_text(12, y + 4, _clip(_row_label(c), left))]
+        row = [_row_label(12, y + 4 + 6 * (len(label) - 1), label)]
         if margin is not None:
-            row.append(_line(x(-100 * margin), y - _ROW_H / 2, x(-100 * margin), y + _ROW_H / 2,
+            row.append(_line(x(-100 * margin), y - row_h / 2, x(-100 * margin), y + row_h / 2,
                              "#cf222e", 1.5, dash="4,3", cls="margin"))
         row += [_line(x(100 * d["low"]), y, x(100 * d["high"]), y, colour, 2.5, cls="ci"),
                 f'<circle class="estimate" cx="{x(100 * d["estimate"]):.1f}" cy="{y:.1f}" r="4.5" '
                 f'fill="{colour}"/>',
-                _text(left + width + 12, y + 4, f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, "
-                      f"{100 * d['high']:+.1f}] pp  {c.get('verdict', '')}", fill=colour)]
+                _text(left + width + 12, y + 4, estimate, fill=colour)]
         body.append(f"<g {_row_attrs('forest-row', c)}>" + "".join(row) + "</g>")
     body.append(_text(left + width / 2, bottom + 30, "Δ accuracy, candidate − baseline (percentage points)",
                       anchor="middle", size=11))
@@ -214,9 +255,16 @@ def flips_plot(results: dict) -> str:
     counts = [flip_counts(c) for c in rows]
     largest = max([1, *(max(f.correct_to_wrong_high + f.correct_to_wrong_standard,
                             f.wrong_to_correct_high + f.wrong_to_correct_standard) for f in counts)])
-    left, half, top = _label_width(map(_row_label, rows)), 200, 46
-    centre = left + 90 + half  # room for the count beside the longest correct→wrong bar
-    height = top + _ROW_H * len(rows) + 50
+    left, lines = _label_column(map(_task_candidate, rows))
+    row_h = _ROW_H + 8 if any(len(x) > 1 for x in lines) else _ROW_H
+    half, top = 200, 46
+    down_labels = [f"{f.correct_to_wrong_high + f.correct_to_wrong_standard} ({f.correct_to_wrong_high} high)"
+                   for f in counts]
+    up_labels = [f"{f.wrong_to_correct_high + f.wrong_to_correct_standard} ({f.wrong_to_correct_high} high)"
+                 for f in counts]
+    # Room for the count beside the longest correct→wrong bar.
+    centre = left + 12 + max(_text_px(s, 10) for s in down_labels) + half
+    height = top + row_h * len(rows) + 50
     scale = half / largest
 
     def bars(direction: str, y: float, high: int, standard: int) -> list[str]:
@@ -235,17 +283,16 @@ def flips_plot(results: dict) -> str:
     body = [_text(12, 18, title, weight="bold"),
             _text(centre - 8, top - 8, "← correct→wrong", anchor="end", size=11, fill="#a40e26"),
             _text(centre + 8, top - 8, "wrong→correct →", size=11, fill="#116329")]
-    bottom = top + _ROW_H * len(rows)
-    for i, (c, f) in enumerate(zip(rows, counts)):
-        y = top + i * _ROW_H + 5
+    bottom = top + row_h * len(rows)
+    for i, (c, f, label, down_label, up_label) in enumerate(zip(rows, counts, lines, down_labels, up_labels)):
+        y = top + i * row_h + (row_h - 16) / 2
         down = f.correct_to_wrong_high + f.correct_to_wrong_standard
         up = f.wrong_to_correct_high + f.wrong_to_correct_standard
-        parts = [_text(12, y + 12, _clip(_row_label(c), left))]
+        parts = [_row_label(12, y + 12 + 6 * (len(label) - 1), label)]
         parts += bars("c2w", y, f.correct_to_wrong_high, f.correct_to_wrong_standard)
         parts += bars("w2c", y, f.wrong_to_correct_high, f.wrong_to_correct_standard)
-        parts += [_text(centre - down * scale - 6, y + 12, f"{down} ({f.correct_to_wrong_high} high)",
-                        anchor="end", size=10),
-                  _text(centre + up * scale + 6, y + 12, f"{up} ({f.wrong_to_correct_high} high)", size=10)]
+        parts += [_text(centre - down * scale - 6, y + 12, down_label, anchor="end", size=10),
+                  _text(centre + up * scale + 6, y + 12, up_label, size=10)]
         body.append(f"<g {_row_attrs('flips-row', c)}>" + "".join(parts) + "</g>")
     body.append(_line(centre, top - 4, centre, bottom, "#6e7781", 1.2))
     legend_y, lx = bottom + 22, 12.0
@@ -253,10 +300,11 @@ def flips_plot(results: dict) -> str:
         label = f"{'correct→wrong' if direction == 'c2w' else 'wrong→correct'}, {risk}"
         body += [f'<rect x="{lx:.1f}" y="{legend_y - 10:.1f}" width="12" height="12" fill="{colour}"/>',
                  _text(lx + 16, legend_y, label, size=10)]
-        lx += 16 + len(label) * 6.2 + 14
+        lx += 16 + _text_px(label, 10) + 14
     body.append(_text(12, legend_y + 20, "high = items marked risk: high in the task; counts are items",
                       size=10, fill="#57606a"))
-    return _svg(FLIPS_ID, title, max(centre + half + 110, lx + 10), height + 10, body)
+    right = 12 + max(_text_px(s, 10) for s in up_labels)
+    return _svg(FLIPS_ID, title, max(centre + half + right, lx + 10), height + 10, body)
 
 
 # ---------------------------------------------------------------- KL divergence distributions
@@ -311,7 +359,8 @@ def kld_plot(series: Sequence[KlSeries], *, bins: int = 48,
         return _empty(KLD_ID, title, empty_note)
     lo, hi = _log_range(series)
     labels = [f"{s.task} · {s.candidate} (per {s.unit})" for s in series]
-    left, width, right, top, row_h = _label_width(labels), 420, 270, 40, 44
+    left, lines = _label_column(labels)
+    width, right, top, row_h = 420, 270, 40, 44
     height = top + row_h * len(series) + 58
     log_lo, log_hi = math.log10(lo), math.log10(hi)
 
@@ -327,11 +376,11 @@ def kld_plot(series: Sequence[KlSeries], *, bins: int = 48,
         body += [_line(x(v), top, x(v), bottom, "#eaeef2"),
                  _text(x(v), bottom + 14, label, anchor="middle", size=10)]
     edges = np.linspace(log_lo, log_hi, bins + 1)
-    for i, (s, label) in enumerate(zip(series, labels)):
+    for i, (s, label) in enumerate(zip(series, lines)):
         base_y = top + i * row_h + row_h - 14  # histogram bars stand on this line
         values = np.asarray(s.values, dtype=np.float64)
         colour = VERDICT_COLOUR.get(s.verdict, BASELINE_COLOUR)
-        parts = [_text(12, base_y - 4, _clip(label, left))]
+        parts = [_row_label(12, base_y - 4, label)]
         if values.size:
             logs = np.log10(np.clip(values, lo, hi))
             counts, _ = np.histogram(logs, bins=edges)
@@ -376,20 +425,31 @@ def kld_plot(series: Sequence[KlSeries], *, bins: int = 48,
 class VariantPoint(NamedTuple):
     variant: str
     role: Literal["baseline", "candidate", "noise_floor"]
-    weight_mb: float | None  # None: not measured
+    weight_mib: float | None  # resident weights; None: not measured
     quality: float  # worst Δ accuracy (pp) or worst mean KL (nats); 0 for the baseline
     lower: float | None  # lower 95% bound of the worst Δ (accuracy metric only)
     verdict: str  # GO / NO_GO / INCONCLUSIVE; "" for the baseline and the noise floor
+    peak_mib: float | None = None  # the efficiency section's peak after loading (scoring, speed probe)
 
 
-def _weight_mb(results: dict, info: dict | None, variant: str) -> float | None:
+_MIB = 2**20  # MiB, as report.md's efficiency table
+
+
+def _efficiency_row(results: dict, variant: str) -> dict:
+    return next((v for v in (results.get("efficiency") or {}).get("variants", [])
+                 if v.get("variant") == variant), {})
+
+
+def _weight_mib(results: dict, info: dict | None, variant: str) -> float | None:
     """Weight memory: the efficiency section's measurement when present, else what the backend
     reported; zero or missing is 'not measured'."""
-    for v in (results.get("efficiency") or {}).get("variants", []):
-        if v.get("variant") == variant and v.get("weight_bytes"):
-            return v["weight_bytes"] / 1e6
-    size = (info or {}).get("weight_bytes")
-    return size / 1e6 if size else None
+    size = _efficiency_row(results, variant).get("weight_bytes") or (info or {}).get("weight_bytes")
+    return size / _MIB if size else None
+
+
+def _peak_mib(results: dict, variant: str) -> float | None:
+    size = _efficiency_row(results, variant).get("peak_memory_bytes")
+    return size / _MIB if size else None
 
 
 def _worst(comparisons: list[dict], metric: str) -> tuple[float, float | None]:
@@ -406,21 +466,22 @@ def _worst(comparisons: list[dict], metric: str) -> tuple[float, float | None]:
 
 def variant_points(results: dict, metric: Literal["delta_accuracy", "kl"]) -> list[VariantPoint]:
     """The baseline, the noise floor (when measured) and every candidate, with their weight
-    memory and worst quality number across tasks."""
+    memory, peak memory (when the run measured efficiency) and worst quality number across tasks."""
     base = results["baseline"]
-    points = [VariantPoint(base["variant"], "baseline", _weight_mb(results, base, base["variant"]),
-                           0.0, None, "")]
+    points = [VariantPoint(base["variant"], "baseline", _weight_mib(results, base, base["variant"]),
+                           0.0, None, "", _peak_mib(results, base["variant"]))]
     floor = results.get("noise_floor")
     if floor:
         name = floor["variant"]["variant"]
         q, low = _worst(floor["comparisons"], metric)
-        points.append(VariantPoint(name, "noise_floor", _weight_mb(results, floor["variant"], name), q, low, ""))
+        points.append(VariantPoint(name, "noise_floor", _weight_mib(results, floor["variant"], name), q, low,
+                                   "", _peak_mib(results, name)))
     for info in results["candidates"]:
         name = info["variant"]
         own = [c for c in results["comparisons"] if c["candidate"] == name]
         q, low = _worst(own, metric)
-        points.append(VariantPoint(name, "candidate", _weight_mb(results, info, name), q, low,
-                                   results.get("per_candidate", {}).get(name, "")))
+        points.append(VariantPoint(name, "candidate", _weight_mib(results, info, name), q, low,
+                                   results.get("per_candidate", {}).get(name, ""), _peak_mib(results, name)))
     return points
 
 
@@ -432,29 +493,44 @@ def _free_label_y(x: float, y: float, width: float, taken: Sequence[tuple[float,
     return y
 
 
+def _marker(role: str, cx: float, cy: float, colour: str, *, hollow: bool, cls: str) -> str:
+    """Square for the baseline and the noise floor, circle for a candidate; hollow: peak memory."""
+    fill = "white" if hollow else colour
+    stroke = f' stroke="{colour}" stroke-width="2"' if hollow else ""
+    if role != "candidate":
+        return (f'<rect class="{cls}" x="{cx - 5:.1f}" y="{cy - 5:.1f}" width="10" height="10" '
+                f'fill="{fill}"{stroke}/>')
+    return f'<circle class="{cls}" cx="{cx:.1f}" cy="{cy:.1f}" r="{5 if hollow else 6}" fill="{fill}"{stroke}/>'
+
+
 def quality_memory_plot(results: dict, metric: Literal["auto", "delta_accuracy", "kl"] = "auto") -> str:
-    """Each variant at its weight memory (MB) against its worst task: the lowest Δ accuracy with
-    its lower 95% bound marked, or, without labelled tasks, the largest mean KL."""
+    """Each variant at its memory (MiB) against its worst task: the lowest Δ accuracy with its
+    lower 95% bound marked, or, without labelled tasks, the largest mean KL. Filled markers sit at
+    the resident weights; when the run measured efficiency, a hollow marker on the same row sits at
+    the variant's peak memory after loading (scoring and the speed probe)."""
     if metric == "auto":
         metric = "delta_accuracy" if labelled_comparisons(results) else "kl"
     y_name = ("worst Δ accuracy over tasks (pp); tick: lower 95% bound" if metric == "delta_accuracy"
               else "worst mean KL over tasks (nats)")
-    title = f"Quality vs weight memory per variant: {y_name.split(';')[0]}"
     points = variant_points(results, metric)
-    placed = [p for p in points if p.weight_mb is not None and not math.isnan(p.quality)]
+    with_peak = any(p.peak_mib is not None for p in points)
+    title = f"Quality vs {'memory' if with_peak else 'weight memory'} per variant: {y_name.split(';')[0]}"
+    placed = [p for p in points if (p.weight_mib is not None or p.peak_mib is not None)
+              and not math.isnan(p.quality)]
     missing = [p.variant for p in points if p not in placed]
-    left, width, top, plot_h = 70, 460, 40, 260
-    right = _label_width((p.variant for p in points), minimum=120, maximum=220)
-    height = top + plot_h + 70
+    left, width, top, plot_h = 70, 560, 40, 260
+    labels = [p.variant + ("" if p.role == "candidate" else f" ({p.role.replace('_', ' ')})") for p in points]
+    right = max([120, *(_text_px(x, 11) + 24 for x in labels)])
+    height = top + plot_h + 70 + (14 if with_peak else 0)
     body = [_text(12, 18, title, weight="bold")]
     if placed:
-        x_hi = max(p.weight_mb for p in placed) * 1.12 or 1.0
+        x_hi = max(m for p in placed for m in (p.weight_mib, p.peak_mib) if m is not None) * 1.12 or 1.0
         ys = [p.quality for p in placed] + [p.lower for p in placed if p.lower is not None] + [0.0]
         pad = 0.1 * (max(ys) - min(ys)) or (1.0 if metric == "delta_accuracy" else 0.01)
         y_lo, y_hi = min(ys) - pad, max(ys) + pad
 
-        def x(mb: float) -> float:
-            return left + mb / x_hi * width
+        def x(mib: float) -> float:
+            return left + mib / x_hi * width
 
         def y(v: float) -> float:
             return top + (y_hi - v) / (y_hi - y_lo) * plot_h
@@ -467,32 +543,44 @@ def quality_memory_plot(results: dict, metric: Literal["auto", "delta_accuracy",
                      _text(left - 6, y(t) + 3, f"{t:g}", anchor="end", size=10)]
         body.append(_line(left, y(0), left + width, y(0), "#6e7781", 1.2, cls="zero-line"))
         taken: list[tuple[float, float, float]] = []  # labels already placed: x, y, width
-        for p in placed:
+        for p, label in zip(points, labels):
+            if p not in placed:
+                continue
             colour = VERDICT_COLOUR.get(p.verdict, BASELINE_COLOUR)
+            at = p.weight_mib if p.weight_mib is not None else p.peak_mib
+            cx, cy = x(at), y(p.quality)
             parts = []
+            if p.weight_mib is not None and p.peak_mib is not None:
+                parts.append(_line(cx, cy, x(p.peak_mib), cy, colour, 1, dash="2,3", cls="weight-to-peak"))
             if p.lower is not None:
-                parts += [_line(x(p.weight_mb), y(p.quality), x(p.weight_mb), y(p.lower), colour, 1.5),
-                          _line(x(p.weight_mb) - 5, y(p.lower), x(p.weight_mb) + 5, y(p.lower), colour, 2,
-                                cls="lower-bound")]
-            shape = (f'<rect x="{x(p.weight_mb) - 5:.1f}" y="{y(p.quality) - 5:.1f}" width="10" height="10" '
-                     f'fill="{colour}"/>' if p.role != "candidate" else
-                     f'<circle cx="{x(p.weight_mb):.1f}" cy="{y(p.quality):.1f}" r="6" fill="{colour}"/>')
-            role = "" if p.role == "candidate" else f" ({p.role.replace('_', ' ')})"
-            label = f"{p.variant}{role}"
-            label_y = _free_label_y(x(p.weight_mb) + 9, y(p.quality) - 7, len(label) * 6.2, taken)
-            taken.append((x(p.weight_mb) + 9, label_y, len(label) * 6.2))
-            parts += [shape, _text(x(p.weight_mb) + 9, label_y, label, size=11)]
+                parts += [_line(cx, cy, cx, y(p.lower), colour, 1.5),
+                          _line(cx - 5, y(p.lower), cx + 5, y(p.lower), colour, 2, cls="lower-bound")]
+            if p.weight_mib is not None:
+                parts.append(_marker(p.role, cx, cy, colour, hollow=False, cls="weight-marker"))
+            if p.peak_mib is not None:
+                parts.append(_marker(p.role, x(p.peak_mib), cy, colour, hollow=True, cls="peak-marker"))
+            label_y = _free_label_y(cx + 9, cy - 7, _text_px(label, 11), taken)
+            taken.append((cx + 9, label_y, _text_px(label, 11)))
+            parts.append(_text(cx + 9, label_y, label, size=11))
             body.append(f'<g class="qm-point" data-variant="{_esc(p.variant)}" data-role="{p.role}">'
                         + "".join(parts) + "</g>")
     else:
-        body.append(_text(left + width / 2, top + plot_h / 2, "weight memory not measured for any variant",
+        body.append(_text(left + width / 2, top + plot_h / 2, "memory not measured for any variant",
                           anchor="middle", fill="#57606a"))
+    x_name = ("memory (MiB): filled = resident weights, hollow = peak after loading (scoring and speed probe)"
+              if with_peak else "weight memory (MiB)")
+    notes = ["square: baseline / noise floor; circle: candidate, coloured by its verdict"
+             + ("; dotted: from a variant's weights to its peak" if with_peak else "")
+             + (f"; not placed (memory or quality unknown): {', '.join(missing)}" if missing else "")]
+    kinds = sorted({v["memory_kind"] for v in (results.get("efficiency") or {}).get("variants", [])
+                    if v.get("memory_kind") and v.get("peak_memory_bytes")})
+    if kinds:
+        notes.append(f"peak: {'; '.join(kinds)}")
     body += [_line(left, top + plot_h, left + width, top + plot_h, "#57606a"),
              _line(left, top, left, top + plot_h, "#57606a"),
-             _text(left + width / 2, top + plot_h + 32, "weight memory (MB)", anchor="middle", size=11),
+             _text(max(left + width / 2, 12 + _text_px(x_name, 11) / 2), top + plot_h + 32, x_name,
+                   anchor="middle", size=11),
              f'<text x="16" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="11" '
              f'transform="rotate(-90 16 {top + plot_h / 2:.1f})">{_esc(y_name.split(";")[0])}</text>',
-             _text(12, top + plot_h + 52, "square: baseline / noise floor; circle: candidate, coloured by its "
-                   "verdict" + (f"; not placed (memory or quality unknown): {', '.join(missing)}"
-                                if missing else ""), size=10, fill="#57606a")]
+             *(_text(12, top + plot_h + 52 + 14 * i, note, size=10, fill="#57606a") for i, note in enumerate(notes))]
     return _svg(QUALITY_MEMORY_ID, title, left + width + right, height, body)

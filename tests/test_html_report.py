@@ -5,6 +5,8 @@ structure, for the absence of any task text, and in a real headless Chromium."""
 
 from __future__ import annotations
 
+import copy
+import html
 import json
 import re
 import shutil
@@ -24,7 +26,7 @@ from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
 from qeval.html_report import REPORT_FILE, write_html
 from qeval.pipeline import CompareResult, run_compare
-from qeval.report import _safe, results_dict, write_run
+from qeval.report import EFFICIENCY_COLUMNS, _safe, efficiency_rows, results_dict, write_run
 from qeval.types import (
     GenerationSpec, ItemRecord, Passage, Risk, Sample, SourceSpec, Task, TaskSpec, TextRecord,
 )
@@ -105,8 +107,9 @@ def synthetic_efficiency(results: dict) -> dict:
                 "worst_task": worst["task"] if worst else None,
                 "worst_delta": {k: worst["delta"][k] for k in ("estimate", "low", "high")} if worst else None},
         })
-    return {"probe": {"prompt_tokens": 128, "new_tokens": 32, "batch_sizes": [1, 8], "repeats": 3,
-                      "threads": 2}, "variants": variants}
+    return {"probe": {"prompt_tokens": 128, "new_tokens": 32, "batch": 8, "batch_sizes": [1, 8], "repeats": 3,
+                      "torch_threads": 2, "cpu_count": 2, "text": "fixed neutral filler (no task text)"},
+            "variants": variants}
 
 
 def compare_small_run() -> tuple[CompareResult, dict]:
@@ -228,6 +231,92 @@ def test_page_has_banner_plots_and_tables(run_dir: Path, page: str):
     assert len(re.findall(r'class="qm-point"', _svg_by_id(page, plots.QUALITY_MEMORY_ID))) == 4
 
 
+def _estimated_text_boxes(svg: str) -> list[tuple[float, float, str]]:
+    """(left, right, label) of each horizontal <text>, at 7 px a character for 12 px text (an
+    estimate of the test's own, not the module's)."""
+    boxes = []
+    for attrs, content in re.findall(r"<text ([^>]*)>([^<]*)</text>", svg):
+        if "transform=" in attrs:
+            continue
+        x = float(re.search(r'\bx="([-\d.]+)"', attrs).group(1))
+        size = float(m.group(1)) if (m := re.search(r'font-size="([\d.]+)"', attrs)) else 12.0
+        anchor = m.group(1) if (m := re.search(r'text-anchor="(\w+)"', attrs)) else "start"
+        label = html.unescape(content)
+        w = len(label) * 7 * size / 12
+        left = x - {"start": 0, "middle": w / 2, "end": w}[anchor]
+        boxes.append((left, left + w, label))
+    return boxes
+
+
+def _assert_labels_fit(svg: str) -> None:
+    width = float(re.search(r'<svg [^>]*\bwidth="([\d.]+)"', svg).group(1))
+    view_width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
+    assert width == view_width
+    for left, right, label in _estimated_text_boxes(svg):
+        assert left >= 0 and right <= width, (label, left, right, width)
+    assert "…" not in svg  # no label is cut short
+
+
+def test_every_plot_label_fits_its_canvas(page: str):
+    for plot_id in (plots.FOREST_ID, plots.FLIPS_ID, plots.KLD_ID, plots.QUALITY_MEMORY_ID):
+        _assert_labels_fit(_svg_by_id(page, plot_id))
+    forest = _svg_by_id(page, plots.FOREST_ID)
+    longest = max((label for _, _, label in _estimated_text_boxes(forest) if label.endswith(
+        ("GO", "INCONCLUSIVE"))), key=len)
+    assert " pp  " in longest and float(re.search(r'width="([\d.]+)"', forest).group(1)) >= len(longest) * 7
+
+
+def test_long_names_show_in_full_wrapped_after_the_task(run_dir: Path):
+    """Row labels are never cut: a long task · candidate label wraps onto two lines, and the canvas
+    widens to the longest line and to the widest number on the right."""
+    run = load_run(run_dir)
+    results = copy.deepcopy(run.results)
+    long_task, long_cand = "a_very_long_benchmark_task_identifier_v2", "hf:org/some-model-awq-int4-g128-v1.5"
+    for c in results["comparisons"]:
+        c["task"] = long_task if c["task"] == MC_TASK else c["task"]
+        c["candidate"] = long_cand if c["candidate"] == DAMAGED else c["candidate"]
+    results["per_candidate"] = {long_cand if k == DAMAGED else k: v for k, v in results["per_candidate"].items()}
+    for info in results["candidates"]:
+        info["variant"] = long_cand if info["variant"] == DAMAGED else info["variant"]
+    for v in results["efficiency"]["variants"]:
+        v["variant"] = long_cand if v["variant"] == DAMAGED else v["variant"]
+    series = [plots.KlSeries(long_task, long_cand, "token", [0.01, 0.2, 0.03], 0.05, "NO_GO"),
+              plots.KlSeries("t", "c", "item", [0.001, 0.002], None, "GO")]
+    for svg in (plots.forest_plot(results), plots.flips_plot(results), plots.kld_plot(series),
+                plots.quality_memory_plot(results)):
+        _assert_labels_fit(svg)
+        labels = [label for _, _, label in _estimated_text_boxes(svg)]
+        assert any(long_cand in label for label in labels), labels
+    labels = [label for _, _, label in _estimated_text_boxes(plots.forest_plot(results))]
+    assert f"{long_task} ·" in labels and long_cand in labels  # wrapped after the task
+
+
+def test_efficiency_table_shows_report_md_cells(run_dir: Path, page: str):
+    eff = load_run(run_dir).results["efficiency"]
+    table = re.search(r'<table id="qeval-efficiency".*?</table>', page, flags=re.S).group(0)
+
+    def text(cell: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", cell))
+
+    headers = [text(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", table)]
+    assert headers == [c.replace("bN", "b8") for c in EFFICIENCY_COLUMNS]
+    rows = [[text(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])]
+    assert rows == efficiency_rows(eff)
+    # report.md's note beside the table, with this run's numbers.
+    assert "2 torch threads on 2 CPUs" in page and "<code>load_peak_bytes</code>" in page
+    md = (run_dir / "report.md").read_text()
+    assert all(f"| {' | '.join(row)} |" in md for row in rows)
+
+
+def test_quality_plot_marks_peak_memory_beside_weights(page: str):
+    qm = _svg_by_id(page, plots.QUALITY_MEMORY_ID)
+    points = re.findall(r'<g class="qm-point".*?</g>', qm, flags=re.S)
+    assert len(points) == 4
+    assert all('class="weight-marker"' in p and 'class="peak-marker"' in p for p in points)
+    assert "hollow = peak after loading" in qm and "peak: peak RSS" in qm
+
+
 def test_forest_draws_each_tasks_own_margin_and_colours_by_verdict(page: str):
     forest = _svg_by_id(page, plots.FOREST_ID)
     results_rows = re.findall(r'<g class="forest-row" data-task="([^"]*)"[^>]*data-verdict="([^"]*)">(.*?)</g>',
@@ -321,9 +410,13 @@ return Array.from(document.querySelectorAll('svg.qeval-plot')).map(svg => {
   const r = svg.getBoundingClientRect();
   const b = svg.getBBox();
   const marks = svg.querySelectorAll('line, rect, circle, path').length;
+  const texts = Array.from(svg.querySelectorAll('text')).filter(t => !t.hasAttribute('transform'))
+    .map(t => t.getBBox());
   return {id: svg.id, width: r.width, height: r.height, bboxWidth: b.width, bboxHeight: b.height,
           marks: marks, rows: svg.querySelectorAll('.forest-row, .flips-row, .kld-row, .qm-point').length,
-          inSvgNamespace: svg.namespaceURI === 'http://www.w3.org/2000/svg'};
+          inSvgNamespace: svg.namespaceURI === 'http://www.w3.org/2000/svg',
+          viewWidth: svg.viewBox.baseVal.width,
+          textLeft: Math.min(...texts.map(t => t.x)), textRight: Math.max(...texts.map(t => t.x + t.width))};
 });
 """
 
@@ -354,6 +447,8 @@ def test_page_renders_in_headless_chromium_without_console_errors(run_dir: Path,
         assert m["inSvgNamespace"], plot_id
         assert m["width"] > 100 and m["height"] > 50, (plot_id, m)
         assert m["bboxWidth"] > 0 and m["bboxHeight"] > 0 and m["marks"] > 5, (plot_id, m)
+        # Every label, as the browser lays it out, lies inside the canvas: none is clipped.
+        assert m["textLeft"] >= 0 and m["textRight"] <= m["viewWidth"], (plot_id, m)
     assert measured[plots.FOREST_ID]["rows"] == 4 and measured[plots.QUALITY_MEMORY_ID]["rows"] == 4
     severe = [e for e in log if e.get("level") == "SEVERE"]
     assert not severe, severe
