@@ -12,12 +12,15 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .audit import audited
 from .backends.base import NonFiniteScores
 from .compare import PairingError, PromptMismatch
 from .errors import QevalInputError
 from .types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
 
+# No local variables in tracebacks: they hold prompt text (PHI). main() also withholds messages.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
                   help="Is this quantized model safe to release instead of the full-precision one?")
 err_console = Console(stderr=True)
 
@@ -29,6 +32,7 @@ def _fail(message: str) -> None:
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
     base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
     candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4, gguf:q4_k_m, gptq:bits=4,group=64,calib=clinical, awq, or a file you bring: gguf=model.gguf, gptq=DIR, awq=DIR (see `qeval variants`).")] = "int8,int8wo,nf4",
@@ -66,12 +70,23 @@ def compare(
                           data_dir=data_dir, skip_missing_data=skip_missing_data, from_hub=from_hub,
                           lm_eval_include=_existing_dir(lm_eval_include, "--lm-eval-include"),
                           efficiency=EfficiencyProbe(batch=speed_batch) if efficiency else None)
-        res, _ = _execute(console, cfg, out=out, allow_contamination=allow_contamination, started=started)
-        raise typer.Exit(EXIT_CODES[res.verdict.decision])
+        with audited("compare", cfg, bad_input=_BAD_INPUT + (FileNotFoundError,),
+                     bad_input_code=EXIT_BAD_INPUT, ctx=ctx, warn=_warn) as trail:
+            res, _ = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
+                              started=started, trail=trail)
+            raise typer.Exit(EXIT_CODES[res.verdict.decision])
     except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or exc}: file not found")
+
+
+# What the compare and calibrate commands report as bad input (exit 2); the audit log says so too.
+_BAD_INPUT = (QevalInputError, PromptMismatch, PairingError, NonFiniteScores)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"qeval: warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _existing_dir(path: Path | None, flag: str) -> str | None:
@@ -104,24 +119,32 @@ def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: st
 
 
 def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bool, started: float,
-             extra=None):
+             extra=None, trail=None):
     """config → tasks + variants → runner → compare → gate → report, written atomically.
-    `extra(res, factory)` returns more files (name → text) for the run directory."""
+    `extra(res, factory)` returns more files (name → text) for the run directory; `trail`
+    (audit.Trail) collects what the audit log records, as it becomes known."""
+    from .audit import Trail
     from .config import policy_path, project_dir
     from .gate import GatePolicy
     from .tasks import load_tasks
 
+    trail = trail if trail is not None else Trail("", cfg, [])
     gate_file = policy_path(cfg.policy)
     gate_policy = GatePolicy.from_yaml(gate_file)
     loaded, skipped = load_tasks(
         cfg.tasks, roots=[project_dir("tasks")], data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
         lm_eval_include=Path(cfg.lm_eval_include) if cfg.lm_eval_include else None,
         limit=cfg.limit, skip_missing_data=cfg.skip_missing_data, from_hub=cfg.from_hub)
+    trail.tasks = loaded
     for line in skipped:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False)
     run_dir = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if run_dir.exists():
         raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
+    trail.run_dir = run_dir
+    if cfg.log_text:
+        _warn(f"--log-text: prompt, option, passage and output text (PHI) will be written to "
+              f"{run_dir / 'texts'}{os.sep} and nowhere else; protect or delete that folder")
 
     from .backends.engines import EngineFactory
     from .backends.hf import resolve_device
@@ -136,14 +159,17 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     ui = RichUI(console)
     t_model = time.perf_counter()
     resolved = resolve_model(cfg.model, progress=ui.status)
+    trail.model = resolved
     model_seconds = time.perf_counter() - t_model
     factory = EngineFactory(resolved, device=cfg.device, strict_dtype=cfg.strict_dtype,
                             batch_size=cfg.batch_size, cache=cache_dir(), progress=ui.status,
                             calibration_root=project_dir("calibration"), bar=ui.bar)
+    trail.factory = factory
     overlaps = factory.preflight(cfg.candidates, loaded, allow_contamination=allow_contamination)
     res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
                       model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
                       history=discordance_history(run_dir.parent))
+    trail.result = res
     res.timings["model_preparation_s"] = model_seconds
     results = results_dict(
         res,
@@ -178,6 +204,7 @@ def _efficiency(res, cfg, resolved) -> dict:
 
 @app.command()
 def calibrate(
+    ctx: typer.Context,
     methods: Annotated[str, typer.Option(help="Comma-separated quantization methods: gptq, awq.")] = "gptq,awq",
     sets: Annotated[str, typer.Option(help="Comma-separated calibration sets: built-in names (see `qeval calibration-sets`), .jsonl/.txt files or hf:<dataset>.")] = "generic,clinical",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method x set (seed 0..N-1 picks the calibration windows).")] = 2,
@@ -249,9 +276,11 @@ def calibrate(
                     "calibrate.md": markdown(summary, "calibrate.svg"),
                     "calibrate.svg": plot_svg(summary, panels)}
 
-        _, run_dir = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
-                              started=started, extra=experiment)
-        _print_calibrate(console, holder["summary"], run_dir)
+        with audited("calibrate", cfg, bad_input=_BAD_INPUT, bad_input_code=EXIT_BAD_INPUT,
+                     ctx=ctx, warn=_warn) as trail:
+            _, run_dir = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
+                                  started=started, extra=experiment, trail=trail)
+            _print_calibrate(console, holder["summary"], run_dir)
     except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
         _fail(str(exc))
 
@@ -523,7 +552,24 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    sys.exit(app())
+    try:
+        sys.exit(app())
+    except Exception as exc:  # a bug, not bad input (that exits 2 with one line)
+        _internal_error(exc)
+        sys.exit(1)
+
+
+def _internal_error(exc: BaseException) -> None:
+    """Where an unexpected exception came from — its class and the file, line and function of
+    each frame — without its message or any local variable: either may quote prompt text (PHI)."""
+    import traceback
+
+    err = sys.stderr
+    print(f"qeval: internal error: {type(exc).__module__}.{type(exc).__qualname__} (message withheld: "
+          "it may quote prompt text); traceback, innermost last:", file=err)
+    for frame in traceback.extract_tb(exc.__traceback__):
+        print(f"  {frame.filename}:{frame.lineno} in {frame.name}", file=err)
+    err.flush()
 
 
 if __name__ == "__main__":

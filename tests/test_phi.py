@@ -1,0 +1,284 @@
+"""PHI: by default no prompt, option, rationale, passage or generated text is written anywhere.
+
+`qeval compare` runs in a child process (real stdout and stderr, real library output) on a tiny
+model built here and three tasks — multiple choice, generate, reference text — whose every text
+field carries a unique marker. The child's cache, audit log, home, temp and working directories
+all lie in a sandbox under tmp_path, and after each run every file there (run directories, stored
+records, GGUF artefacts read as bytes, the audit log, whatever a library dropped under ~) and the
+child's stdout and stderr are searched for the markers, as text and as their token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("llama_cpp")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs qeval's real entry point (qeval.cli:main) with tasks/ pointed at the test's own folder.
+# With PHI_TEST_FAIL set, a candidate's scoring raises an exception whose message quotes an item
+# and whose frame holds item text in local variables: what a bug deep in a backend could do.
+ENTRY = textwrap.dedent("""
+    import os
+    from pathlib import Path
+
+    import qeval.config
+
+    _real = qeval.config.project_dir
+    qeval.config.project_dir = lambda name: Path(os.environ["PHI_TEST_TASKS"]) if name == "tasks" else _real(name)
+
+    if os.environ.get("PHI_TEST_FAIL"):
+        import qeval.pipeline
+
+        _run_variant = qeval.pipeline.run_variant
+
+        def run_variant(variant, tasks, **kw):
+            if kw.get("baseline") is not None:  # the baseline is scored and stored by now
+                question = tasks[0].samples[0].question
+                raise RuntimeError(f"could not score {question!r}")
+            return _run_variant(variant, tasks, **kw)
+
+        qeval.pipeline.run_variant = run_variant
+
+    from qeval.cli import main
+
+    main()
+""")
+
+
+class Markers:
+    def __init__(self):
+        self.all: list[str] = []
+
+    def __call__(self, what: str) -> str:
+        m = f"PHIMARK{uuid.uuid4().hex}{what}"
+        self.all.append(m)
+        return m
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The tiny checkpoint, the marked tasks and the entry script, outside the scanned sandbox."""
+    from tiny_models import tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("phi-input")
+    ckpt = base / "ckpt"
+    tok, _ = tiny_checkpoint(ckpt, "llama", initializer_range=0.2)
+    mark = Markers()
+    tasks = base / "tasks"
+
+    def items(prefix, n):
+        return [{"id": f"{prefix}{i}", "question": f"Patient {mark('question')} on metformin: dose {i}?",
+                 "choices": [f"500 mg {mark('choice')}", f"aspirin {mark('choice')}", f"stop {mark('choice')}"],
+                 "answer": "ABC"[i % 3], "rationale": f"because {mark('rationale')}", "risk": "high" if i % 2 else "standard"}
+                for i in range(n)]
+
+    (tasks / "mc" / "items").mkdir(parents=True)
+    (tasks / "mc" / "items" / "a.yaml").write_text(json.dumps({"area": "dosing", "items": items("mc", 8)}))
+    (tasks / "mc" / "phi_mc.yaml").write_text(json.dumps({
+        "id": "phi_mc", "kind": "multiple_choice", "description": "marked multiple choice",
+        "source": {"format": "qeval_items", "path": "items"},
+        "prompt": {"template": f"Clinic letter {mark('template')}.\n{{question}}\n{{choices}}\nAnswer:"}}))
+    (tasks / "gen" / "items").mkdir(parents=True)
+    (tasks / "gen" / "items" / "a.yaml").write_text(json.dumps({"area": "dosing", "items": items("gen", 5)}))
+    (tasks / "gen" / "phi_gen.yaml").write_text(json.dumps({
+        "id": "phi_gen", "kind": "generate", "description": "marked generation",
+        "source": {"format": "qeval_items", "path": "items"},
+        "prompt": {"template": "{question}\n{choices}\nAnswer:"},
+        "generation": {"max_tokens": 10, "stop": ["\n\n"], "answer_pattern": "([ABC])"}}))
+    passages = [{"id": f"r{i}", "title": f"Note {mark('title')}", "specialty": f"renal {mark('specialty')}",
+                 "text": f"Renal function: eGFR 42, {mark('passage')}. Chest pain radiating to the left "
+                         f"arm, {mark('passage')}; review in 2 weeks."} for i in range(4)]
+    (tasks / "ref" / "passages").mkdir(parents=True)
+    (tasks / "ref" / "passages" / "a.yaml").write_text(json.dumps({"style": "case_note", "passages": passages}))
+    (tasks / "ref" / "phi_ref.yaml").write_text(json.dumps({
+        "id": "phi_ref", "kind": "reference_text", "description": "marked passages",
+        "source": {"format": "qeval_passages", "path": "passages"},
+        "baseline_top_k": 32, "window_tokens": 48}))
+    # Bad input that shows only once a model tokenises it: a one-token passage beside marked ones.
+    bad = passages[:2] + [{"id": "r-short", "title": "t", "specialty": "s", "text": "x"}]
+    (tasks / "bad" / "passages").mkdir(parents=True)
+    (tasks / "bad" / "passages" / "a.yaml").write_text(json.dumps({"style": "case_note", "passages": bad}))
+    (tasks / "bad" / "phi_bad.yaml").write_text(json.dumps({
+        "id": "phi_bad", "kind": "reference_text", "source": {"format": "qeval_passages", "path": "passages"},
+        "baseline_top_k": 32, "window_tokens": 48}))
+    entry = base / "entry.py"
+    entry.write_text(ENTRY)
+    # Each marker's token ids (context-free middle part): text stored as ids would be found too.
+    id_seqs = []
+    for m in mark.all:
+        ids = tok(m, add_special_tokens=False).input_ids
+        assert len(ids) > 12, ids
+        id_seqs.append(ids[2:-2])
+    sandbox = base.parent / (base.name + "-sandbox")
+    sandbox.mkdir()
+    return {"ckpt": ckpt, "tasks": tasks, "entry": entry, "markers": mark.all, "id_seqs": id_seqs,
+            "sandbox": sandbox, "tok": tok}
+
+
+def _qeval(world, *args, fail=False, timeout=900):
+    sb = world["sandbox"]
+    for d in ("home", "tmp", "xdg-cache", "work"):
+        (sb / d).mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QEVAL_", "PYTEST", "HF_", "XDG_"))}
+    env.update({
+        "HOME": str(sb / "home"), "TMPDIR": str(sb / "tmp"), "XDG_CACHE_HOME": str(sb / "xdg-cache"),
+        "QEVAL_CACHE": str(sb / "cache"), "QEVAL_AUDIT_LOG": str(sb / "audit" / "audit.jsonl"),
+        "HF_HUB_OFFLINE": "1", "PHI_TEST_TASKS": str(world["tasks"]), "PYTHONDONTWRITEBYTECODE": "1",
+        "COLUMNS": "200",
+    })
+    if fail:
+        env["PHI_TEST_FAIL"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(world["entry"]), "compare", "--model", str(world["ckpt"]), "--base", "fp32",
+         "--device", "cpu", "--n-boot", "200", "--batch-size", "4", *args],
+        cwd=sb / "work", env=env, capture_output=True, timeout=timeout)
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+def _hits(world, data: bytes) -> set[str]:
+    found = {m for m in world["markers"] if m.encode() in data or m.encode("utf-16-le") in data}
+    text = data.decode("utf-8", errors="ignore")
+    for m, seq in zip(world["markers"], world["id_seqs"]):
+        if any(sep.join(map(str, seq)) in text for sep in (",", ", ", " ")):
+            found.add(m + " (as token ids)")
+    return found
+
+
+def _scan(world, *, allowed: Path | None = None) -> dict[str, set[str]]:
+    """Marker hits per file under the sandbox, except under `allowed`."""
+    out = {}
+    for path in sorted(world["sandbox"].rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if allowed is not None and allowed in path.parents:
+            continue
+        hits = _hits(world, path.read_bytes())
+        if hits:
+            out[str(path.relative_to(world["sandbox"]))] = hits
+    return out
+
+
+def _audit(world) -> list[dict]:
+    return [json.loads(line) for line in (world["sandbox"] / "audit" / "audit.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(world):
+    """The three runs in order, each scanned right after it ends (later ones share the cache)."""
+    sb = world["sandbox"]
+    tasks = "phi_mc,phi_gen,phi_ref"
+    out = {}
+    # 1. Default: no text anywhere.
+    code, stdout, stderr = _qeval(world, "--candidates", "bf16,gguf:q8_0", "--tasks", tasks,
+                                  "--out", str(sb / "work" / "run-plain"))
+    out["plain"] = dict(code=code, stdout=stdout, stderr=stderr, files=_scan(world),
+                        streams=_hits(world, (stdout + stderr).encode()))
+    # 2. Opted in: text under <run>/texts/ only, and a warning saying so.
+    code, stdout, stderr = _qeval(world, "--candidates", "bf16,gguf:q8_0", "--tasks", tasks, "--log-text",
+                                  "--no-efficiency", "--out", str(sb / "work" / "run-text"))
+    texts = sb / "work" / "run-text" / "texts"
+    out["text"] = dict(code=code, stdout=stdout, stderr=stderr, files=_scan(world, allowed=texts),
+                       streams=_hits(world, (stdout + stderr).encode()),
+                       in_texts={h for p in texts.rglob("*") if p.is_file() for h in _hits(world, p.read_bytes())})
+    # 3. A bug in a candidate's scoring, after the baseline was scored and stored: an exception
+    #    quoting an item, with item text in its frame's locals.
+    code, stdout, stderr = _qeval(world, "--candidates", "bf16", "--tasks", tasks, "--no-efficiency",
+                                  "--no-reuse", "--out", str(sb / "work" / "run-crash"), fail=True)
+    out["crash"] = dict(code=code, stdout=stdout, stderr=stderr, files=_scan(world, allowed=texts),
+                        streams=_hits(world, (stdout + stderr).encode()))
+    # 4. Bad input found only once the model tokenises the tasks (a one-token passage).
+    code, stdout, stderr = _qeval(world, "--candidates", "bf16", "--tasks", "phi_mc,phi_bad", "--no-efficiency",
+                                  "--out", str(sb / "work" / "run-bad"))
+    out["bad"] = dict(code=code, stdout=stdout, stderr=stderr, files=_scan(world, allowed=texts),
+                      streams=_hits(world, (stdout + stderr).encode()))
+    return out
+
+
+def test_default_run_writes_no_text_anywhere(world, runs):
+    r = runs["plain"]
+    assert r["code"] in (0, 1, 3), r["stderr"][-3000:]
+    assert r["files"] == {} and r["streams"] == set()
+    sb = world["sandbox"]
+    # The scan did cover what a run writes: the run directory, stored records, GGUF artefacts,
+    # the audit log.
+    run = sb / "work" / "run-plain"
+    assert (run / "results.json").is_file() and list((run / "records").rglob("*.jsonl"))
+    assert not (run / "texts").exists()
+    assert list((sb / "cache" / "records").glob("*.jsonl"))
+    assert list((sb / "cache").rglob("*.gguf"))
+    assert "qeval: warning" not in r["stderr"]
+
+
+def test_log_text_writes_text_to_the_run_texts_folder_only_and_warns(world, runs):
+    r = runs["text"]
+    assert r["code"] in (0, 1, 3), r["stderr"][-3000:]
+    assert r["files"] == {} and r["streams"] == set()
+    texts = world["sandbox"] / "work" / "run-text" / "texts"
+    warnings = [line for line in r["stderr"].splitlines() if line.startswith("qeval: warning:")]
+    assert len(warnings) == 1 and f"{texts}{os.sep}" in warnings[0] and "--log-text" in warnings[0]
+    # What the prompts hold (template, questions, options, passages) is there; the rationale,
+    # titles and specialties are never part of a prompt and appear nowhere.
+    kinds = {m[len("PHIMARK") + 32:] for m in r["in_texts"]}
+    assert kinds == {"template", "question", "choice", "passage"}
+    assert {json.loads(x)["variant"] for x in (texts / "outputs.jsonl").read_text().splitlines()} == {
+        "fp32", "bf16", "gguf:q8_0"}
+
+
+def test_a_crash_while_scoring_prints_no_text_and_no_locals(world, runs):
+    r = runs["crash"]
+    assert r["code"] == 1, r["stderr"][-3000:]
+    assert r["files"] == {} and r["streams"] == set()
+    assert "qeval: internal error: builtins.RuntimeError (message withheld" in r["stderr"]
+    assert "run_variant" in r["stderr"] and "could not score" not in r["stderr"]
+    assert not (world["sandbox"] / "work" / "run-crash").exists()
+
+
+def test_bad_input_found_mid_run_prints_ids_not_text(world, runs):
+    r = runs["bad"]
+    assert r["code"] == 2, r["stderr"][-3000:]
+    assert r["files"] == {} and r["streams"] == set()
+    lines = [line for line in r["stderr"].splitlines() if line.strip()]
+    assert lines == ["qeval: error: task phi_bad, passage r-short: fewer than 2 tokens; "
+                     "reference passages need text to score"]
+
+
+def test_every_run_has_an_audit_line_without_text(world, runs):
+    lines = _audit(world)
+    assert len(lines) == 4
+    plain, text, crash, bad = lines
+    assert [x["outcome"] for x in lines] == ["ok", "ok", "error", "error"]
+    assert [x["exit_code"] for x in lines] == [runs[k]["code"] for k in ("plain", "text", "crash", "bad")]
+    assert crash["error"] == "RuntimeError" and bad["error"] == "QevalInputError"
+    assert crash["verdict"] is None and bad["verdict"] is None and crash["per_candidate"] is None
+    assert plain["verdict"] in ("GO", "NO_GO", "INCONCLUSIVE")
+    assert set(plain["per_candidate"]) == {"bf16", "gguf:q8_0"}
+    results = json.loads((world["sandbox"] / "work" / "run-plain" / "results.json").read_text())
+    assert plain["verdict"] == results["verdict"] and plain["per_candidate"] == results["per_candidate"]
+    assert plain["model"] == {"spec": str(world["ckpt"]), "fingerprint": results["model"]["fingerprint"]}
+    assert plain["run_dir"] == str(world["sandbox"] / "work" / "run-plain")
+    assert plain["argv"][:4] == ["qeval", "compare", "--model", str(world["ckpt"])]
+    assert "--log-text" in text["argv"] and "--log-text" not in plain["argv"]
+    tasks = {t["id"]: t for t in plain["tasks"]}
+    assert {k: v["n"] for k, v in tasks.items()} == {"phi_mc": 8, "phi_gen": 5, "phi_ref": 4}
+    by_id = {t["id"]: t for t in results["tasks"]}
+    assert all(tasks[k]["content_hash"] == by_id[k]["content_hash"] for k in tasks)
+    # The same items give the same item-set hash from run to run; the variants' fingerprints too.
+    assert plain["item_set_sha256"] == text["item_set_sha256"] == crash["item_set_sha256"]
+    assert plain["variants"] == text["variants"]
+    assert [v["name"] for v in plain["variants"]] == ["fp32", "bf16", "gguf:q8_0"]
+    assert all(len(v["fingerprint"]) == 64 for v in plain["variants"])
+    # The crashed run knew its variants; the bad-input run its tasks (phi_bad with 3 passages).
+    assert all(v["fingerprint"] for v in crash["variants"])
+    assert {t["id"]: t["n"] for t in bad["tasks"]} == {"phi_mc": 8, "phi_bad": 3}
+    assert _hits(world, (world["sandbox"] / "audit" / "audit.jsonl").read_bytes()) == set()
