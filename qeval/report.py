@@ -62,12 +62,25 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
               extra_files: dict[str, str] | None = None) -> None:
     """Everything goes to a temporary directory first, then moves into place: a failed run
     leaves nothing half-written. `extra_files`: name → text, written beside report.md."""
+    import shutil
+
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _fill_run_dir(tmp, res, results, log_text=log_text, extra_files=extra_files)
+        if out.exists():
+            raise FileExistsError(out)
+        tmp.replace(out)
+    except BaseException:
+        # Nothing half-written, and opted-in texts never left behind outside the run directory.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: bool,
+                  extra_files: dict[str, str] | None) -> None:
     for run in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]:
         folder = tmp / "records" / _safe(run.spec.name)
         for task_id, recs in [*run.records.items(), *run.text.items()]:
@@ -110,9 +123,6 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
     from .html_report import write_html  # here: html_report reads run directories through this module
 
     write_html(tmp)
-    if out.exists():
-        raise FileExistsError(out)
-    tmp.replace(out)
 
 
 def _safe(name: str) -> str:
