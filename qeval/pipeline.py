@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,7 +16,10 @@ from .gate import GatePolicy, judge
 from .power import power_table
 from . import generation as gen
 from . import reference_text as rt
-from .runner import RecordStore, build_requests, check_same_prompts, opened, score_items
+from .runner import (
+    CHUNK_PASSAGES, ItemRequests, Journal, RecordStore, build_requests, check_same_prompts, chunk_items,
+    opened, score_in_chunks, score_items,
+)
 from .types import (
     Artefact, BackendInfo, Efficiency, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task, TaskComparison,
     TextComparison, TextRecord, VariantSpec, Verdict,
@@ -60,6 +64,8 @@ class VariantRun:
     # generate tasks, only when the user opted in to text logging: task → sample id → output text.
     outputs: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     efficiency: Efficiency | None = None  # measured in this run (None: not asked for)
+    # task → items taken from the journal of a run that was killed mid-task (not scored again).
+    resumed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,7 +76,8 @@ class CompareResult:
     candidates: list[VariantRun]
     comparisons: list[Comparison]
     verdict: Verdict
-    timings: dict[str, float]
+    # Seconds per stage, and "resumed_items": variant → task → items taken from a journal.
+    timings: dict[str, float | dict[str, dict[str, int]]]
     power: list[PowerRow] = field(default_factory=list)
     floor: VariantRun | None = None
     floors: dict[str, Comparison] = field(default_factory=dict)
@@ -101,12 +108,33 @@ def store_keys(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendF
         for t in tasks}
 
 
+def stored_records(store: RecordStore | None, key: str, t: Task, variant: VariantSpec, cfg: RunConfig
+                   ) -> tuple[list, BackendInfo] | None:
+    """Stored records this run may reuse for `t`, or None."""
+    if store is None or not cfg.reuse_records:
+        return None
+    if is_generate(t) and cfg.log_text:
+        return None  # stored records hold no text: regenerate so the opted-in outputs exist
+    return store.load(key, variant.name, _record_type(t))
+
+
+@contextmanager
+def exclusive(store: RecordStore | None, key: str, ui: UI, what: str) -> Iterator[None]:
+    """One process at a time scores a key; another waits, then finds the records stored."""
+    if store is None:
+        yield
+        return
+    with store.locked(key, on_wait=lambda: ui.status(f"waiting for another qeval process scoring {what}")):
+        yield
+
+
 def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
                 store: RecordStore | None, model_fingerprint: str, cfg: RunConfig, ui: UI,
                 baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset()
                 ) -> VariantRun:
-    """Score `variant` on `tasks`, reusing stored records. The baseline (baseline=None) also keeps
-    the reference_text distributions of the tasks in `dists_for`, for candidates to score against."""
+    """Score `variant` on `tasks`, reusing stored records and resuming journals of a run that was
+    killed. The baseline (baseline=None) also keeps the reference_text distributions of the tasks
+    in `dists_for`, for candidates to score against."""
     start = time.perf_counter()
     keys = store_keys(variant, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg,
                       baseline_keys=baseline.keys if baseline else None)
@@ -115,21 +143,19 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     outputs: dict[str, dict[str, str]] = {}
     info: BackendInfo | None = None
     reused = []
-    if store is not None and cfg.reuse_records:
-        for t in tasks:
-            if is_text(t) and baseline is None:
-                # The baseline keeps no text records, only a marker of what scored it.
-                hit = store.load(keys[t.spec.id], variant.name, TextRecord)
-                if hit is not None and t.spec.id not in dists_for:
-                    info = hit[1]
-                    reused.append(t.spec.id)
-                continue
-            if is_generate(t) and cfg.log_text:
-                continue  # stored records hold no text: regenerate so the opted-in outputs exist
-            hit = store.load(keys[t.spec.id], variant.name, _record_type(t))
-            if hit is not None:
-                (text if is_text(t) else records)[t.spec.id], info = hit
+    resumed: dict[str, int] = {}
+    for t in tasks:
+        hit = stored_records(store, keys[t.spec.id], t, variant, cfg)
+        if hit is None:
+            continue
+        if is_text(t) and baseline is None:
+            # The baseline keeps no text records, only a marker of what scored it.
+            if t.spec.id not in dists_for:
+                info = hit[1]
                 reused.append(t.spec.id)
+            continue
+        (text if is_text(t) else records)[t.spec.id], info = hit
+        reused.append(t.spec.id)
     todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
             and not (baseline is None and is_text(t) and t.spec.id in reused)]
     dists = {}
@@ -164,38 +190,115 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     if baseline is not None:
                         check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
                     prepared.append((t, items))
+            scored_here = False
             for t, work in prepared:
-                if is_text(t):
-                    total = sum(p.n_scored for p in work)
-                    with ui.bar(f"{variant.name} · {t.spec.id} (tokens)", total) as advance:
-                        if baseline is None:
-                            dists[t.spec.id] = ({p.id: p.prompt_hash for p in work},
-                                                rt.baseline_distributions(backend, work,
-                                                                          t.spec.baseline_top_k, advance))
-                            recs = []
-                        else:
-                            recs = rt.score_passages(t.spec.id, work, baseline.dists[t.spec.id][1],
-                                                     backend, advance)
-                            text[t.spec.id] = recs
-                elif is_generate(t):
-                    with ui.bar(f"{variant.name} · {t.spec.id} (generating)", len(work)) as advance:
-                        recs, outputs_text = gen.score_generation(t, work, backend, advance)
-                    records[t.spec.id] = recs
-                    if cfg.log_text:
-                        outputs[t.spec.id] = {it.sample.id: o for it, o in zip(work, outputs_text)}
-                else:
-                    total = sum(len(it.requests) for it in work)
-                    with ui.bar(f"{variant.name} · {t.spec.id}", total) as advance:
-                        recs = score_items(t, work, backend, advance)
-                    records[t.spec.id] = recs
-                if store is not None:
-                    store.save(keys[t.spec.id], recs, info)
+                key = keys[t.spec.id]
+                if is_text(t) and baseline is None:
+                    # Distributions hold token ids, so they are never written, not even to a
+                    # journal: every run computes them again, a resumed one too.
+                    dists[t.spec.id] = baseline_text_distributions(t, work, backend, ui, variant.name)
+                    scored_here = True
+                    if store is not None:
+                        store.save(key, [], info)
+                    continue
+                with exclusive(store, key, ui, f"{variant.name} · {t.spec.id}"):
+                    # Again under the lock: another process may have scored it meanwhile.
+                    hit = stored_records(store, key, t, variant, cfg)
+                    if hit is not None:
+                        (text if is_text(t) else records)[t.spec.id] = hit[0]
+                        reused.append(t.spec.id)
+                        continue
+                    journal = store.journal(key, _record_type(t)) if store is not None else None
+                    # --no-reuse recomputes everything; opted-in output texts are not journaled.
+                    resume = cfg.reuse_records and not (is_generate(t) and cfg.log_text)
+                    chunked = ChunkedScoring(journal, variant.name if resume else None, cfg.batch_size)
+                    if is_text(t):
+                        recs, n_resumed = score_text_task(t, work, baseline.dists[t.spec.id][1], backend,
+                                                          ui, variant.name, chunked)
+                        text[t.spec.id] = recs
+                    elif is_generate(t):
+                        recs, n_resumed, texts = score_generate_task(t, work, backend, ui, variant.name,
+                                                                     chunked)
+                        records[t.spec.id] = recs
+                        if cfg.log_text:
+                            outputs[t.spec.id] = texts
+                    else:
+                        recs, n_resumed = score_choice_task(t, work, backend, ui, variant.name, chunked)
+                        records[t.spec.id] = recs
+                    scored_here = True
+                    if n_resumed:
+                        resumed[t.spec.id] = n_resumed
+                    if store is not None:
+                        store.save(key, recs, info)
+                        journal.discard()
             if measure:
                 ui.status(f"Measuring {variant.name}: prefill and decode speed")
-                efficiency = meter.finish(eff.measure_speed(backend, cfg.efficiency), scored_here=bool(todo))
+                efficiency = meter.finish(eff.measure_speed(backend, cfg.efficiency), scored_here=scored_here)
     assert info is not None
     return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
-                      outputs, efficiency)
+                      outputs, efficiency, resumed)
+
+
+@dataclass(frozen=True)
+class ChunkedScoring:
+    """How a task is scored: in fixed chunks, journaled when there is a store, resumed from the
+    journal under `resume_as` (the variant's name) unless None."""
+
+    journal: Journal | None
+    resume_as: str | None
+    batch_size: int
+
+    def run(self, t: Task, work: Sequence, score_chunk, *, chunk_size: int, identify, units, advance):
+        return score_in_chunks(work, score_chunk, chunk_size=chunk_size, task_id=t.spec.id,
+                               identify=identify, journal=self.journal, resume_as=self.resume_as,
+                               units=units, advance=advance)
+
+
+def baseline_text_distributions(t: Task, passages: Sequence[rt.PassageTokens], backend: Backend, ui: UI,
+                                variant_name: str) -> tuple[dict[str, str], dict[str, list[rt.BaselineDist]]]:
+    """Each passage's token hash and bounded distributions (each window scored on its own, so
+    chunks would change nothing here)."""
+    with ui.bar(f"{variant_name} · {t.spec.id} (tokens)", sum(p.n_scored for p in passages)) as advance:
+        return ({p.id: p.prompt_hash for p in passages},
+                rt.baseline_distributions(backend, passages, t.spec.baseline_top_k, advance))
+
+
+def score_text_task(t: Task, passages: Sequence[rt.PassageTokens], base_dists: dict[str, list[rt.BaselineDist]],
+                    backend: Backend, ui: UI, variant_name: str, chunked: ChunkedScoring
+                    ) -> tuple[list[TextRecord], int]:
+    with ui.bar(f"{variant_name} · {t.spec.id} (tokens)", sum(p.n_scored for p in passages)) as advance:
+        return chunked.run(
+            t, passages, lambda chunk: rt.score_passages(t.spec.id, chunk, base_dists, backend, advance),
+            chunk_size=CHUNK_PASSAGES, identify=lambda p: (p.id, p.prompt_hash),
+            units=lambda p: p.n_scored, advance=advance)
+
+
+def score_generate_task(t: Task, items: Sequence[gen.GenerationItem], backend: Backend, ui: UI,
+                        variant_name: str, chunked: ChunkedScoring
+                        ) -> tuple[list[GenerationRecord], int, dict[str, str]]:
+    """Records, how many came from a journal, and the output text of each item generated here
+    (kept by the caller only when the user opted in to text logging)."""
+    texts: dict[str, str] = {}
+
+    def score_chunk(chunk: Sequence[gen.GenerationItem]) -> list[GenerationRecord]:
+        recs, outs = gen.score_generation(t, chunk, backend, advance)
+        texts.update((it.sample.id, o) for it, o in zip(chunk, outs))
+        return recs
+
+    with ui.bar(f"{variant_name} · {t.spec.id} (generating)", len(items)) as advance:
+        recs, n_resumed = chunked.run(t, items, score_chunk, chunk_size=chunk_items(chunked.batch_size),
+                                      identify=lambda it: (it.sample.id, it.prompt_hash),
+                                      units=lambda it: 1, advance=advance)
+    return recs, n_resumed, texts
+
+
+def score_choice_task(t: Task, items: Sequence[ItemRequests], backend: Backend, ui: UI, variant_name: str,
+                      chunked: ChunkedScoring) -> tuple[list[ItemRecord], int]:
+    with ui.bar(f"{variant_name} · {t.spec.id}", sum(len(it.requests) for it in items)) as advance:
+        return chunked.run(t, items, lambda chunk: score_items(t, chunk, backend, advance),
+                           chunk_size=chunk_items(chunked.batch_size),
+                           identify=lambda it: (it.sample.id, it.prompt_hash),
+                           units=lambda it: len(it.requests), advance=advance)
 
 
 def text_tasks_to_score(variants: Sequence[VariantSpec], tasks: Sequence[Task], base_keys: dict[str, str],
@@ -259,6 +362,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     t2 = time.perf_counter()
     runs = [base, *([floor] if floor else []), *cands]
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
-               **{f"variant_{v.spec.name}_s": v.seconds for v in runs}}
+               **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
+               "resumed_items": {v.spec.name: v.resumed for v in runs}}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
                          floor, floors)

@@ -3,21 +3,28 @@
 The record store is content-addressed: a variant's records for a task are keyed by the model's
 fingerprint, the variant, the device and dtype policy, the library versions, the batch size and
 the task's content hash. A later compare with the same baseline finds them and skips the model.
+
+Items are scored in chunks of fixed size, by item order, always: batch composition (and so every
+floating-point number) is then the same whether a run went through in one go or was killed and
+resumed. After each chunk its records are appended to the key's journal; a rerun keeps the whole
+chunks the journal holds and scores the rest. While a process scores a key it holds an exclusive
+lock on it, so two processes sharing one cache never write the same entry at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from .backends.base import Backend, LoglikelihoodRequest
+from .backends.base import Backend, LoglikelihoodRequest, Progress
 from .errors import QevalInputError
-from .fileio import atomic_write_text
+from .fileio import append_durably, atomic_write_text
 from .types import (
     BackendInfo, GenerationRecord, ItemRecord, RECORD_SCHEMA, Sample, Task, TaskSpec, TextRecord,
     VariantSpec,
@@ -27,7 +34,19 @@ if TYPE_CHECKING:
     from .generation import GenerationItem
 
 R = TypeVar("R", ItemRecord, TextRecord, GenerationRecord)
+W = TypeVar("W")  # one item's work: ItemRequests, GenerationItem or PassageTokens
 AnyRecord = ItemRecord | TextRecord | GenerationRecord
+
+# Items (multiple_choice, generate) scored together between journal writes, at batch sizes up to
+# 16; larger batch sizes get four batches per chunk so that their batches stay full.
+CHUNK_ITEMS = 64
+# Reference passages per chunk: each window is scored on its own, so this sets only how much
+# work a kill can lose (a passage is hundreds of tokens), never a number.
+CHUNK_PASSAGES = 8
+
+
+def chunk_items(batch_size: int) -> int:
+    return max(CHUNK_ITEMS, 4 * batch_size)
 
 
 def render_prompt(spec: TaskSpec, sample: Sample) -> tuple[str, list[str]]:
@@ -146,6 +165,8 @@ class RecordStore:
             "model": model_fingerprint, "variant": variant.key(), "device": device,
             "strict_dtype": strict_dtype, "versions": versions, "batch_size": batch_size,
             "task": task.content_hash, "record_schema": RECORD_SCHEMA,
+            # Chunks decide batch composition, hence the numbers: part of what made them.
+            "chunk_items": chunk_items(batch_size),
         }
         if against is not None:
             fields["against"] = against
@@ -170,9 +191,105 @@ class RecordStore:
         return records, info.model_copy(update={"variant": variant_name})
 
     def save(self, key: str, records: Sequence[AnyRecord], info: BackendInfo) -> None:
+        """Records first, then the info: `load` needs both, so it never sees a half-saved entry."""
         rec_path, info_path = self._paths(key)
         write_jsonl(rec_path, records)
         atomic_write_text(info_path, info.model_dump_json(indent=1))
+
+    def journal(self, key: str, record_type: type[R]) -> Journal[R]:
+        return Journal(self.root / f"{key}.partial.jsonl", record_type)
+
+    @contextmanager
+    def locked(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold `key` exclusively across processes while scoring it; `on_wait` is called once if
+        another process holds it. The kernel releases the lock when its holder exits or is
+        killed, so a dead process never blocks a rerun (which then resumes its journal)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        # The lock file stays: deleting it would let two processes lock two different files.
+        with open(self.root / f"{key}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Journal(Generic[R]):
+    """A task's records while it is being scored, appended one whole chunk at a time and fsynced,
+    so that a run killed mid-task resumes where it stopped. Hashes and numbers only, like the
+    final records; removed once those are saved."""
+
+    def __init__(self, path: Path, record_type: type[R]):
+        self.path = path
+        self.record_type = record_type
+
+    def read(self, variant_name: str) -> list[R]:
+        """Every record up to the first line that does not parse (a write cut short by a kill)."""
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(self.record_type.model_validate_json(line))
+            except ValueError:
+                break
+        # Written under whichever name the variant had then, like stored records.
+        return [r.model_copy(update={"variant": variant_name}) for r in records]
+
+    def restart(self, kept: Sequence[R]) -> None:
+        """Start the journal over with the records being reused (none for a fresh start): what
+        follows a torn line or a partial chunk must not stay in front of the next append."""
+        write_jsonl(self.path, kept)
+
+    def append(self, records: Sequence[R]) -> None:
+        append_durably(self.path, "".join(r.model_dump_json() + "\n" for r in records))
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def resumable_count(journaled: Sequence[AnyRecord], expected: Sequence[tuple[str, str]], task_id: str,
+                    chunk_size: int) -> int:
+    """How many leading items of the task a journal holds, in whole chunks: a record counts only
+    if it is this task's, for the expected item at its position, with the same token-id hash.
+    `expected`: (sample id, prompt hash) of every item, in scoring order."""
+    n = 0
+    for rec, (sample_id, prompt_hash) in zip(journaled, expected):
+        if rec.task != task_id or rec.sample_id != sample_id or rec.prompt_hash != prompt_hash:
+            break
+        n += 1
+    return n if n == len(expected) else n - n % chunk_size
+
+
+def score_in_chunks(work: Sequence[W], score_chunk: Callable[[Sequence[W]], list[R]], *,
+                    chunk_size: int, task_id: str, identify: Callable[[W], tuple[str, str]],
+                    journal: Journal[R] | None = None, resume_as: str | None = None,
+                    units: Callable[[W], int] = lambda w: 1, advance: Progress | None = None
+                    ) -> tuple[list[R], int]:
+    """Score `work` `chunk_size` items at a time, in order, appending each chunk's records to
+    `journal`. With `resume_as` (the variant's name), first reuse the whole chunks the journal
+    already holds for these items; the progress bar advances over them at once. Returns the
+    records of every item and how many came from the journal."""
+    done: list[R] = []
+    if journal is not None:
+        if resume_as is not None:
+            found = journal.read(resume_as)
+            done = found[:resumable_count(found, [identify(w) for w in work], task_id, chunk_size)]
+        journal.restart(done)
+    if advance and done:
+        advance(sum(units(w) for w in work[:len(done)]))
+    records = list(done)
+    for start in range(len(done), len(work), chunk_size):
+        chunk = score_chunk(work[start:start + chunk_size])
+        if journal is not None:
+            journal.append(chunk)
+        records.extend(chunk)
+    return records, len(done)
 
 
 def write_jsonl(path: Path, records: Sequence[AnyRecord]) -> None:
