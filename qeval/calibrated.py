@@ -110,9 +110,14 @@ def check_variant(variant: VariantSpec, config: dict | None) -> None:
         ok = valid_groups(widths)
         if s["group"] not in ok:
             sizes = ", ".join(f"{k} {v}" for k, v in widths.items())
-            raise QevalInputError(
-                f"variant {variant.name!r}: group={s['group']} does not divide this model's layer "
-                f"widths ({sizes}); choose group from {', '.join(map(str, ok))}")
+            g = s["group"]
+            if g > 0 and all(w % g == 0 for w in widths.values()):
+                problem = (f"group={g} divides this model's layer widths ({sizes}) but is not a "
+                           f"group size qeval quantizes with (-1 or {', '.join(map(str, GROUP_CHOICES))})")
+            else:
+                problem = f"group={g} does not divide this model's layer widths ({sizes})"
+            raise QevalInputError(f"variant {variant.name!r}: {problem}; choose group from "
+                                  f"{', '.join(map(str, ok))}")
 
 
 def scoring_kernel(variant: VariantSpec, device: str) -> str | None:

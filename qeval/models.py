@@ -138,6 +138,7 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
                        for n, s in meta["files"].items())
         if files_ok:
             return target, meta["fingerprint"]
+    _readable_gguf(gguf)  # a cached conversion is known by the hash: only new files are parsed
     if progress:
         progress(f"Materialising {gguf.name} into an HF checkpoint (once)")
     import torch
@@ -174,6 +175,24 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
     return target, fp
+
+
+def _readable_gguf(gguf: Path) -> None:
+    """A GGUF cut short or damaged is one clear error before transformers parses it (its own
+    errors on such files are arbitrary, e.g. a buffer of 72 petabytes)."""
+    import gguf as gg
+
+    size = gguf.stat().st_size
+    try:
+        reader = gg.GGUFReader(str(gguf))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # gguf raises whatever numpy or struct does on a short file
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise QevalInputError(f"{gguf}: cannot read this GGUF ({size} bytes): it is truncated or "
+                              f"damaged ({reason}); copy or download it again") from None
+    if not reader.tensors or end > size:
+        raise QevalInputError(f"{gguf}: cannot read this GGUF: it is truncated (its tensors need "
+                              f"{end} bytes, the file has {size}); copy or download it again")
 
 
 def gguf_pre_tokenizer(gguf: Path) -> str | None:

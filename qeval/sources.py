@@ -50,6 +50,18 @@ def _json_lines(path: Path, what: str) -> Iterator[tuple[int, dict]]:
         yield n, obj
 
 
+def _shown(value: object) -> str:
+    """A value for an error line: a number or a short word as it is; longer text only by its
+    length (it may be a question or an option: PHI)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str) and len(value) <= 16 and not any(c.isspace() for c in value):
+        return repr(value)
+    if isinstance(value, str):
+        return f"a text of {len(value)} characters (not shown)"
+    return f"a {type(value).__name__}"
+
+
 def _text_field(path: Path, where: str, obj: dict, key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
@@ -72,7 +84,7 @@ def read_mmlu_csv(path: Path, *, subject: str | None = None) -> list[Sample]:
                                   f"got {len(row)}; MMLU CSVs have no header row")
         answer = row[5].strip()
         if answer not in "ABCD" or len(answer) != 1:
-            raise QevalInputError(f"{path} line {n}: answer {answer!r} must be one of A, B, C, D")
+            raise QevalInputError(f"{path} line {n}: answer {_shown(answer)} must be one of A, B, C, D")
         samples.append(Sample(id=f"{subject}-{len(samples):04d}", question=row[0].strip(),
                               choices=tuple(row[1:5]), target="ABCD".index(answer), category=subject))
     return samples
@@ -92,10 +104,10 @@ def read_medqa_jsonl(path: Path) -> list[Sample]:
         letters = sorted(options)
         if letters != list(LETTERS[: len(letters)]) or not all(isinstance(v, str) for v in options.values()):
             raise QevalInputError(f"{path} {where}: 'options' keys must be A, B, C, ... in order with "
-                                  f"string values, got keys {', '.join(map(str, options))}")
+                                  f"string values, got keys {', '.join(_shown(k) for k in options)}")
         key = obj.get("answer_idx")
         if key not in options:
-            raise QevalInputError(f"{path} {where}: 'answer_idx' {key!r} is not one of the option "
+            raise QevalInputError(f"{path} {where}: 'answer_idx' {_shown(key)} is not one of the option "
                                   f"letters {', '.join(letters)}")
         category = obj.get("meta_info") if isinstance(obj.get("meta_info"), str) else "all"
         samples.append(Sample(id=f"medqa-{n:05d}", question=question,
@@ -117,10 +129,10 @@ def read_medmcqa_jsonl(path: Path) -> list[Sample]:
         if isinstance(cop, bool) or not isinstance(cop, int) or not 1 <= cop <= 4:
             hint = " (the test split has no answers; use dev.json)" if cop in (None, -1) else ""
             raise QevalInputError(f"{path} {where}: 'cop' must be 1, 2, 3 or 4 (1 = opa), "
-                                  f"got {cop!r}{hint}")
+                                  f"got {_shown(cop)}{hint}")
         item_id = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else f"line{n:05d}"
         if item_id in seen:
-            raise QevalInputError(f"{path} {where}: id {item_id!r} appears twice; ids must be unique")
+            raise QevalInputError(f"{path} {where}: id {_shown(item_id)} appears twice; ids must be unique")
         seen.add(item_id)
         subject = obj.get("subject_name") if isinstance(obj.get("subject_name"), str) else "all"
         samples.append(Sample(id=f"medmcqa-{item_id}", question=question, choices=choices,
@@ -165,9 +177,9 @@ def read_pubmedqa_json(path: Path, *, ids_file: Path | None = None) -> list[Samp
             raise QevalInputError(f"{path} {where}: 'CONTEXTS' must be a list of strings")
         decision = obj.get("final_decision")
         if decision not in PUBMEDQA_CHOICES:
-            raise QevalInputError(f"{path} {where}: 'final_decision' must be yes, no or maybe, got {decision!r}")
+            raise QevalInputError(f"{path} {where}: 'final_decision' must be yes, no or maybe, got {_shown(decision)}")
         if wanted is not None and wanted[pmid] != decision:
-            raise QevalInputError(f"{ids_file} key {pmid}: label {wanted[pmid]!r} disagrees with "
+            raise QevalInputError(f"{ids_file} key {pmid}: label {_shown(wanted[pmid])} disagrees with "
                                   f"{path} ({decision!r}); give files from the same release")
         samples.append(Sample(id=f"pubmedqa-{pmid}", question=question, passage="\n".join(contexts),
                               choices=PUBMEDQA_CHOICES, target=PUBMEDQA_CHOICES.index(decision)))
@@ -198,8 +210,8 @@ def read_headqa_json(path: Path) -> list[Sample]:
                 raise QevalInputError(f"{path} {where}: 'answers' must be a list of {{aid, atext}} objects")
             aids = [a.get("aid") for a in answers]
             if q.get("ra") not in aids:
-                raise QevalInputError(f"{path} {where}: 'ra' {q.get('ra')!r} is not the aid of any answer "
-                                      f"({', '.join(map(str, aids))})")
+                raise QevalInputError(f"{path} {where}: 'ra' {_shown(q.get('ra'))} is not the aid of any answer "
+                                      f"({', '.join(_shown(a) for a in aids)})")
             samples.append(Sample(id=f"headqa-{exam_name}-{q.get('qid', i)}", question=text,
                                   choices=tuple(a["atext"] for a in answers),
                                   target=aids.index(q["ra"]), category=category))

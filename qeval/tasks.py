@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -52,35 +53,102 @@ class ItemFile(BaseModel):
     items: list[ItemFileEntry]
 
 
-def _short(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"])
-    return f"{loc}: {e['msg']}" + (f" ({len(err.errors())} problems in all)" if len(err.errors()) > 1 else "")
+def _model_at(model: type[BaseModel], loc: Sequence) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at `loc` (list indices skipped), or None."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    return current
+
+
+def _inner_model(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):  # list[X], tuple[X, ...], X | None
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(err: ValidationError, raw: object = None, model: type[BaseModel] | None = None,
+           entries: str | None = None, label: str = "item") -> str:
+    """One validation problem in words: which item (by its id, when `entries` names the list of
+    items in `raw`), which field, what is wrong; never the value given (it may be item text)."""
+    errors = err.errors()
+    e = errors[0]
+    loc = list(e["loc"])
+    who = ""
+    if entries and len(loc) >= 2 and loc[0] == entries and isinstance(loc[1], int):
+        entry = raw.get(entries)[loc[1]] if isinstance(raw, dict) and isinstance(raw.get(entries), list) else None
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        known = isinstance(ident, (str, int)) and not isinstance(ident, bool)
+        who = f"{label} {ident!r}: " if known else f"{label} #{loc[1] + 1}: "
+        loc = loc[2:]
+        model = _model_at(model, [entries, 0]) if model is not None else None
+    name = ".".join(str(x) for x in loc)
+    if e["type"] == "extra_forbidden":
+        owner = _model_at(model, loc[:-1]) if model is not None else None
+        allowed = f" (allowed: {', '.join(owner.model_fields)})" if owner is not None else ""
+        text = f"unknown field {name!r}{allowed}"
+    elif e["type"] == "missing":
+        text = f"missing required field {name!r}"
+    else:
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        text = f"{name}: {msg}" if name else msg
+    more = f" ({len(errors)} problems in all)" if len(errors) > 1 else ""
+    return f"{who}{text}{more}"
 
 
 def _read_yaml(path: Path) -> object:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
+        # The problem and where it was seen, never the snippet of the file (it may be item text).
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise QevalInputError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        opened = getattr(exc, "context_mark", None)
+        context = getattr(exc, "context", None)
+        if opened is not None and context and (mark is None or opened.line != mark.line):
+            problem += f"; {context} that starts at line {opened.line + 1}"
+        raise QevalInputError(f"{path}{where}: not valid YAML ({problem}); fix the syntax") from None
+    except UnicodeDecodeError as exc:
+        raise QevalInputError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise QevalInputError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+def _mapping(path: Path, raw: object, what: str) -> dict:
+    if raw is None:
+        raise QevalInputError(f"{path}: the file is empty; {what}")
+    if not isinstance(raw, dict):
+        raise QevalInputError(f"{path}: expected a YAML mapping, found a {type(raw).__name__}; {what}")
+    return raw
+
+
+ITEM_SCHEMA = "tasks/clinical_core/items/_SCHEMA.md"
+
+
 def load_item_file(path: Path, letters: str) -> list[Sample]:
-    raw = _read_yaml(path)
+    raw = _mapping(path, _read_yaml(path), f"give `area:` and a list of `items:` (see {ITEM_SCHEMA})")
     try:
         parsed = ItemFile.model_validate(raw)
     except ValidationError as exc:
-        raise QevalInputError(f"{path}: {_short(exc)}; see tasks/clinical_core/items/_SCHEMA.md") from None
+        raise QevalInputError(f"{path}: {_short(exc, raw, ItemFile, 'items')}; see {ITEM_SCHEMA}") from None
     samples = []
     for item in parsed.items:
         valid = letters[: len(item.choices)]
         if len(item.answer) != 1 or item.answer not in valid:
+            # A one-letter answer is shown; anything longer may be the option's text (PHI).
+            given = f"answer {item.answer!r}" if len(item.answer) == 1 else "an answer that is not a letter"
             raise QevalInputError(
-                f"{path}: item {item.id!r} has answer {item.answer!r}, which is not among its "
+                f"{path}: item {item.id!r} has {given}, which is not among its "
                 f"choices ({', '.join(valid)}); give the letter of the correct choice"
             )
         samples.append(Sample(
@@ -133,13 +201,13 @@ def _benchmark_task(path: Path, spec: TaskSpec, data_dir: Path | None, from_hub:
 def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) -> Task:
     """`data_dir`: where benchmark-format sources live (their `path` is relative to it);
     `from_hub`: fetch a missing one from the hub copy its task names (online, opt-in)."""
-    raw = _read_yaml(path)
-    if not isinstance(raw, dict):
-        raise QevalInputError(f"{path}: a task file must be a YAML mapping with id, kind and source")
+    raw = _mapping(path, _read_yaml(path), "a task file is a mapping with id, kind and source "
+                   "(e.g. tasks/clinical_core/clinical_core.yaml)")
     try:
         spec = TaskSpec.model_validate(raw)
     except ValidationError as exc:
-        raise QevalInputError(f"{path}: {_short(exc)}") from None
+        raise QevalInputError(f"{path}: {_short(exc, raw, TaskSpec)}; compare with "
+                              "tasks/clinical_core/clinical_core.yaml") from None
     if spec.kind == "generate" and spec.generation is None:
         raise QevalInputError(f"{path}: a generate task needs a `generation:` block "
                               "(max_tokens, stop, answer_pattern)")
@@ -168,19 +236,36 @@ def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) 
     if spec.kind == "reference_text":
         return _passage_task(path, spec, files, src)
     samples: list[Sample] = []
+    origin: list[Path] = []
     for f in files:
-        samples.extend(load_item_file(f, spec.prompt.letters))
-    return _finish_items(path, spec, samples, str(src))
+        found = load_item_file(f, spec.prompt.letters)
+        samples.extend(found)
+        origin.extend([f] * len(found))
+    if not files:
+        where = f"{src} (no item files there)"
+    else:
+        where = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        where = f"{where} in {src}" if src.is_dir() else str(src)
+    return _finish_items(path, spec, samples, where, origin)
 
 
-def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str) -> Task:
+def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
+                  origin: Sequence[Path] | None = None) -> Task:
     if not samples:
-        raise QevalInputError(f"{path}: task {spec.id!r} has no items in {where}")
-    seen: set[str] = set()
-    for s in samples:
+        raise QevalInputError(f"{path}: task {spec.id!r} has no items ({where}); add items "
+                              f"(see {ITEM_SCHEMA}) or leave the task out of --tasks/--suite")
+    seen: dict[str, int] = {}
+    for n, s in enumerate(samples):
         if s.id in seen:
-            raise QevalInputError(f"{path}: duplicate sample id {s.id!r}; ids must be unique in a task")
-        seen.add(s.id)
+            first = seen[s.id]
+            if origin is not None:
+                a, b = origin[first], origin[n]
+                places = f"in {a}" if a == b else f"in {a} and {b}"
+            else:
+                places = f"in {where}"
+            raise QevalInputError(f"{path}: duplicate sample id {s.id!r} {places}; ids must be unique "
+                                  "in a task: rename one (records are paired on it)")
+        seen[s.id] = n
     if spec.cluster_by is not None:
         lacking = [s.id for s in samples if getattr(s, spec.cluster_by) is None]
         if lacking:
@@ -233,21 +318,27 @@ class PassageFile(BaseModel):
 
 def _passage_task(path: Path, spec: TaskSpec, files: list[Path], src: Path) -> Task:
     passages: list[Passage] = []
+    where: dict[str, Path] = {}
     for f in files:
+        raw = _mapping(f, _read_yaml(f), "give `style:` and a list of `passages:` "
+                       "(see tasks/clinical_reference/README.md)")
         try:
-            parsed = PassageFile.model_validate(_read_yaml(f))
+            parsed = PassageFile.model_validate(raw)
         except ValidationError as exc:
-            raise QevalInputError(f"{f}: {_short(exc)}; see tasks/clinical_reference/README.md") from None
+            raise QevalInputError(f"{f}: {_short(exc, raw, PassageFile, 'passages', 'passage')}; "
+                                  "see tasks/clinical_reference/README.md") from None
         for e in parsed.passages:
             if not e.text.strip():
-                raise QevalInputError(f"{f}: passage {e.id!r} has no text")
+                raise QevalInputError(f"{f}: passage {e.id!r} has no text; give it text or remove it")
+            if e.id in where:
+                places = f"in {f}" if where[e.id] == f else f"in {where[e.id]} and {f}"
+                raise QevalInputError(f"{path}: duplicate passage id {e.id!r} {places}; ids must be "
+                                      "unique in a task: rename one")
+            where[e.id] = f
             passages.append(Passage(id=e.id, text=e.text.strip(), category=parsed.style, cluster=e.cluster))
     if not passages:
-        raise QevalInputError(f"{path}: task {spec.id!r} has no passages under {src}")
-    ids = [p.id for p in passages]
-    dup = next((i for i in ids if ids.count(i) > 1), None)
-    if dup:
-        raise QevalInputError(f"{path}: duplicate passage id {dup!r}; ids must be unique in a task")
+        raise QevalInputError(f"{path}: task {spec.id!r} has no passages under {src}; add passage "
+                              "files (see tasks/clinical_reference/README.md) or leave the task out")
     payload = json.dumps({"spec": _hashable(spec), "passages": [p.model_dump(mode="json") for p in passages]},
                          sort_keys=True)
     return Task(spec=spec, samples=(), passages=tuple(passages),
@@ -321,7 +412,7 @@ def load_tasks(task_ids: Sequence[str], *, roots: list[Path], data_dir: Path | N
                 task = registry.load(tid)
         except MissingData as exc:
             if not skip_missing_data:
-                raise MissingData(f"{exc} (or pass --skip-missing-data to run the other tasks)") from None
+                raise MissingData(f"{exc}; or pass --skip-missing-data to run the other tasks") from None
             skipped.append(str(exc))
             continue
         loaded.append(first_n(task, limit))

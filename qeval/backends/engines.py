@@ -56,22 +56,99 @@ class EngineFactory:
 
     def preflight(self, variants, tasks: list[Task], *, allow_contamination: bool = False
                   ) -> dict[str, list[Overlap]]:
-        """Before any model time: GPTQ/AWQ settings fit this model, brought checkpoints are what
-        they claim, and no calibration set overlaps the evaluated tasks."""
+        """Before any model time: GPTQ/AWQ settings fit this model, brought checkpoints and GGUF
+        files are what they claim (readable, the baseline's vocabulary and tokenizer), GPU-only
+        options have a GPU, and no calibration set overlaps the evaluated tasks."""
         from ..calibrated import check_variant, checkpoint_format, read_config, require_gptqmodel
 
         config = read_config(self.model.path)
         overlaps = {}
         for v in variants:
+            if v.backend == "llamacpp":
+                self._check_gguf(v)
+                continue
             if v.method not in CALIBRATED:
                 continue
             require_gptqmodel(v)
             if "path" in v.params:
-                checkpoint_format(Path(str(v.params["path"])).expanduser(), v)
+                directory = Path(str(v.params["path"])).expanduser()
+                checkpoint_format(directory, v)
+                self._check_brought_checkpoint(v, directory)
                 continue
             check_variant(v, config)
             overlaps[v.name] = check_contamination(self.calibration(v), tasks, allow=allow_contamination)
         return overlaps
+
+    @functools.cached_property
+    def _baseline_vocabulary(self) -> tuple[int, list[str | None], frozenset[int]]:
+        """The baseline's embedding rows (config vocab_size), its tokenizer's token per id, and
+        the ids of its added and special tokens."""
+        from transformers import AutoTokenizer
+
+        from ..calibrated import read_config
+
+        config = read_config(self.model.path)
+        text = config.get("text_config", config)
+        tok = AutoTokenizer.from_pretrained(self.model.path)
+        rows = int(text.get("vocab_size") or len(tok))
+        special = frozenset(tok.all_special_ids) | frozenset(getattr(tok, "added_tokens_decoder", {}))
+        return rows, list(tok.convert_ids_to_tokens(list(range(len(tok))))), special
+
+    def _same_vocabulary(self, variant: VariantSpec, what: str, size: int,
+                         tokens: list[str | None] | None, skip: frozenset[int] = frozenset()) -> None:
+        """Refuse a candidate whose vocabulary or tokenizer is not the baseline's: its log-probs
+        would be over other tokens (a prompt check sees only the ids a prompt happens to use)."""
+        rows, base_tokens, special = self._baseline_vocabulary
+        same_model = (f"a candidate must be a quantization of the baseline model {self.model.spec}: "
+                      "pass the model it was made from as --model, or a candidate made from this one")
+        if size != rows:
+            raise QevalInputError(f"variant {variant.name!r}: {what} has a vocabulary of {size} tokens, "
+                                  f"the baseline {rows}; {same_model}")
+        if tokens is None:
+            return
+        shared = min(len(tokens), len(base_tokens))
+        differ = [i for i in range(shared) if i not in skip and i not in special
+                  and base_tokens[i] is not None and tokens[i] is not None and tokens[i] != base_tokens[i]]
+        if differ:
+            raise QevalInputError(
+                f"variant {variant.name!r}: the tokenizer of {what} differs from the baseline's "
+                f"({len(differ)} of {shared} token ids stand for other tokens, the first id "
+                f"{differ[0]}); {same_model}")
+
+    def _check_gguf(self, variant: VariantSpec) -> None:
+        from .llamacpp import check_gpu_layers, read_gguf_vocabulary, require_llama_cpp
+
+        require_llama_cpp()
+        check_gpu_layers(variant)
+        if "file" not in variant.params:
+            return  # made here from the baseline's own checkpoint
+        path = Path(str(variant.params["file"])).expanduser()
+        tokens, types = read_gguf_vocabulary(path, variant.name)
+        # Control, user-defined and unused entries (special tokens, padding) may be named
+        # differently by a converter; normal and byte tokens must be the baseline's.
+        skip = frozenset(i for i, t in enumerate(types) if t in (3, 4, 5))
+        self._same_vocabulary(variant, f"the GGUF {path}", len(tokens), tokens, skip)
+
+    def _check_brought_checkpoint(self, variant: VariantSpec, directory: Path) -> None:
+        """A GPTQ/AWQ checkpoint is scored with the baseline's tokenizer: its vocabulary must be
+        the baseline's, and so must its own tokenizer when it ships one."""
+        from ..calibrated import read_config
+
+        config = read_config(directory)
+        text = config.get("text_config", config)
+        if "vocab_size" not in text:
+            return
+        tokens = None
+        if (directory / "tokenizer.json").is_file() or (directory / "tokenizer.model").is_file():
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(directory)
+            except Exception:  # an unreadable tokenizer is not used: the baseline's scores it
+                tok = None
+            if tok is not None:
+                tokens = list(tok.convert_ids_to_tokens(list(range(len(tok)))))
+        self._same_vocabulary(variant, f"the checkpoint {directory}", int(text["vocab_size"]), tokens)
 
     def checkpoint(self, variant: VariantSpec) -> tuple[Path, tuple[str, ...]]:
         from ..calibrated import ensure_artefact

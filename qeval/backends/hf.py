@@ -7,6 +7,7 @@ happen.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 from collections import Counter
@@ -29,6 +30,9 @@ _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bf
 # every sequence alone (no padding, other matmul shapes); bf16 recomputes in bfloat16.
 NUMERIC_PATHS = ("batch1", "bf16")
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "accelerate")
+BROKEN = ("the model or its quantization is numerically broken (weights that overflow in this "
+          "dtype, or a bad quantization); check the checkpoint's weights, or try another variant "
+          "or dtype")
 
 
 def library_versions() -> dict[str, str]:
@@ -171,6 +175,42 @@ def _dequantize_torch_linears(model, dtype) -> int:
     return count
 
 
+# How allocation failures read when they are not torch.OutOfMemoryError: torch's CPU allocator
+# ("DefaultCPUAllocator: can't allocate memory"), safetensors' mmap ("Cannot allocate memory (os
+# error 12)"), C++ std::bad_alloc, CUDA and Python's own MemoryError.
+_OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory", "os error 12",
+                "std::bad_alloc", "memoryerror")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    seen = 0
+    while exc is not None and seen < 8:  # also when a loader re-raised it as another type
+        if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKERS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _non_finite_weights(model) -> list[str]:
+    """Names of the model's plain floating-point parameters that hold NaN or inf (a broken
+    export): found at load, before any scoring. Quantized parameter types are not inspected."""
+    import torch
+
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            t = p.data
+            if type(t) is not torch.Tensor or not t.is_floating_point() or t.device.type == "meta":
+                continue
+            if not bool(torch.isfinite(t).all()):
+                bad.append(name)
+    return bad
+
+
 def _eos_union(*sources) -> frozenset[int]:
     ids: set[int] = set()
     for source in sources:
@@ -235,19 +275,30 @@ class HFBackend:
         dtype = getattr(torch, choice.compute)
         qconfig = loading_config or _quantization_config(variant, dtype)
         self.batch_size = 1 if numeric_path == "batch1" else batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model.path)
             # A quantized checkpoint carries its own quantization_config; passing None would
             # override it and load the packed weights as missing plain ones.
             extra = {"quantization_config": qconfig} if qconfig is not None else {}
             self.model = AutoModelForCausalLM.from_pretrained(
                 checkpoint or model.path, dtype=dtype, device_map={"": self.device}, **extra)
-        except torch.OutOfMemoryError:
+        except Exception as exc:  # MemoryError is an Exception too
+            if not is_out_of_memory(exc):
+                raise
+            del exc  # its traceback holds the half-loaded model
+            gc.collect()
             raise QevalInputError(
                 f"out of memory while loading {model.spec} as {variant.name} on {self.device}; "
                 "use a smaller variant, another device or free memory"
             ) from None
         self.model.eval()
+        bad = _non_finite_weights(self.model)
+        if bad:
+            source = checkpoint or model.path
+            raise QevalInputError(
+                f"{variant.name}: the weights loaded from {source} hold NaN or inf ({bad[0]}"
+                + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+                + "); the checkpoint is broken: export or download it again")
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -304,13 +355,28 @@ class HFBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    @contextlib.contextmanager
+    def _memory(self, what: str):
+        """An allocation failure while scoring is one clear error (exit 2), not a traceback."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            del exc
+            gc.collect()
+            raise QevalInputError(
+                f"{self.info.variant}: out of memory while {what} on {self.device} (batches of "
+                f"{self.batch_size} sequences); lower --batch-size, or use a smaller variant, "
+                "another device or free memory") from None
+
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
                       advance: Progress | None = None) -> list[float]:
         import torch
 
         order = group_jobs(requests)
         out = [0.0] * len(requests)
-        with torch.inference_mode():
+        with self._memory("scoring"), torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 width = len(batch[0][0])
@@ -340,7 +406,7 @@ class HFBackend:
                         if not math.isfinite(lp):
                             raise NonFiniteScores(
                                 f"{self.info.variant}: non-finite log-prob for item {r.sample_id} "
-                                f"choice {r.choice}; the model or its quantization is numerically broken"
+                                f"choice {r.choice}; {BROKEN}"
                             )
                         out[i] = lp
                 if advance:
@@ -379,7 +445,8 @@ class HFBackend:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             states = [GreedyOutput(requests[i], self.decode, eos) for i in chunk]
-            self._decode_batch(states, advance)
+            with self._memory("generating"):
+                self._decode_batch(states, advance)
             for i, state in zip(chunk, states):
                 out[i] = state.result
         return out  # type: ignore[return-value]
@@ -408,8 +475,7 @@ class HFBackend:
             while True:
                 if not torch.isfinite(logits).all():
                     raise NonFiniteScores(f"{self.info.variant}: non-finite logits while generating item "
-                                          f"{states[live[0]].request.sample_id}; the model or its "
-                                          "quantization is numerically broken")
+                                          f"{states[live[0]].request.sample_id}; {BROKEN}")
                 # argmax returns the first maximum: ties go to the lowest token id.
                 tokens = logits.float().argmax(dim=-1)
                 keep = []
@@ -464,14 +530,13 @@ class HFBackend:
     def token_logprobs(self, tokens: Sequence[int]):
         import torch
 
-        with torch.inference_mode():
+        with self._memory("scoring reference text"), torch.inference_mode():
             ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
             logits = self.model(input_ids=ids).logits[0, :-1].float()
             lp = torch.log_softmax(logits, dim=-1)
         out = lp.cpu().numpy()
         if not np.isfinite(out).all():
-            raise NonFiniteScores(f"{self.info.variant}: non-finite log-probs on reference text; "
-                                  "the model or its quantization is numerically broken")
+            raise NonFiniteScores(f"{self.info.variant}: non-finite log-probs on reference text; {BROKEN}")
         return out
 
     def close(self) -> None:

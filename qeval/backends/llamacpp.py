@@ -26,6 +26,8 @@ from .base import (
 )
 
 PARAMS = {"type", "file", "threads", "n_ctx", "gpu_layers"}
+BROKEN = ("the GGUF's weights or its quantization are numerically broken; check the file, or try "
+          "another GGUF type")
 
 
 def cpu_has_amx() -> bool:
@@ -124,6 +126,65 @@ def safe_buffer_setting(path: Path, threads: int, gpu_layers: int) -> tuple[bool
         "--no-binary llama-cpp-python llama-cpp-python==0.3.36) or score this variant on another machine")
 
 
+def require_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise QevalInputError(
+            "GGUF variants need llama-cpp-python: pip install 'qeval[gguf]' "
+            "(or llama-cpp-python==0.3.36)") from None
+    return llama_cpp
+
+
+def check_gpu_layers(variant: VariantSpec) -> None:
+    """`gpu_layers` offloads to a GPU only in a llama-cpp-python built with GPU support; a CPU
+    build ignores it silently, and the record would claim a GPU that never ran."""
+    layers = int(variant.params.get("gpu_layers", 0) or 0)
+    if layers > 0 and not require_llama_cpp().llama_supports_gpu_offload():
+        raise QevalInputError(
+            f"variant {variant.name!r}: gpu_layers={layers} needs a GPU, but this llama-cpp-python "
+            "was built without GPU offload; drop gpu_layers (llama.cpp then runs on the CPU) or "
+            "reinstall it with CMAKE_ARGS='-DGGML_CUDA=on' on a machine with CUDA")
+
+
+def read_gguf_vocabulary(path: Path, variant: str) -> tuple[list[str], list[int]]:
+    """The token list and token types of a GGUF file (its header only, no weights loaded). A file
+    that is not GGUF, is cut short or is damaged is one clear error, before llama.cpp sees it."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise QevalInputError(f"variant {variant!r}: cannot read {path} ({exc.strerror}); check the path") from None
+    if magic != b"GGUF":
+        raise QevalInputError(f"variant {variant!r}: {path} is not a GGUF file (it does not start "
+                              "with the GGUF magic); check the path")
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+        tokens_field = reader.fields.get("tokenizer.ggml.tokens")
+        types_field = reader.fields.get("tokenizer.ggml.token_type")
+        tokens = [str(t) for t in tokens_field.contents()] if tokens_field is not None else None
+        types = [int(t) for t in types_field.contents()] if types_field is not None else None
+    except Exception as exc:  # gguf raises whatever numpy does on a short or damaged file
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise QevalInputError(
+            f"variant {variant!r}: {path} ({size} bytes) is truncated or damaged: the GGUF reader "
+            f"stopped ({reason}); copy or download it again") from None
+    if not reader.tensors or end > size:
+        raise QevalInputError(
+            f"variant {variant!r}: {path} is truncated: its tensors need {end} bytes, the file has "
+            f"{size}; copy or download it again")
+    if tokens is None:
+        raise QevalInputError(
+            f"variant {variant!r}: {path} holds no tokenizer (tokenizer.ggml.tokens), so it cannot be "
+            "checked against the baseline's; convert it with its tokenizer (llama.cpp's "
+            "convert_hf_to_gguf.py does)")
+    return tokens, types if types is not None and len(types) == len(tokens) else [1] * len(tokens)
+
+
 def llamacpp_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -145,12 +206,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class LlamaCppBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, cache: Path,
                  progress=None):
-        try:
-            import llama_cpp
-        except ImportError:
-            raise QevalInputError(
-                "GGUF variants need llama-cpp-python: pip install 'qeval[gguf]' "
-                "(or llama-cpp-python==0.3.36)") from None
+        llama_cpp = require_llama_cpp()
+        check_gpu_layers(variant)
         p = variant.params  # checked by config.parse_variant (type, file, integers)
         if "file" in p:
             path = Path(str(p["file"])).expanduser()
@@ -220,7 +277,7 @@ class LlamaCppBackend:
                 lp = float(rows[np.arange(len(r.continuation)), list(r.continuation)].sum())
                 if not math.isfinite(lp):
                     raise NonFiniteScores(f"{self.info.variant}: non-finite log-prob for item "
-                                          f"{r.sample_id} choice {r.choice}")
+                                          f"{r.sample_id} choice {r.choice}; {BROKEN}")
                 out[i] = lp
             if advance:
                 advance(len(members))
@@ -265,7 +322,7 @@ class LlamaCppBackend:
                 logits = self.llm.scores[self.llm.n_tokens - 1]
                 if not np.isfinite(logits).all():
                     raise NonFiniteScores(f"{self.info.variant}: non-finite logits while generating "
-                                          f"item {r.sample_id}")
+                                          f"item {r.sample_id}; {BROKEN}")
                 token = int(np.argmax(logits))  # first maximum: ties to the lowest id
                 if state.push(token):
                     break
