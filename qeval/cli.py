@@ -152,7 +152,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     from .models import cache_dir, resolve_model
     from .pipeline import run_compare
     from .power import discordance_history
-    from .report import print_summary, results_dict, write_run
+    from .report import print_summary, results_dict, time_breakdown, write_run
     from .runner import RecordStore
 
     resolve_device(cfg.device)  # a GPU-only option fails before minutes of model preparation
@@ -185,7 +185,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     res.timings["total_s"] = time.perf_counter() - started
     write_run(run_dir, res, results, log_text=cfg.log_text, extra_files=files)
     print_summary(console, results, run_dir)
-    console.print(f"[dim]wall time {res.timings['total_s']:.1f} s[/]")
+    console.print(f"[dim]{time_breakdown(res.timings)}[/]")
     return res, run_dir
 
 

@@ -66,6 +66,9 @@ class VariantRun:
     efficiency: Efficiency | None = None  # measured in this run (None: not asked for)
     # task → items taken from the journal of a run that was killed mid-task (not scored again).
     resumed: dict[str, int] = field(default_factory=dict)
+    # Where this variant's time went, in seconds: prepare (quantize or export the artefact, or
+    # find it cached), load, tokenize (and check prompts), score, probe (speed measurement).
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,8 +79,9 @@ class CompareResult:
     candidates: list[VariantRun]
     comparisons: list[Comparison]
     verdict: Verdict
-    # Seconds per stage, and "resumed_items": variant → task → items taken from a journal.
-    timings: dict[str, float | dict[str, dict[str, int]]]
+    # Seconds per stage; "stages_s": variant → stage → seconds; "resumed_items": variant → task →
+    # items taken from a journal.
+    timings: dict[str, float | dict[str, dict[str, float]]]
     power: list[PowerRow] = field(default_factory=list)
     floor: VariantRun | None = None
     floors: dict[str, Comparison] = field(default_factory=dict)
@@ -161,14 +165,20 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     dists = {}
     measure = cfg.efficiency is not None and not variant.params.get("numeric_path")
     efficiency = None
+    stages: dict[str, float] = {}
     if todo or measure:
+        clock = time.perf_counter()
         artefact = factory.prepare(variant)
+        stages["prepare"] = time.perf_counter() - clock
         ui.status(f"Loading {variant.name}" + ("" if todo else " (records reused; speed probe only)"))
         base_compute = baseline.info.compute_dtype if baseline else None
         ident = factory.identity(variant)
         meter = eff.Measurement(eff.meter_for(variant.backend, str(ident.get("device", ""))), artefact)
+        clock = time.perf_counter()
         with opened(lambda: factory.open(variant, base_compute)) as backend:
             meter.loaded()
+            stages["load"] = time.perf_counter() - clock
+            clock = time.perf_counter()
             info = backend.info
             # Tokenise and check every task first: a prompt that differs from the baseline's
             # stops the run before any model time is spent.
@@ -190,6 +200,8 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     if baseline is not None:
                         check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
                     prepared.append((t, items))
+            stages["tokenize"] = time.perf_counter() - clock
+            clock = time.perf_counter()
             scored_here = False
             for t, work in prepared:
                 key = keys[t.spec.id]
@@ -231,12 +243,15 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     if store is not None:
                         store.save(key, recs, info)
                         journal.discard()
+            stages["score"] = time.perf_counter() - clock
             if measure:
+                clock = time.perf_counter()
                 ui.status(f"Measuring {variant.name}: prefill and decode speed")
                 efficiency = meter.finish(eff.measure_speed(backend, cfg.efficiency), scored_here=scored_here)
+                stages["probe"] = time.perf_counter() - clock
     assert info is not None
     return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
-                      outputs, efficiency, resumed)
+                      outputs, efficiency, resumed, stages)
 
 
 @dataclass(frozen=True)
@@ -363,6 +378,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     runs = [base, *([floor] if floor else []), *cands]
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
                **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
+               "stages_s": {v.spec.name: {k: round(x, 3) for k, x in v.stages.items()} for v in runs},
                "resumed_items": {v.spec.name: v.resumed for v in runs}}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
                          floor, floors)

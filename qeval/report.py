@@ -495,3 +495,22 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
     console.print(f"[bold {_COLOR[overall]}]Verdict: {overall.value}[/] ({per}); exit code {results['exit_code']}")
     if out is not None:
         console.print(f"Run directory: {out}  (results.json, efficiency.json, report.md, report.html, records/)")
+
+
+STAGE_NAMES = {"prepare": "quantize/export", "load": "load", "tokenize": "tokenize",
+               "score": "score", "probe": "speed probe"}
+
+
+def time_breakdown(timings: dict) -> str:
+    """One line: where a run's wall time went, each stage summed over the variants."""
+    stages: dict[str, float] = {}
+    for per_variant in timings.get("stages_s", {}).values():
+        for k, x in per_variant.items():
+            stages[k] = stages.get(k, 0.0) + x
+    parts = [("model", timings.get("model_preparation_s", 0.0))]
+    parts += [(STAGE_NAMES.get(k, k), stages[k]) for k in STAGE_NAMES if k in stages]
+    parts.append(("statistics", timings.get("statistics_s", 0.0)))
+    total = timings.get("total_s", 0.0)
+    rest = total - sum(x for _, x in parts)
+    text = " · ".join(f"{name} {x:.1f} s" for name, x in parts)
+    return f"wall time {total:.1f} s: {text} · other {max(rest, 0.0):.1f} s"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from .backends.base import Backend, LoglikelihoodRequest, Progress
+from .backends.base import Backend, LoglikelihoodRequest, NonFiniteScores, Progress
 from .errors import QevalInputError
 from .fileio import append_durably, atomic_write_text
 from .types import (
@@ -81,15 +81,14 @@ class ItemRequests:
     prompt_hash: str
 
 
-def _split_continuation(tokenize, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of context and continuation as the model sees them joined (lm-eval's rule:
-    encode the whole string and cut at the context's length, so a merge across the boundary is
-    tokenised the way the model would read it)."""
-    ctx = tokenize(context)
+def _split_continuation(tokenize, context: str, ctx: list[int], continuation: str) -> list[int]:
+    """Token ids of the continuation as the model sees it after `context` (whose ids are `ctx`):
+    lm-eval's rule, encode the whole string and cut at the context's length, so a merge across
+    the boundary is tokenised the way the model would read it."""
     whole = tokenize(context + continuation)
     if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
-        return ctx, whole[len(ctx):]
-    return ctx, tokenize(continuation)
+        return whole[len(ctx):]
+    return tokenize(continuation)
 
 
 def build_requests(task: Task, tokenize: Callable[[str], list[int]]) -> list[ItemRequests]:
@@ -98,8 +97,9 @@ def build_requests(task: Task, tokenize: Callable[[str], list[int]]) -> list[Ite
         context, conts = render_prompt(task.spec, s)
         reqs = []
         h = hashlib.sha256()
+        ctx_ids = tokenize(context)  # once per item; every choice shares it
         for i, cont in enumerate(conts):
-            ctx_ids, cont_ids = _split_continuation(tokenize, context, cont)
+            cont_ids = _split_continuation(tokenize, context, ctx_ids, cont)
             if i == 0:
                 h.update(("ctx:" + ",".join(map(str, ctx_ids))).encode())
             h.update((f"|c{i}:" + ",".join(map(str, cont_ids))).encode())
@@ -285,7 +285,10 @@ def score_in_chunks(work: Sequence[W], score_chunk: Callable[[Sequence[W]], list
         advance(sum(units(w) for w in work[:len(done)]))
     records = list(done)
     for start in range(len(done), len(work), chunk_size):
-        chunk = score_chunk(work[start:start + chunk_size])
+        try:
+            chunk = score_chunk(work[start:start + chunk_size])
+        except NonFiniteScores as exc:  # name the task beside the variant and item
+            raise NonFiniteScores(f"task {task_id}: {exc}") from None
         if journal is not None:
             journal.append(chunk)
         records.extend(chunk)

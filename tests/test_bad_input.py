@@ -401,7 +401,7 @@ def test_12_nan_or_inf_log_probs(tmp_path, tasks, nan_model, overflow_model):
     # Finite weights whose activations overflow: found at scoring, naming the variant and item.
     _bad(tmp_path, ["--model", str(overflow_model), "--base", "fp32", "--tasks", "mini",
                     "--candidates", "bf16"],
-         "fp32", "non-finite log-prob", "item m", "numerically broken")
+         "fp32", "task mini", "non-finite log-prob", "item m", "numerically broken")
 
 
 def test_13_gpu_only_option_without_gpu(tmp_path, tasks, models):

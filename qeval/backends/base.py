@@ -26,27 +26,60 @@ class LoglikelihoodRequest:
 Progress = Callable[[int], None]
 
 
-def group_jobs(requests: Sequence[LoglikelihoodRequest]) -> list[tuple[tuple[int, ...], list[int]]]:
-    """Forward passes needed for `requests`: (input ids, indices of the requests it answers).
+@dataclass(frozen=True)
+class SharedPrefixJob:
+    """One forward pass that scores every request sharing a context (multiple choice: every
+    choice of an item): the context once, then each continuation but its last token, each branch
+    seeing the context and its own earlier tokens only (a tree-shaped attention mask, position
+    ids restarting after the context). The log-probability of a request's first continuation
+    token is read at the context's last position, shared by all branches."""
 
-    Requests with a one-token continuation after the same context share a pass (letter answers:
-    one pass per item instead of one per choice). Longest first: equal-length neighbours waste
-    little padding; the order is deterministic.
-    """
-    jobs: dict[tuple[int, ...], list[int]] = {}
-    order: list[tuple[tuple[int, ...], list[int]]] = []
+    context: tuple[int, ...]
+    members: tuple[int, ...]  # request indices, in request order
+    branches: tuple[tuple[int, ...], ...]  # per member: its continuation without the last token
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        return self.context + tuple(t for b in self.branches for t in b)
+
+    def __len__(self) -> int:
+        return len(self.context) + sum(len(b) for b in self.branches)
+
+    def branch_starts(self) -> list[int]:
+        """Where each member's branch begins in `tokens`."""
+        starts, at = [], len(self.context)
+        for b in self.branches:
+            starts.append(at)
+            at += len(b)
+        return starts
+
+    def positions(self) -> list[int]:
+        """Position id of every token: the context 0..c−1, each branch from c again."""
+        c = len(self.context)
+        return list(range(c)) + [c + k for b in self.branches for k in range(len(b))]
+
+    def reads(self, member: int, continuation_length: int) -> list[int]:
+        """Indices into `tokens` whose next-token logits score the member's continuation."""
+        start = self.branch_starts()[member]
+        return [len(self.context) - 1] + [start + k for k in range(continuation_length - 1)]
+
+
+def shared_prefix_jobs(requests: Sequence[LoglikelihoodRequest]) -> list[SharedPrefixJob]:
+    """The forward passes that answer `requests`: one per distinct context, longest first (equal
+    lengths batch with little padding; ties keep request order, so the plan is deterministic).
+    Letter answers (one-token continuations) cost one pass over the context per item; cloze
+    answers cost the context once plus each choice's own tokens, not the context per choice."""
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(requests):
         if not r.context:
             raise ValueError(f"item {r.sample_id}: empty context")
-        if len(r.continuation) == 1:
-            if r.context not in jobs:
-                jobs[r.context] = []
-                order.append((r.context, jobs[r.context]))
-            jobs[r.context].append(i)
-        else:
-            order.append((r.context + r.continuation[:-1], [i]))
-    order.sort(key=lambda job: -len(job[0]))
-    return order
+        if not r.continuation:
+            raise ValueError(f"item {r.sample_id} choice {r.choice}: empty continuation")
+        groups.setdefault(r.context, []).append(i)
+    jobs = [SharedPrefixJob(ctx, tuple(members), tuple(requests[i].continuation[:-1] for i in members))
+            for ctx, members in groups.items()]
+    jobs.sort(key=lambda j: -len(j))
+    return jobs
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ..types import BackendInfo, Method, VariantSpec
 from ..versions import installed_versions
 from .base import (
     ForwardTiming, GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
-    group_jobs,
+    SharedPrefixJob, shared_prefix_jobs,
 )
 
 _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bfloat16"}
@@ -248,6 +248,33 @@ def _weight_bytes(model) -> int:
     return total
 
 
+def _packed_batch(batch: Sequence[SharedPrefixJob], pad_id: int, mask_dtype):
+    """Input ids, position ids and the additive 4-D attention mask (0 where a query may attend,
+    the dtype's minimum elsewhere) of right-padded shared-prefix jobs. The context is causal;
+    each branch sees the context and its own earlier tokens; a padding position sees only itself,
+    so its row stays finite and cannot leak NaN into real rows."""
+    import torch
+
+    width = max(len(job) for job in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    allowed = torch.zeros((len(batch), 1, width, width), dtype=torch.bool)
+    for row, job in enumerate(batch):
+        n, c = len(job), len(job.context)
+        ids[row, :n] = torch.tensor(job.tokens)
+        positions[row, :n] = torch.tensor(job.positions())
+        allowed[row, 0, :c, :c] = torch.ones((c, c), dtype=torch.bool).tril()
+        for at, branch in zip(job.branch_starts(), job.branches):
+            b = len(branch)
+            allowed[row, 0, at:at + b, :c] = True
+            allowed[row, 0, at:at + b, at:at + b] = torch.ones((b, b), dtype=torch.bool).tril()
+        pad = torch.arange(n, width)
+        allowed[row, 0, pad, pad] = True
+    mask = torch.zeros(allowed.shape, dtype=mask_dtype)
+    mask.masked_fill_(~allowed, torch.finfo(mask_dtype).min)
+    return ids, positions, mask
+
+
 class HFBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, device: str = "auto",
                  strict_dtype: bool = False, baseline_compute: str | None = None,
@@ -292,6 +319,7 @@ class HFBackend:
                 "use a smaller variant, another device or free memory"
             ) from None
         self.model.eval()
+        self._mask_dtype = dtype  # hidden states' dtype: the additive attention mask must match
         bad = _non_finite_weights(self.model)
         if bad:
             source = checkpoint or model.path
@@ -374,32 +402,25 @@ class HFBackend:
                       advance: Progress | None = None) -> list[float]:
         import torch
 
-        order = group_jobs(requests)
+        jobs = shared_prefix_jobs(requests)
         out = [0.0] * len(requests)
         with self._memory("scoring"), torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                width = len(batch[0][0])
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, (inputs, _) in enumerate(batch):
-                    ids[row, : len(inputs)] = torch.tensor(inputs)
-                    mask[row, : len(inputs)] = 1
+            for start in range(0, len(jobs), self.batch_size):
+                batch = jobs[start:start + self.batch_size]
+                ids, positions, mask = _packed_batch(batch, self.pad_id, self._mask_dtype)
                 # Project onto the vocabulary only where a continuation token is predicted: the
                 # lm_head is a fifth of this model's compute and most positions are context.
-                needed = sorted({len(requests[i].context) - 1 + k
-                                 for _, members in batch for i in members
-                                 for k in range(len(requests[i].continuation))})
+                reads = [[job.reads(m, len(requests[i].continuation)) for m, i in enumerate(job.members)]
+                         for job in batch]
+                needed = sorted({p for rows in reads for r in rows for p in r})
                 column = {p: j for j, p in enumerate(needed)}
-                logits = self.model(input_ids=ids.to(self.device),
+                logits = self.model(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
                                     attention_mask=mask.to(self.device),
                                     logits_to_keep=torch.tensor(needed, device=self.device)).logits
-                for row, (_, members) in enumerate(batch):
-                    for i in members:
+                for row, job in enumerate(batch):
+                    for m, i in enumerate(job.members):
                         r = requests[i]
-                        first = len(r.context) - 1
-                        pos = torch.tensor([column[first + k] for k in range(len(r.continuation))],
-                                           device=logits.device)
+                        pos = torch.tensor([column[p] for p in reads[row][m]], device=logits.device)
                         rows = torch.log_softmax(logits[row, pos].float(), dim=-1)
                         target = torch.tensor(r.continuation, device=logits.device)
                         lp = rows.gather(1, target[:, None]).sum().item()
@@ -410,7 +431,7 @@ class HFBackend:
                             )
                         out[i] = lp
                 if advance:
-                    advance(sum(len(m) for _, m in batch))
+                    advance(sum(len(job.members) for job in batch))
         return out
 
     def eos_ids(self) -> frozenset[int]:

@@ -1,7 +1,7 @@
 """llama.cpp backend: GGUF candidates scored on llama.cpp's own kernels, in process.
 
-Teacher-forced: each forward pass evaluates the prompt (and continuation) tokens with logits kept
-for every position (`logits_all`), and log-probs are read from those logits — neither the
+Teacher-forced: log-probs are read from the logits of llama.cpp's own forward passes over the
+prompt's token ids (each choice continued from the context's KV-cache state) — neither the
 server's echo mode nor completion log-probs, which are known to misalign positions.
 """
 
@@ -22,7 +22,7 @@ from ..models import ResolvedModel
 from ..types import BackendInfo, VariantSpec
 from .base import (
     ForwardTiming, GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
-    group_jobs,
+    shared_prefix_jobs,
 )
 
 PARAMS = {"type", "file", "threads", "n_ctx", "gpu_layers"}
@@ -265,22 +265,53 @@ class LlamaCppBackend:
             self.llm.eval(list(tokens))
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
 
+    @contextlib.contextmanager
+    def _logits_kept(self, every_position: bool):
+        """llama-cpp-python 0.3.36's own switch (`_logits_all`): every position's logits into
+        `scores`, or only the last position's, left in llama.cpp's buffer (no lm_head over the
+        context's other positions, no copy of their rows)."""
+        keep = self.llm._logits_all
+        self.llm._logits_all = every_position
+        try:
+            yield
+        finally:
+            self.llm._logits_all = keep
+
+    def _last_logits(self) -> np.ndarray:
+        return np.array(np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)),
+                        dtype=np.float32)
+
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
                       advance: Progress | None = None) -> list[float]:
+        """Shared prefix: the context is evaluated once per item (last position's logits only);
+        each multi-token continuation then runs from that KV-cache state (the cache is cut back to
+        the context before each choice), with logits at its own positions."""
         out = [0.0] * len(requests)
-        for inputs, members in group_jobs(requests):
-            logits = self._logits(inputs)
-            for i in members:
+        for job in shared_prefix_jobs(requests):
+            c = len(job.context)
+            longest = max(len(b) for b in job.branches)
+            if c + longest > self.n_ctx:
+                raise QevalInputError(f"{self.info.variant}: a sequence of {c + longest} tokens exceeds "
+                                      f"n_ctx={self.n_ctx}; pass the variant parameter n_ctx=")
+            self.llm.reset()
+            with quiet_stderr(), self._logits_kept(False):
+                self.llm.eval(list(job.context))
+            first = _log_softmax(self._last_logits()[None, :])[0]
+            for branch, i in zip(job.branches, job.members):
                 r = requests[i]
-                first = len(r.context) - 1
-                rows = _log_softmax(logits[first: first + len(r.continuation)])
-                lp = float(rows[np.arange(len(r.continuation)), list(r.continuation)].sum())
+                lp = float(first[r.continuation[0]])
+                if branch:
+                    self.llm.n_tokens = c  # eval() drops the cache beyond n_tokens first
+                    with quiet_stderr(), self._logits_kept(True):
+                        self.llm.eval(list(branch))
+                    rows = _log_softmax(np.asarray(self.llm.scores[c: c + len(branch)], dtype=np.float32))
+                    lp += float(rows[np.arange(len(branch)), list(r.continuation[1:])].sum())
                 if not math.isfinite(lp):
                     raise NonFiniteScores(f"{self.info.variant}: non-finite log-prob for item "
                                           f"{r.sample_id} choice {r.choice}; {BROKEN}")
                 out[i] = lp
             if advance:
-                advance(len(members))
+                advance(len(job.members))
         return out
 
     @functools.cached_property
@@ -342,28 +373,19 @@ class LlamaCppBackend:
         prompt = list(prompts[0])
         if len(prompt) + new_tokens > self.n_ctx:
             return None
-        n_vocab = self.llm.n_vocab()
-
-        def last_logits() -> np.ndarray:
-            return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(n_vocab,))
-
-        # Scoring keeps the logits of every position (logits_all); a server computes only the
-        # last one. Timed the server's way: the flag is llama-cpp-python 0.3.36's own switch.
-        keep_all = self.llm._logits_all
-        self.llm._logits_all = False
+        # Timed the server's way: logits of the last position only.
         try:
             self.llm.reset()
-            with quiet_stderr():
+            with quiet_stderr(), self._logits_kept(False):
                 t0 = time.perf_counter()
                 self.llm.eval(prompt)
-                token = int(np.argmax(last_logits()))
+                token = int(np.argmax(self._last_logits()))
                 t1 = time.perf_counter()
                 for _ in range(new_tokens):
                     self.llm.eval([token])
-                    token = int(np.argmax(last_logits()))
+                    token = int(np.argmax(self._last_logits()))
                 t2 = time.perf_counter()
         finally:
-            self.llm._logits_all = keep_all
             self.llm.reset()
         return ForwardTiming(t1 - t0, t2 - t1)
 
