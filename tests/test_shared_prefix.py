@@ -98,6 +98,23 @@ def test_shared_prefix_equals_naive_scoring_in_fp32(tiny, batch_size):
         backend.close()
 
 
+@pytest.mark.parametrize("plain_head,bool_mask", [(False, True), (True, False), (False, False)])
+def test_every_readout_and_mask_path_equals_naive(tiny, plain_head, bool_mask):
+    """The fast path (own vocabulary projection, boolean mask for SDPA) is the default on these
+    architectures; the model's own head with `logits_to_keep` and the additive mask (eager
+    attention, other architectures) must give the same numbers."""
+    backend = HFBackend(tiny, VariantSpec(name="fp32", method=Method.fp32), device="cpu", batch_size=3)
+    try:
+        assert backend._plain_head and backend._bool_mask
+        backend._plain_head, backend._bool_mask = plain_head, bool_mask
+        reqs = _mixed_requests(backend.tokenize)
+        got = backend.loglikelihood(reqs)
+        want = [_naive(backend.model, r) for r in reqs]
+        assert max(abs(g - w) for g, w in zip(got, want)) <= TOLERANCE
+    finally:
+        backend.close()
+
+
 @pytest.mark.parametrize("continuation", ["letter", "choice_text"])
 def test_letter_and_cloze_tasks_score_as_naive(tiny, continuation):
     task = make_task(10, n_choices=4)
