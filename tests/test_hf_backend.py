@@ -15,6 +15,7 @@ from qeval.backends.hf import HFBackend, HFFactory, choose_dtype
 from qeval.errors import QevalInputError
 from qeval.models import resolve_model
 from qeval.types import Method, VariantSpec
+from tiny_models import naive_loglikelihood
 
 CORPUS = [
     "The patient was given paracetamol for fever and reviewed after four hours.",
@@ -55,11 +56,7 @@ def _requests(backend) -> list[LoglikelihoodRequest]:
 
 
 def _naive(model, req: LoglikelihoodRequest) -> float:
-    ids = torch.tensor([list(req.context) + list(req.continuation)])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    n = len(req.context)
-    return sum(logp[n - 1 + k, t].item() for k, t in enumerate(req.continuation))
+    return naive_loglikelihood(model, req.context, req.continuation)
 
 
 def test_batched_scoring_equals_naive_per_choice_scoring(tiny_model_dir):

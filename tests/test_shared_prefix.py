@@ -19,7 +19,7 @@ from qeval.models import ResolvedModel, fingerprint_dir, resolve_model
 from qeval.runner import build_requests, score_items
 from qeval.types import Method, PromptSpec, VariantSpec
 
-from tiny_models import CORPUS, tiny_checkpoint
+from tiny_models import CORPUS, naive_loglikelihood, tiny_checkpoint
 
 TOLERANCE = 1e-4  # fp32, |Δ log-prob| per choice
 
@@ -66,11 +66,7 @@ def tiny(request, tmp_path_factory):
 
 
 def _naive(model, req: LoglikelihoodRequest) -> float:
-    ids = torch.tensor([list(req.context) + list(req.continuation)])
-    with torch.inference_mode():
-        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    n = len(req.context)
-    return sum(logp[n - 1 + k, t].item() for k, t in enumerate(req.continuation))
+    return naive_loglikelihood(model, req.context, req.continuation)
 
 
 def _mixed_requests(tokenize) -> list[LoglikelihoodRequest]:

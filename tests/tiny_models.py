@@ -38,3 +38,15 @@ def tiny_checkpoint(path, arch: str = "llama", *, hidden: int = 64, intermediate
                     proj.bias.normal_(0, 0.5)
     model.save_pretrained(path)
     return fast, model.eval()
+
+
+def naive_loglikelihood(model, context, continuation) -> float:
+    """The reference for scoring tests: context + continuation alone through the model, unpadded,
+    no cache, the continuation's log-probs summed."""
+    import torch
+
+    ids = torch.tensor([list(context) + list(continuation)])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    n = len(context)
+    return sum(logp[n - 1 + k, t].item() for k, t in enumerate(continuation))
