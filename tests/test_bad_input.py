@@ -508,5 +508,5 @@ def test_15b_out_of_memory_while_scoring_is_explained_too(tmp_path, tasks, model
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 268435456 bytes. Error code 12")
 
-    monkeypatch.setattr(transformers.LlamaForCausalLM, "forward", no_memory)
+    monkeypatch.setattr(transformers.LlamaModel, "forward", no_memory)  # the decoder stack
     _bad(tmp_path, _tiny_args(models), "fp32: out of memory while scoring on cpu", "--batch-size")
