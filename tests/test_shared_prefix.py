@@ -167,3 +167,30 @@ def test_llama_cpp_state_reuse_equals_full_passes(tmp_path):
         assert max(abs(g - w) for g, w in zip(got, want)) <= TOLERANCE
     finally:
         backend.close()
+
+
+def test_llama_cpp_quantized_state_reuse_is_llama_cpps_own_two_step_evaluation(tmp_path):
+    """On a quantized GGUF, a choice evaluated after the cached context can differ from one long
+    pass (llama.cpp's kernels round differently for another batch split); it must equal llama.cpp
+    evaluating the same sequence in those two steps, so the cache holds exactly the context."""
+    pytest.importorskip("llama_cpp")
+    from qeval.backends.llamacpp import LlamaCppBackend, _log_softmax
+    from qeval.config import parse_variant
+
+    tiny_checkpoint(tmp_path / "ckpt", "llama")
+    resolved = ResolvedModel("tiny", tmp_path / "ckpt", fingerprint_dir(tmp_path / "ckpt"), "tiny")
+    backend = LlamaCppBackend(resolved, parse_variant("gguf:q8_0"), cache=tmp_path / "cache")
+    try:
+        reqs = _mixed_requests(backend.tokenize)
+        got = backend.loglikelihood(reqs)
+        llm = backend.llm
+        for r, g in zip(reqs, got):
+            llm.reset()
+            llm.eval(list(r.context))
+            llm.eval(list(r.continuation[:-1]))
+            n = len(r.context)
+            rows = _log_softmax(np.asarray(llm.scores[n - 1: n + len(r.continuation) - 1], dtype=np.float32))
+            assert g == pytest.approx(float(rows[np.arange(len(r.continuation)), list(r.continuation)].sum()),
+                                      abs=1e-9)
+    finally:
+        backend.close()
