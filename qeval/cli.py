@@ -46,6 +46,7 @@ def compare(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N items of each task (quick look; weaker statistics).")] = None,
     reuse: Annotated[bool, typer.Option(help="Reuse stored records of identical earlier runs (baseline included).")] = True,
     log_text: Annotated[bool, typer.Option(help="PHI opt-in: also write prompt text to the run directory.")] = False,
+    keep_distributions: Annotated[bool, typer.Option(help="PHI opt-in: store the baseline's reference-text distributions (top-k token ids, which reveal the passages) in the cache, so a later compare adding a candidate does not rerun the baseline.")] = False,
     n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for confidence intervals.")] = 10_000,
     noise_floor: Annotated[Optional[str], typer.Option(help="Also score the baseline along another numeric path (batch1: one sequence per pass; bf16: bfloat16) and report and gate against that floor.")] = None,
     allow_contamination: Annotated[bool, typer.Option(help="Quantize even when a GPTQ/AWQ calibration set shares 13-word sequences with more than 1% of a task's items.")] = False,
@@ -66,6 +67,7 @@ def compare(
         cfg = _run_config(model=model, base=base, candidates=candidates, suite=suite, tasks=tasks,
                           policy=policy, device=device, strict_dtype=strict_dtype,
                           batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text,
+                          keep_distributions=keep_distributions,
                           n_boot=n_boot, noise_floor=_noise_path(noise_floor),
                           data_dir=data_dir, skip_missing_data=skip_missing_data, from_hub=from_hub,
                           lm_eval_include=_existing_dir(lm_eval_include, "--lm-eval-include"),
@@ -145,6 +147,12 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     if cfg.log_text:
         _warn(f"--log-text: prompt, option, passage and output text (PHI) will be written to "
               f"{run_dir / 'texts'}{os.sep} and nowhere else; protect or delete that folder")
+    if cfg.keep_distributions:
+        from .models import cache_dir
+
+        _warn(f"--keep-distributions: the baseline's reference-text distributions (top-k token ids, "
+              f"which reveal the passages' text) will be stored in {cache_dir() / 'records'}"
+              f"{os.sep}*.dists.npz; protect or delete them")
 
     from .backends.engines import EngineFactory
     from .backends.hf import resolve_device

@@ -34,6 +34,9 @@ class RunConfig(BaseModel):
     limit: int | None = Field(None, ge=1)
     reuse_records: bool = True
     log_text: bool = False
+    # PHI opt-in: store the baseline's reference-text distributions (top-k token ids) in the
+    # cache, so that adding a candidate later does not rerun the baseline.
+    keep_distributions: bool = False
     seed: int = 20261122
     n_boot: int = Field(10_000, ge=100)
     # Score the baseline a second time along another numeric path and report/gate on that floor.

@@ -148,13 +148,19 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     info: BackendInfo | None = None
     reused = []
     resumed: dict[str, int] = {}
+    dists = {}
     for t in tasks:
         hit = stored_records(store, keys[t.spec.id], t, variant, cfg)
         if hit is None:
             continue
         if is_text(t) and baseline is None:
-            # The baseline keeps no text records, only a marker of what scored it.
-            if t.spec.id not in dists_for:
+            # The baseline keeps no text records, only a marker of what scored it; its
+            # distributions only when the user opted in to keeping them.
+            kept = (store.load_distributions(keys[t.spec.id])
+                    if t.spec.id in dists_for and cfg.keep_distributions else None)
+            if kept is not None:
+                dists[t.spec.id] = kept
+            if t.spec.id not in dists_for or kept is not None:
                 info = hit[1]
                 reused.append(t.spec.id)
             continue
@@ -162,7 +168,6 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
         reused.append(t.spec.id)
     todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
             and not (baseline is None and is_text(t) and t.spec.id in reused)]
-    dists = {}
     measure = cfg.efficiency is not None and not variant.params.get("numeric_path")
     efficiency = None
     stages: dict[str, float] = {}
@@ -211,6 +216,8 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     dists[t.spec.id] = baseline_text_distributions(t, work, backend, ui, variant.name)
                     scored_here = True
                     if store is not None:
+                        if cfg.keep_distributions:
+                            store.save_distributions(key, *dists[t.spec.id])
                         store.save(key, [], info)
                     continue
                 with exclusive(store, key, ui, f"{variant.name} · {t.spec.id}"):
@@ -363,6 +370,8 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     base_keys = store_keys(cfg.baseline, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg)
     dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, factory=factory,
                                     model_fingerprint=model_fingerprint)
+    if cfg.keep_distributions and store is not None:  # keep them now for the candidates of later runs
+        dists_for |= {t.spec.id for t in tasks if is_text(t) and not store.has_distributions(base_keys[t.spec.id])}
     base = run_variant(cfg.baseline, tasks, dists_for=dists_for, **common)
     floor = None
     if cfg.noise_floor:

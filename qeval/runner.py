@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import numpy as np
+
 from .backends.base import Backend, LoglikelihoodRequest, NonFiniteScores, Progress
 from .errors import QevalInputError
-from .fileio import append_durably, atomic_write_text
+from .fileio import append_durably, atomic_write_bytes, atomic_write_text
+from .reference_text import BaselineDist
 from .types import (
     BackendInfo, GenerationRecord, ItemRecord, RECORD_SCHEMA, Sample, Task, TaskSpec, TextRecord,
     VariantSpec,
@@ -33,6 +37,7 @@ from .types import (
 if TYPE_CHECKING:
     from .generation import GenerationItem
 
+BASELINE_DIST_FIELDS = tuple(f.name for f in fields(BaselineDist))
 R = TypeVar("R", ItemRecord, TextRecord, GenerationRecord)
 W = TypeVar("W")  # one item's work: ItemRequests, GenerationItem or PassageTokens
 AnyRecord = ItemRecord | TextRecord | GenerationRecord
@@ -195,6 +200,38 @@ class RecordStore:
         rec_path, info_path = self._paths(key)
         write_jsonl(rec_path, records)
         atomic_write_text(info_path, info.model_dump_json(indent=1))
+
+    def save_distributions(self, key: str, hashes: dict[str, str],
+                           dists: dict[str, list[BaselineDist]]) -> None:
+        """The baseline's reference-text distributions (opt-in only: their top-k token ids
+        reveal the passages' text), so a later compare adding a candidate need not rerun it."""
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"hashes": hashes, "windows": {pid: len(ws) for pid, ws in dists.items()}}
+        for n, (pid, windows) in enumerate(dists.items()):
+            for w, d in enumerate(windows):
+                for field in BASELINE_DIST_FIELDS:
+                    arrays[f"{n}.{w}.{field}"] = getattr(d, field)
+        arrays["meta"] = np.frombuffer(json.dumps({**meta, "order": list(dists)}).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.root / f"{key}.dists.npz", buffer.getvalue())
+
+    def has_distributions(self, key: str) -> bool:
+        return (self.root / f"{key}.dists.npz").is_file()
+
+    def load_distributions(self, key: str) -> tuple[dict[str, str], dict[str, list[BaselineDist]]] | None:
+        path = self.root / f"{key}.dists.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                meta = json.loads(data["meta"].tobytes())
+                dists = {pid: [BaselineDist(*(data[f"{n}.{w}.{field}"] for field in BASELINE_DIST_FIELDS))
+                               for w in range(meta["windows"][pid])]
+                         for n, pid in enumerate(meta["order"])}
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged entry is recomputed, never trusted
+        return meta["hashes"], dists
 
     def journal(self, key: str, record_type: type[R]) -> Journal[R]:
         return Journal(self.root / f"{key}.partial.jsonl", record_type)

@@ -259,3 +259,39 @@ def test_changing_top_k_or_windows_changes_the_task_hash(tmp_path):
             "id: t\nkind: reference_text\nsource: {format: qeval_passages, path: passages}\n" + extra)
         hashes.add(load_task(tmp_path / "t.yaml").content_hash)
     assert len(hashes) == 3  # "" and 256 are the same task: 256 is the default
+
+
+def test_kept_baseline_distributions_spare_the_baseline_when_a_candidate_is_added(tmp_path):
+    """Opt-in (--keep-distributions): the baseline's distributions are stored, and a compare that
+    adds a candidate scores only that candidate, with the numbers a recomputing run gives.
+    By default nothing of them is written."""
+    task = make_text_task(n=35)
+    base_cfg = RunConfig(baseline=fake_variant("base"), candidates=(fake_variant("c", noise=0.5),),
+                         tasks=("ref",), n_boot=500, efficiency=None)
+    common = dict(model_fingerprint="fake", policy=GatePolicy(), ui=QuietUI())
+    plain = RecordStore(tmp_path / "plain")
+    run_compare(base_cfg, [task], factory=_CountingFactory([task]), store=plain, **common)
+    assert not list((tmp_path / "plain").glob("*.dists.npz"))  # never by default
+
+    kept = RecordStore(tmp_path / "kept")
+    cfg = base_cfg.model_copy(update={"keep_distributions": True})
+    run_compare(cfg, [task], factory=_CountingFactory([task]), store=kept, **common)
+    assert len(list((tmp_path / "kept").glob("*.dists.npz"))) == 1
+    # Records all stored but no distributions kept yet: the opt-in computes and keeps them.
+    late = RecordStore(tmp_path / "plain")
+    f = _CountingFactory([task])
+    run_compare(cfg, [task], factory=f, store=late, **common)
+    assert f.opened == ["base"] and len(list((tmp_path / "plain").glob("*.dists.npz"))) == 1
+    more = cfg.model_copy(update={"candidates": (fake_variant("c2", noise=0.6),)})
+    f = _CountingFactory([task])
+    res = run_compare(more, [task], factory=f, store=kept, **common)
+    assert f.opened == ["c2"]  # the baseline is not reopened
+    recomputed = run_compare(more.model_copy(update={"keep_distributions": False}), [task],
+                             factory=_CountingFactory([task]), store=RecordStore(tmp_path / "fresh"), **common)
+    assert res.comparisons[0].model_dump() == recomputed.comparisons[0].model_dump()
+    # A damaged file is recomputed, never trusted.
+    next((tmp_path / "kept").glob("*.dists.npz")).write_bytes(b"not a zip")
+    f = _CountingFactory([task])
+    again = run_compare(more.model_copy(update={"candidates": (fake_variant("c3", noise=0.7),)}), [task],
+                        factory=f, store=kept, **common)
+    assert f.opened == ["base", "c3"] and again.comparisons
