@@ -206,29 +206,33 @@ class RecordStore:
         """The baseline's reference-text distributions (opt-in only: their top-k token ids
         reveal the passages' text), so a later compare adding a candidate need not rerun it."""
         arrays: dict[str, np.ndarray] = {}
+        # Passage id → window count, in passage order (JSON keeps it).
         meta = {"hashes": hashes, "windows": {pid: len(ws) for pid, ws in dists.items()}}
         for n, (pid, windows) in enumerate(dists.items()):
             for w, d in enumerate(windows):
                 for field in BASELINE_DIST_FIELDS:
                     arrays[f"{n}.{w}.{field}"] = getattr(d, field)
-        arrays["meta"] = np.frombuffer(json.dumps({**meta, "order": list(dists)}).encode(), dtype=np.uint8)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(self.root / f"{key}.dists.npz", buffer.getvalue())
+        atomic_write_bytes(self._dists_path(key), buffer.getvalue())
+
+    def _dists_path(self, key: str) -> Path:
+        return self.root / f"{key}.dists.npz"
 
     def has_distributions(self, key: str) -> bool:
-        return (self.root / f"{key}.dists.npz").is_file()
+        return self._dists_path(key).is_file()
 
     def load_distributions(self, key: str) -> tuple[dict[str, str], dict[str, list[BaselineDist]]] | None:
-        path = self.root / f"{key}.dists.npz"
+        path = self._dists_path(key)
         if not path.is_file():
             return None
         try:
             with np.load(path) as data:
                 meta = json.loads(data["meta"].tobytes())
                 dists = {pid: [BaselineDist(*(data[f"{n}.{w}.{field}"] for field in BASELINE_DIST_FIELDS))
-                               for w in range(meta["windows"][pid])]
-                         for n, pid in enumerate(meta["order"])}
+                               for w in range(n_windows)]
+                         for n, (pid, n_windows) in enumerate(meta["windows"].items())}
         except (OSError, ValueError, KeyError):
             return None  # a damaged entry is recomputed, never trusted
         return meta["hashes"], dists

@@ -252,9 +252,9 @@ def _weight_bytes(model) -> int:
 
 def _packed_batch(batch: Sequence[SharedPrefixJob], pad_id: int):
     """Input ids, position ids and the 4-D boolean attention mask (True where a query may attend)
-    of right-padded shared-prefix jobs. The context is causal;
-    each branch sees the context and its own earlier tokens; a padding position sees only itself,
-    so its row stays finite and cannot leak NaN into real rows."""
+    of right-padded shared-prefix jobs. The context is causal; each branch sees the context and
+    its own earlier tokens; a padding position sees only itself, so its row stays finite and
+    cannot leak NaN into real rows."""
     import torch
 
     width = max(len(job) for job in batch)

@@ -256,10 +256,13 @@ class LlamaCppBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
-    def _logits(self, tokens: Sequence[int]) -> np.ndarray:
-        if len(tokens) > self.n_ctx:
-            raise QevalInputError(f"{self.info.variant}: a sequence of {len(tokens)} tokens exceeds "
+    def _check_fits(self, n_tokens: int) -> None:
+        if n_tokens > self.n_ctx:
+            raise QevalInputError(f"{self.info.variant}: a sequence of {n_tokens} tokens exceeds "
                                   f"n_ctx={self.n_ctx}; pass the variant parameter n_ctx=")
+
+    def _logits(self, tokens: Sequence[int]) -> np.ndarray:
+        self._check_fits(len(tokens))
         self.llm.reset()
         with quiet_stderr():
             self.llm.eval(list(tokens))
@@ -289,10 +292,7 @@ class LlamaCppBackend:
         out = [0.0] * len(requests)
         for job in shared_prefix_jobs(requests):
             c = len(job.context)
-            longest = max(len(b) for b in job.branches)
-            if c + longest > self.n_ctx:
-                raise QevalInputError(f"{self.info.variant}: a sequence of {c + longest} tokens exceeds "
-                                      f"n_ctx={self.n_ctx}; pass the variant parameter n_ctx=")
+            self._check_fits(c + max(len(b) for b in job.branches))
             self.llm.reset()
             with quiet_stderr(), self._logits_kept(False):
                 self.llm.eval(list(job.context))
