@@ -15,7 +15,8 @@ import numpy as np
 from . import stats
 from .types import (
     CategoryBreakdown, GenerationComparison, GenerationRecord, Interval, ItemRecord, PairedItems, Risk,
-    RiskBreakdown, Task, TaskComparison, TextComparison, TextRecord, TextUnits,
+    RiskBreakdown, RotationComparison, RotationStats, Task, TaskComparison, TextComparison, TextRecord,
+    TextUnits,
 )
 
 Paired = TypeVar("Paired", ItemRecord, GenerationRecord)
@@ -136,6 +137,62 @@ def compare_task(
         choice_kl_p99=float(np.quantile(kls, 0.99)),
         choice_kl_max=float(kls.max()),
         top1_agreement=_share(agree, labels),
+        rotation=compare_rotations(pairs, labels, n_boot=n_boot, seed=seed),
+    )
+
+
+def _rotation_flags(r: ItemRecord) -> tuple[bool, float, bool]:
+    """Per item: the same option under every rotation; share of rotations that picked the key;
+    the key under every rotation."""
+    picks = r.rotation_predictions or (r.prediction,)
+    hits = [p == r.target for p in picks]
+    return len(set(picks)) == 1, sum(hits) / len(hits), all(hits)
+
+
+def rotation_stats(records: Sequence[ItemRecord], labels: Sequence[str] | None = None) -> RotationStats:
+    """How one variant answered under rotated options. Positions: rotation r shows option j at
+    (j − r) mod k, so each pick's position is recovered from the record alone."""
+    flags = [_rotation_flags(r) for r in records]
+    consistent = np.array([f[0] for f in flags], dtype=bool)
+    width = max(len(r.choice_scores) for r in records)
+    positions = np.zeros(width)
+    scorings = 0
+    for r in records:
+        k = len(r.choice_scores)
+        for rot, pick in enumerate(r.rotation_predictions or (r.prediction,)):
+            positions[(pick - rot) % k] += 1
+            scorings += 1
+    return RotationStats(
+        variant=records[0].variant, n=len(records), rotations=scorings,
+        accuracy=float(np.mean([r.correct for r in records])),
+        mean_rotation_accuracy=float(np.mean([f[1] for f in flags])),
+        all_rotations_accuracy=float(np.mean([f[2] for f in flags])),
+        consistency=_share(consistent, tuple(labels) if labels is not None else None),
+        position_shares=tuple(float(x) for x in positions / scorings),
+    )
+
+
+def compare_rotations(pairs: Sequence[tuple[ItemRecord, ItemRecord]], labels: tuple[str, ...] | None, *,
+                      n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED
+                      ) -> RotationComparison | None:
+    """Both sides' rotation statistics and the paired changes; None when the task was not scored
+    under rotated options."""
+    if any(b.rotation_predictions is None or c.rotation_predictions is None for b, c in pairs):
+        return None
+    base = [b for b, _ in pairs]
+    cand = [c for _, c in pairs]
+    b_flags = [_rotation_flags(r) for r in base]
+    c_flags = [_rotation_flags(r) for r in cand]
+    b_cons = np.array([f[0] for f in b_flags], dtype=bool)
+    c_cons = np.array([f[0] for f in c_flags], dtype=bool)
+    up, down = int(np.sum(c_cons & ~b_cons)), int(np.sum(b_cons & ~c_cons))
+    diffs = np.array([c[1] - b[1] for b, c in zip(b_flags, c_flags)])
+    deff = stats.design_effect((c_cons.astype(float) - b_cons.astype(float)), labels)
+    return RotationComparison(
+        baseline=rotation_stats(base, labels), candidate=rotation_stats(cand, labels),
+        consistency_delta=stats.paired_difference_ci(up, down, len(pairs), design_effect=deff),
+        mean_rotation_accuracy_delta=stats.bootstrap_mean_ci(diffs, n_boot=n_boot, seed=seed,
+                                                             clusters=labels),
     )
 
 

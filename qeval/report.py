@@ -49,6 +49,7 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
                    "content_hash": t.content_hash, "path": t.path} for t in res.tasks],
         "comparisons": comparisons,
         "combination": res.verdict.combination,
+        "rotation": rotation_by_task(res.comparisons),
         "power": [r.model_dump(mode="json") for r in res.power],
         "noise_floor": None if res.floor is None else {
             "variant": res.floor.info.model_dump(mode="json"),
@@ -56,6 +57,49 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
             "comparisons": [c.model_dump(mode="json") for c in res.floors.values()],
         },
     }
+
+
+def rotation_by_task(comparisons) -> dict[str, dict[str, dict]]:
+    """task → variant → its rotation statistics (baseline included), for tasks scored under
+    rotated options."""
+    out: dict[str, dict[str, dict]] = {}
+    for c in comparisons:
+        rot = getattr(c, "rotation", None)
+        if rot is not None:
+            for side in (rot.baseline, rot.candidate):
+                out.setdefault(c.task, {})[side.variant] = side.model_dump(mode="json")
+    return out
+
+
+def rotation_markdown(results: dict) -> list[str]:
+    rot = results.get("rotation") or {}
+    if not rot:
+        return []
+    lines = ["", "## Rotated options (permutation-robust scoring)", "",
+             "Each item is scored under every cyclic rotation of its options; the verdict uses the "
+             "mean over rotations of each option's log-softmax, so a preference for a position cancels out.",
+             "", "| task | variant | items | acc % (rotation-averaged) | mean acc % per rotation | "
+             "correct under all % | consistent % [95% CI] | picks by position (A, B, …) % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, variants in rot.items():
+        for name, r in variants.items():
+            lines.append(f"| {task} | {name} | {r['n']} | {_pct(r['accuracy'])} | "
+                         f"{_pct(r['mean_rotation_accuracy'])} | {_pct(r['all_rotations_accuracy'])} | "
+                         f"{_interval_pct(r['consistency'])} | "
+                         f"{' / '.join(f'{100 * x:.0f}' for x in r['position_shares'])} |")
+    paired = [c for c in _mc(results["comparisons"]) if c.get("rotation")]
+    if paired:
+        lines += ["", "| task | candidate | Δ consistent pp [95% CI] | Δ mean acc per rotation pp [95% CI] |",
+                  "|---|---|---|---|"]
+        for c in paired:
+            r = c["rotation"]
+            lines.append(f"| {c['task']} | {c['candidate']} | {_delta_pp(r['consistency_delta'])} | "
+                         f"{_delta_pp(r['mean_rotation_accuracy_delta'])} |")
+    return lines + [""]
+
+
+def _delta_pp(i: dict) -> str:
+    return f"{100 * i['estimate']:+.1f} [{100 * i['low']:+.1f}, {100 * i['high']:+.1f}]"
 
 
 def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
@@ -294,6 +338,7 @@ def markdown_report(results: dict) -> str:
             f"{c['choice_kl_p95']['estimate']:.4f} | {c['choice_kl_max']:.3f} | "
             f"{_pct(c['top1_agreement']['estimate'])} | **{c['verdict']}** |"
         )
+    lines += rotation_markdown(results)
     if _gen(results["comparisons"]):
         lines += ["", "## Generation: greedy decoding, answer extracted by the task's pattern", "",
                   "| task | candidate | n | base acc % | cand acc % | Δ pp [95% CI] | ↓ c→w | ↑ w→c | McNemar p | "
@@ -452,6 +497,9 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
                        f"{c['kld_max']:.2f}", f"{100 * c['same_top']['estimate']:.2f}",
                        _ratio(c["ppl_ratio"]), f"[{_COLOR[dec]}]{dec.value}[/]")
         console.print(tt)
+    for task, variants in (results.get("rotation") or {}).items():
+        console.print(f"rotated options on {task}: consistent under every rotation " + ", ".join(
+            f"{name} {_pct(r['consistency']['estimate'])}%" for name, r in variants.items()), highlight=False)
     eff = results.get("efficiency")
     if eff and eff.get("variants"):
         n = eff["probe"]["batch"]

@@ -282,7 +282,7 @@ def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
 # Fields added after the first release: left out of the content hash while at their default, so
 # tasks that do not use them keep their hash (and their stored records stay reusable).
 _ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "passage": "", "prompt_text": None,
-                   "continuations": None, "answers": [], "generation": None}
+                   "continuations": None, "answers": [], "generation": None, "rotations": "none"}
 # Fields that only reference_text tasks read: part of their hash always (a changed k changes every
 # number), never part of a multiple-choice task's.
 _REFERENCE_ONLY = frozenset({"baseline_top_k", "window_tokens"})

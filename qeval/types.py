@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RECORD_SCHEMA = 1  # bump when ItemRecord changes meaning; part of every record-store key
 
@@ -135,6 +135,22 @@ class TaskSpec(Strict):
     # window's first token is context only), so any engine's context length suffices.
     window_tokens: int = Field(1024, ge=16, le=32768)
     generation: GenerationSpec | None = None  # generate tasks only
+    # multiple_choice with the options listed in the prompt: `cyclic` scores every item under each
+    # of its k cyclic rotations of the options (same template; rotation r lists option r first),
+    # and the item's choice scores are the mean over rotations of each option's log-softmax, so a
+    # preference for a position (always "A") cancels out. k times the scoring cost.
+    rotations: Literal["none", "cyclic"] = "none"
+
+    @model_validator(mode="after")
+    def _rotations_need_listed_options(self) -> "TaskSpec":
+        if self.rotations != "none":
+            if self.kind != "multiple_choice":
+                raise ValueError(f"rotations: {self.rotations} applies to multiple_choice tasks, "
+                                 f"not {self.kind}; remove it")
+            if "{choices}" not in self.prompt.template:
+                raise ValueError(f"rotations: {self.rotations} needs a prompt template that lists "
+                                 "the options ({choices}); without it every rotation is the same prompt")
+        return self
 
 
 class Task(Strict):
@@ -256,6 +272,10 @@ class ItemRecord(Strict):
     correct: bool
     category: str
     risk: Risk
+    # Tasks with rotated options: the option (index in the item's own order) each rotation picked,
+    # rotation r listing option r first. choice_logprobs and choice_scores are then means over the
+    # rotations, in the item's own order.
+    rotation_predictions: tuple[int, ...] | None = None
 
 
 class TextRecord(Strict):
@@ -356,6 +376,30 @@ class RiskBreakdown(Strict):
     wrong_to_correct: tuple[str, ...]
 
 
+class RotationStats(Strict):
+    """One variant's answers under rotated options (tasks with `rotations: cyclic`)."""
+
+    variant: str
+    n: int  # items
+    rotations: int  # (item, rotation) scorings
+    accuracy: float  # of the rotation-averaged scores: the record's prediction
+    mean_rotation_accuracy: float  # share of (item, rotation) scorings that picked the key
+    all_rotations_accuracy: float  # items answered correctly under every rotation (CircularEval)
+    consistency: Interval  # items whose picked option is the same under every rotation, Wilson CI
+    # Share of all scorings that picked the option shown at each position (A, B, ...): an engine
+    # with a position preference piles up on one letter.
+    position_shares: tuple[float, ...]
+
+
+class RotationComparison(Strict):
+    """Rotation consistency of both variants, paired per item."""
+
+    baseline: RotationStats
+    candidate: RotationStats
+    consistency_delta: Interval  # candidate − baseline share of consistent items, paired
+    mean_rotation_accuracy_delta: Interval  # candidate − baseline, per-item means paired
+
+
 class TaskComparison(Strict):
     """Paired baseline-vs-candidate numbers for one task. Pure function of the two record lists."""
 
@@ -382,6 +426,7 @@ class TaskComparison(Strict):
     design_effect: float = 1.0  # of the per-item accuracy differences; 1 when not clustered
     high_risk: RiskBreakdown
     categories: tuple[CategoryBreakdown, ...]
+    rotation: RotationComparison | None = None  # tasks scored under rotated options
     items: PairedItems = Field(exclude=True, repr=False)
 
 
