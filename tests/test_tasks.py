@@ -111,11 +111,15 @@ CLUSTERED = """  - id: {id}
 """
 
 
-def test_cluster_by_needs_a_cluster_on_every_item(tmp_path):
-    items = CLUSTERED.format(id="x1", cluster="case1") + ITEM.format(id="x2", answer="B")
-    root = _write_task(tmp_path, items, "cluster_by: cluster\n")
-    with pytest.raises(QevalInputError, match="item 'x2'.*no cluster"):
-        TaskRegistry([root]).load("t")
+def test_with_cluster_by_an_item_without_a_cluster_is_a_cluster_of_its_own(tmp_path):
+    from qeval.compare import task_clusters
+
+    items = (CLUSTERED.format(id="x1", cluster="case1") + ITEM.format(id="x2", answer="B")
+             + CLUSTERED.format(id="x3", cluster="case1") + ITEM.format(id="x4", answer="C"))
+    task = TaskRegistry([_write_task(tmp_path, items, "cluster_by: cluster\n")]).load("t")
+    labels = task_clusters(task)
+    assert labels["x1"] == labels["x3"] == "case1"
+    assert len(set(labels.values())) == 3 and labels["x2"] != labels["x4"]
 
 
 def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
@@ -129,9 +133,9 @@ def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
     import hashlib
     import json
 
-    later = ("cluster", "passage", "prompt_text", "continuations", "answers")  # Sample fields
+    later = ("cluster", "passage", "prompt_text", "continuations", "answers", "numeric")  # Sample fields
     spec = {k: v for k, v in plain.spec.model_dump(mode="json").items()
-            if k not in ("cluster_by", "baseline_top_k", "window_tokens", "generation")}
+            if k not in ("cluster_by", "baseline_top_k", "window_tokens", "generation", "require_provenance")}
     spec["source"] = {k: v for k, v in spec["source"].items() if k != "ids_path"}
     legacy = json.dumps({
         "spec": spec,
