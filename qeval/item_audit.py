@@ -87,16 +87,20 @@ def has_options(s: Sample) -> bool:
     return len(s.choices) >= 2 and 0 <= s.target < len(s.choices)
 
 
+def item_credits(s: Sample) -> dict[str, float]:
+    """heuristic → its expected score on this item: 1, 0, or 1/(options tied with the key)."""
+    return {name: (s.target in picked) / len(picked) for name, picked in
+            ((name, pick(s)) for name, pick in HEURISTICS.items())}
+
+
 def heuristic_credits(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
-    """heuristic → sample id → its expected score on the item (1, 0, or 1/ties), for items with
-    options. What the gate's chance guard compares the baseline with."""
+    """heuristic → sample id → its expected score on the item, for items with options. What the
+    gate's chance guard compares the baseline with."""
     out: dict[str, dict[str, float]] = {name: {} for name in HEURISTICS}
     for s in samples:
-        if not has_options(s):
-            continue
-        for name, pick in HEURISTICS.items():
-            picked = pick(s)
-            out[name][s.id] = (s.target in picked) / len(picked)
+        if has_options(s):
+            for name, credit in item_credits(s).items():
+                out[name][s.id] = credit
     return out
 
 
@@ -257,11 +261,11 @@ def audit_samples(task: str, samples: Sequence[Sample], letters: str = "ABCDEFGH
         raise ValueError(f"task {task}: no multiple-choice items to audit")
     n = len(items)
     chance = sum(1 / len(s.choices) for s in items) / n
-    credits = heuristic_credits(items)
+    credits = [item_credits(s) for s in items]
     heuristics = tuple(
-        HeuristicResult(name=name, accuracy=stats.clopper_pearson(sum(per.values()), n),
+        HeuristicResult(name=name, accuracy=stats.clopper_pearson(sum(c[name] for c in credits), n),
                         limit=chance + HEURISTIC_MARGIN)
-        for name, per in credits.items())
+        for name in HEURISTICS)
     longest, longest_expected, ratio = _key_longest(items)
     per_k: dict[int, Counter] = {}
     for s in items:

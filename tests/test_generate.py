@@ -253,7 +253,8 @@ def test_gate_go_no_go_and_inconclusive_on_generated_answers():
                fake_variant("broken", skill=0.8, damage=0.3))
     assert res.verdict.per_candidate == {"same": Decision.GO, "broken": Decision.NO_GO}
     same = {r.rule: r.decision for r in _verdict(res, "same").rules}
-    assert same == {"accuracy_non_inferiority": Decision.GO, "answer_disagreement": Decision.GO}
+    assert same == {"accuracy_non_inferiority": Decision.GO, "answer_disagreement": Decision.GO,
+                    "high_risk_non_inferiority": Decision.GO, "high_risk_flips": Decision.GO}
     broken = {r.rule: r.decision for r in _verdict(res, "broken").rules}
     assert broken["accuracy_non_inferiority"] == Decision.NO_GO
     assert broken["answer_disagreement"] == Decision.NO_GO
