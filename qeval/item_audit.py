@@ -149,7 +149,8 @@ class NumericOptions(Strict):
     key_out_of_order: int  # items where the key is the single value out of order
     key_extreme: int  # items where the key is the unique smallest or largest value
     expected_key_extreme: float  # under random placement of the key
-    p_extreme: float
+    p_extreme: float  # one-sided exact p that the key is at an extreme more often than random
+    p_extreme_fewer: float  # ... less often than random (a "take a middle value" cue; reported)
 
 
 class ItemAudit(Strict):
@@ -237,8 +238,12 @@ def _numeric(samples: Sequence[Sample]) -> NumericOptions:
         extreme += s.target in unique_ends
         probs.append(len(unique_ends) / len(v))
     p = stats.above_chance_p([True] * extreme + [False] * (ids - extreme), probs) if ids else 1.0
+    # fewer than random: the same Poisson-binomial law, read from the other end
+    fewer = (stats.above_chance_p([True] * (ids - extreme) + [False] * extreme, [1 - q for q in probs])
+             if ids else 1.0)
     return NumericOptions(items=ids, not_ascending=tuple(unsorted), key_out_of_order=out_of_order,
-                          key_extreme=extreme, expected_key_extreme=sum(probs), p_extreme=p)
+                          key_extreme=extreme, expected_key_extreme=sum(probs), p_extreme=p,
+                          p_extreme_fewer=fewer)
 
 
 def _key_longest(samples: Sequence[Sample]) -> tuple[int, float, float | None]:
@@ -332,7 +337,8 @@ def audit_lines(a: ItemAudit) -> list[str]:
     nm = a.numeric
     lines.append(f"numeric-option items: {nm.items}; not ascending {len(nm.not_ascending)}; key the single "
                  f"out-of-order value {nm.key_out_of_order}; key at an extreme {nm.key_extreme} "
-                 f"(random placement {nm.expected_key_extreme:.1f})")
+                 f"(random placement {nm.expected_key_extreme:.1f}; exact p = {nm.p_extreme_fewer:.2g} "
+                 "for so few: a middle value then gives the key away)")
     lines += ["", "limits:"]
     lines += [f"  {'pass' if c.passed else 'FAIL'}  {c.text}" for c in a.checks]
     return lines

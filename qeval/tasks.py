@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import QevalInputError
 from .types import BENCHMARK_FORMATS, NumericAnswer, Passage, Risk, Sample, Task, TaskSpec
@@ -83,21 +83,10 @@ class ItemFile(BaseModel):
     items: list[ItemFileEntry]
 
 
-class NumericItemEntry(_ItemFields):
+class NumericItemEntry(_ItemFields, NumericAnswer):
     """An item whose answer is a number in a unit (tasks with `generation.answer: numeric`; see
-    tasks/clinical_dose_calc/README.md)."""
-
-    value: float = Field(strict=True, allow_inf_nan=False)
-    unit: str = Field(min_length=1)
-    tolerance_abs: float | None = Field(None, strict=True, ge=0, allow_inf_nan=False)
-    tolerance_rel: float | None = Field(None, strict=True, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _one_tolerance(self) -> NumericItemEntry:
-        if (self.tolerance_abs is None) == (self.tolerance_rel is None):
-            raise ValueError("give exactly one of tolerance_abs (in the item's unit) and "
-                             "tolerance_rel (a fraction of the value, e.g. 0.02)")
-        return self
+    tasks/clinical_dose_calc/README.md): value, unit and exactly one of tolerance_abs and
+    tolerance_rel, as NumericAnswer checks them."""
 
 
 class NumericItemFile(BaseModel):
@@ -228,9 +217,8 @@ def load_item_file(path: Path, letters: str, *, numeric: bool = False,
         common = dict(id=item.id, question=item.question, category=parsed.area, risk=item.risk,
                       cluster=item.cluster, rationale=item.rationale)
         if numeric:
-            samples.append(Sample(**common, choices=(), target=-1, numeric=NumericAnswer(
-                value=item.value, unit=item.unit, tolerance_abs=item.tolerance_abs,
-                tolerance_rel=item.tolerance_rel)))
+            key = item.model_dump(include=set(NumericAnswer.model_fields))
+            samples.append(Sample(**common, choices=(), target=-1, numeric=NumericAnswer(**key)))
             continue
         valid = letters[: len(item.choices)]
         if len(item.answer) != 1 or item.answer not in valid:

@@ -237,3 +237,11 @@ def test_chance_guard_needs_the_baseline_above_the_best_cue_heuristic():
     results = results_dict(middling, model={"spec": "fake", "source": "fake", "fingerprint": "0" * 64}, policy={})
     assert results["comparisons"][0]["cue_accuracy"] == pytest.approx(0.7)
     assert "best cue heuristic 'longest option' 70.0%" in markdown_report(results)
+
+
+def test_key_never_at_a_numeric_extreme_is_reported_as_a_middle_value_cue():
+    values = ["5 mg", "10 mg", "20 mg", "40 mg"]
+    audit = audit_samples("t", _balanced(90) + [_item(100 + i, values, 1 + i % 2) for i in range(30)])
+    assert audit.numeric.key_extreme == 0 and audit.numeric.p_extreme_fewer < 1e-6
+    assert audit.numeric.p_extreme == 1.0
+    assert "p = " in next(x for x in audit_lines(audit) if x.startswith("numeric-option items"))
