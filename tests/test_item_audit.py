@@ -179,8 +179,10 @@ def test_audit_items_command_and_the_compare_warning(tmp_path, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(app, ["audit-items", "cuey"])
     assert res.exit_code == 1 and "FAIL  'longest option' scores 100.0%" in res.output
-    data = json.loads(runner.invoke(app, ["audit-items", "cuey", "--json"]).output)
+    as_json = runner.invoke(app, ["audit-items", "cuey", "--json"]).output
+    data = json.loads(as_json)
     assert data["key_longest"] == 40 and data["heuristics"][0]["name"] == "longest option"
+    assert not any(t in res.output + as_json for t in ("longer tail", "Drug", "Question"))  # ids and numbers only
     res = runner.invoke(app, ["audit-items", "nope"])
     assert res.exit_code == 2 and "unknown task 'nope'" in res.output
     # compare: the warning comes right after the tasks load, before any model work (here the
