@@ -140,6 +140,8 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     trail.tasks = loaded
     for line in skipped:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+    for line in _cue_warnings(loaded):
+        _warn(line)
     run_dir = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if run_dir.exists():
         raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
@@ -550,6 +552,47 @@ def prepare(
     console.print(f"{r.spec}: {r.path}\nfingerprint {r.fingerprint}\ncache {cache_dir()}", highlight=False)
     for n in r.notes:
         console.print(f"note: {n}", highlight=False)
+
+
+def _cue_warnings(loaded) -> list[str]:
+    """One line per task whose options give answers away beyond the item-writing limits."""
+    from .item_audit import audit_samples, has_options, warning_line
+
+    lines = []
+    for t in loaded:
+        if t.spec.kind != "reference_text" and any(has_options(s) for s in t.samples):
+            line = warning_line(audit_samples(t.spec.id, t.samples, t.spec.prompt.letters))
+            lines += [line] if line else []
+    return lines
+
+
+@app.command("audit-items")
+def audit_items(
+    task: Annotated[str, typer.Argument(help="A task id (`qeval tasks` lists them).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the audit as JSON.")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder of benchmark files in their original formats.")] = None,
+) -> None:
+    """Answer-cue audit of a multiple-choice task: can the key be found from the options alone
+    (longest option, last option, …)? Exit code 0 when the items meet the limits, 1 when not."""
+    from .config import data_dir_from, project_dir
+    from .item_audit import audit_lines, audit_samples, has_options
+    from .tasks import load_tasks
+
+    try:
+        (loaded,), _ = load_tasks([task], roots=[project_dir("tasks")], data_dir=data_dir_from(data_dir))
+        if loaded.spec.kind == "reference_text" or not any(has_options(s) for s in loaded.samples):
+            raise QevalInputError(f"task {task!r} has no multiple-choice items to audit; give a "
+                                  "multiple-choice task (or a generate task whose items have options)")
+        audit = audit_samples(loaded.spec.id, loaded.samples, loaded.spec.prompt.letters)
+    except QevalInputError as exc:
+        _fail(str(exc))
+    console = Console()
+    if as_json:
+        console.print_json(audit.model_dump_json())
+    else:
+        for line in audit_lines(audit):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if audit.passed else 1)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from . import efficiency as eff
 from .backends.base import Backend
 from .config import RunConfig, floor_replica
 from .gate import GatePolicy, judge
+from .item_audit import heuristic_credits
 from .power import power_table
 from . import generation as gen
 from . import reference_text as rt
@@ -346,14 +347,16 @@ def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
                                         cluster_by=t.spec.cluster_by, n_boot=cfg.n_boot, seed=cfg.seed))
             continue
         chance = [t.spec.chance_level] * len(t.samples) if t.spec.chance_level is not None else None
+        cues = heuristic_credits(t.samples)  # the chance guard's answer-cue heuristics
         if is_generate(t):
             out.append(cmp.compare_generation(
                 base.records[t.spec.id], other.records[t.spec.id], chance=chance,
-                clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by))
+                clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
+                tolerances=gen.answer_keys(t)))
             continue
         out.append(cmp.compare_task(
             base.records[t.spec.id], other.records[t.spec.id], chance=chance,
-            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by,
+            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
             n_boot=cfg.n_boot, seed=cfg.seed))
     return out
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from . import __version__
 from .pipeline import CompareResult
+from .power import row_labels
 from .fileio import atomic_write_text
 from .runner import write_jsonl
 from .types import EXIT_CODES, Decision, TaskComparison
@@ -321,7 +322,8 @@ def markdown_report(results: dict) -> str:
         for r in results["power"]:
             flag = f"underpowered: needs ≈{r['n_needed']} items" if r["underpowered"] else ""
             margin = "—" if r["margin"] is None else f"{100 * r['margin']:.1f}"
-            lines.append(f"| {r['task']} | {r['candidate'] or 'all'} | {r['n']} | "
+            task, count = row_labels(r["task"], r.get("subset", "all"), r["n"], r.get("n_effective"))
+            lines.append(f"| {task} | {r['candidate'] or 'all'} | {count} | "
                          f"{100 * r['discordance']:.1f}% | {r['discordance_source']} | "
                          f"{100 * r['mde']:.1f} | {margin} | {flag} |")
     # The multiple-choice table is left out only when generate tasks stand in its place.
@@ -397,14 +399,17 @@ def markdown_report(results: dict) -> str:
                          f"{c['ppl_ratio']['estimate']:.5f}")
         lines += ["", "Effects no larger than these come from numerics alone; with "
                   "`require_above_noise_floor` a NO_GO needs more.", ""]
-    lines += ["", "Chance level and the baseline's evidence against it:", ""]
+    lines += ["", "Chance level, the best answer-cue heuristic (options read without the question) and "
+              "the baseline's evidence against both:", ""]
     seen = set()
     for c in _labelled(results["comparisons"]):
         if c["task"] in seen:
             continue
         seen.add(c["task"])
+        cue = (f"; best cue heuristic '{c['cue_heuristic']}' {_pct(c['cue_accuracy'])}% (p = "
+               f"{c['baseline_above_cue_p']:.3g})" if c.get("cue_heuristic") else "")
         lines.append(f"- {c['task']}: baseline {_pct(c['baseline_accuracy'])}% vs chance "
-                     f"{_pct(c['baseline_chance'])}% (one-sided exact p = {c['baseline_above_chance_p']:.3g})")
+                     f"{_pct(c['baseline_chance'])}% (one-sided exact p = {c['baseline_above_chance_p']:.3g}){cue}")
     lines += ["", "## How the verdict was combined", "", results.get("combination", ""), "",
               "## Why", ""]
     for c in results["comparisons"]:
