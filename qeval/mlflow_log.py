@@ -61,16 +61,30 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def is_file_store(uri: str) -> bool:
+    """A local folder store (`file:` URI or a plain path), not a database or a server."""
+    scheme = uri.split(":", 1)[0] if re.match(r"^[A-Za-z][\w+.-]+:", uri) else ""
+    return scheme in ("", "file")
+
+
 def _client(uri: str):
     _quiet_env()
+    if is_file_store(uri):
+        # MLflow 3 refuses its folder store unless opted in; naming one is that opt-in.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     try:
         with _quiet():
             from mlflow.tracking import MlflowClient
     except ImportError:
         raise QevalInputError("--mlflow needs the mlflow package, an optional extra: "
                               "pip install 'qeval[mlflow]'") from None
-    with _quiet():
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        with _quiet():
+            return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as exc:  # noqa: BLE001 - MlflowException for an unusable store URI
+        raise QevalInputError(f"MLflow store {uri}: cannot open it ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); fix --mlflow-uri or "
+                              "MLFLOW_TRACKING_URI") from None
 
 
 def default_uri(runs_parent: Path) -> str:
@@ -183,10 +197,11 @@ def payload(results: dict, *, variants: list[dict] | None = None) -> tuple[dict,
 
     tags = {"qeval.verdict": results["verdict"], "qeval.exit_code": str(results["exit_code"]),
             "qeval.model_fingerprint": model["fingerprint"]}
+    # Dots, not slashes: a folder store keeps each tag in a file named by its key.
     for cand, verdict in results["per_candidate"].items():
-        tags[_key("qeval.verdict", cand)] = verdict
+        tags[_key(f"qeval.verdict.{cand}")] = verdict
     for c in results["comparisons"]:
-        tags[_key("qeval.verdict", c["candidate"], c["task"])] = c["verdict"]
+        tags[_key(f"qeval.verdict.{c['candidate']}.{c['task']}")] = c["verdict"]
     if results.get("rejudged"):
         tags["qeval.rejudged_from"] = results["rejudged"]["run_dir"]
     return params, metrics, tags
