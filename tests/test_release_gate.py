@@ -279,8 +279,11 @@ def test_mlflow_live_server_run_and_model_version_tag(run_dir, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    # A registered model version made the ordinary way: from a training run's artifact.
+    exp = client.create_experiment("training")
+    trained = client.create_run(exp).info.run_id
     client.create_registered_model("clinical-llm")
-    version = client.create_model_version("clinical-llm", source="models:/placeholder").version
+    version = client.create_model_version("clinical-llm", source=f"runs:/{trained}/model", run_id=trained).version
     res = runner.invoke(app, ["report", str(run_dir), "--mlflow-uri", mlflow_server,
                               "--mlflow-model", f"clinical-llm/{version}"])
     assert res.exit_code == 1, res.output
