@@ -67,7 +67,7 @@ def is_file_store(uri: str) -> bool:
     return scheme in ("", "file")
 
 
-def _client(uri: str):
+def _client_class(uri: str):
     _quiet_env()
     if is_file_store(uri):
         # MLflow 3 refuses its folder store unless opted in; naming one is that opt-in.
@@ -78,6 +78,11 @@ def _client(uri: str):
     except ImportError:
         raise QevalInputError("--mlflow needs the mlflow package, an optional extra: "
                               "pip install 'qeval[mlflow]'") from None
+    return MlflowClient
+
+
+def _client(uri: str):
+    MlflowClient = _client_class(uri)
     try:
         with _quiet():
             return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -104,10 +109,23 @@ def parse_model_version(text: str | None) -> tuple[str, str] | None:
     return name, version
 
 
+def _local_sqlite(uri: str) -> Path | None:
+    """The database file of a local SQLite store URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def preflight(uri: str, model_version: str | None) -> None:
     """Before any model time: MLflow is installed, the store answers, and the registered model
-    version to mark exists."""
+    version to mark exists. A local SQLite store that does not exist yet is created when the run
+    is logged, not now (a run refused later leaves nothing behind)."""
     parsed = parse_model_version(model_version)
+    db = _local_sqlite(uri)
+    if db is not None and not db.exists():
+        _client_class(uri)  # installed?
+        if parsed is not None:
+            raise QevalInputError(f"--mlflow-model {model_version}: no such registered model version: the "
+                                  f"MLflow store {uri} does not exist yet; register it there first")
+        return
     client = _client(uri)
     with _quiet():
         try:
@@ -212,14 +230,13 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def _experiment(client, uri: str, runs_parent: Path) -> str:
+def _experiment(client, uri: str) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if uri.startswith("sqlite:"):  # a local database: artifacts beside it, not in the cwd
-        location = (Path(runs_parent).resolve() / "mlartifacts").as_uri()
+    db = _local_sqlite(uri)  # a local database: its artifacts beside it, not in the cwd
+    location = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -229,11 +246,14 @@ def log_run(run_dir: Path, results: dict, *, uri: str, model_version: str | None
     `model_version` (NAME/VERSION) also tag that registered model version with the verdict."""
     from mlflow.entities import Metric, Param, RunTag
 
+    db = _local_sqlite(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     params, metrics, tags = payload(results, variants=variants)
     parsed = parse_model_version(model_version)
     with _quiet():
-        exp = _experiment(client, uri, Path(run_dir).parent)
+        exp = _experiment(client, uri)
         run = client.create_run(exp, run_name=Path(run_dir).name,
                                 tags={"qeval.run_dir": str(Path(run_dir).resolve())})
         run_id = run.info.run_id

@@ -232,6 +232,19 @@ def test_mlflow_store_that_cannot_be_reached_is_bad_input_before_anything_runs(t
     assert res.exit_code == 2 and "NAME/VERSION" in res.stderr
 
 
+def test_mlflow_default_store_is_made_when_the_run_is_logged_not_before(run_dir, tmp_path):
+    pytest.importorskip("mlflow")
+    from qeval.errors import QevalInputError
+    from qeval.mlflow_log import log_run, preflight
+
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    preflight(uri, None)  # the folder does not exist yet: nothing is made, nothing refused
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(QevalInputError, match="does not exist yet"):
+        preflight(uri, "clinical-llm/1")
+    assert log_run(run_dir, _results(run_dir), uri=uri) and (tmp_path / "runs" / "mlflow.db").is_file()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
