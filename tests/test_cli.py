@@ -93,7 +93,7 @@ def test_power_prints_the_detectable_drop_without_a_model(tmp_path):
     assert res.exit_code == 2 and "unknown task" in res.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"], ["power"],
+@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"], ["power"], ["gate"], ["init"],
                                  ["plan"], ["calibrate"], ["calibration-sets"], ["calibration-manifest"]])
 def test_every_command_has_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
