@@ -13,7 +13,9 @@ Measured per task (items with two or more options):
   that appear in the key and in no distractor;
 - numeric-option items (every option a value: it starts with a number, or the options differ
   only in their numbers): options out of ascending order, the key as the single out-of-order
-  value, and the key at an extreme (smallest or largest) against what random placement gives.
+  value, and the key at an extreme (smallest or largest) against what random placement gives;
+- reverse cues of an over-corrected bank, reported but not limited: "not the longest option",
+  and "a middle value (numeric items), else not the longest".
 
 Limits (the built-in banks must meet them; tests/test_item_audit.py; for a task a user brings,
 `qeval compare` prints a one-line warning): every heuristic's accuracy ≤ chance + 3 pp (chance =
@@ -80,6 +82,29 @@ HEURISTICS: dict[str, Callable[[Sample], list[int]]] = {
     "longest option": _pick_longest,
     "last option": _pick_last,
     "no absolutes, then longest": _pick_no_absolutes,
+}
+
+
+def _pick_not_longest(s: Sample) -> list[int]:
+    tied = _pick_longest(s)
+    return [i for i in range(len(s.choices)) if i not in tied] or tied
+
+
+def _pick_middle_value(s: Sample) -> list[int]:
+    """Numeric-option items: a value that is not the unique smallest or largest; other items:
+    any option but the longest."""
+    values = option_values(s)
+    if values is None:
+        return _pick_not_longest(s)
+    ends = {i for i, x in enumerate(values) if values.count(x) == 1 and x in (min(values), max(values))}
+    return [i for i in range(len(values)) if i not in ends] or list(range(len(values)))
+
+
+# Reverse cues (an over-corrected bank: keys never the longest, never the extreme value): reported
+# by the audit, not limited and not used by the gate.
+REVERSE_HEURISTICS: dict[str, Callable[[Sample], list[int]]] = {
+    "not the longest option": _pick_not_longest,
+    "a middle value, else not the longest": _pick_middle_value,
 }
 
 
@@ -162,6 +187,7 @@ class ItemAudit(Strict):
     key_longest_expected: float  # the share random key placement gives (1/k, or ties/k)
     key_longest_ratio: float | None  # mean key length / longest distractor, where the key is longest
     heuristics: tuple[HeuristicResult, ...]
+    reverse_heuristics: tuple[HeuristicResult, ...]  # reported, not limited (REVERSE_HEURISTICS)
     key_letters: dict[int, dict[str, int]]  # option count → letter → items keyed there
     qualifiers: CueWords
     urgency: CueWords
@@ -266,11 +292,10 @@ def audit_samples(task: str, samples: Sequence[Sample], letters: str = "ABCDEFGH
         raise ValueError(f"task {task}: no multiple-choice items to audit")
     n = len(items)
     chance = sum(1 / len(s.choices) for s in items) / n
-    credits = [item_credits(s) for s in items]
-    heuristics = tuple(
-        HeuristicResult(name=name, accuracy=stats.clopper_pearson(sum(c[name] for c in credits), n),
-                        limit=chance + HEURISTIC_MARGIN)
-        for name in HEURISTICS)
+    heuristics, reverse = (tuple(
+        HeuristicResult(name=name, accuracy=stats.clopper_pearson(
+            sum((s.target in pick(s)) / len(pick(s)) for s in items), n), limit=chance + HEURISTIC_MARGIN)
+        for name, pick in group.items()) for group in (HEURISTICS, REVERSE_HEURISTICS))
     longest, longest_expected, ratio = _key_longest(items)
     per_k: dict[int, Counter] = {}
     for s in items:
@@ -314,7 +339,7 @@ def audit_samples(task: str, samples: Sequence[Sample], letters: str = "ABCDEFGH
     return ItemAudit(
         task=task, n=n, option_counts={k: sum(c.values()) for k, c in per_k.items()}, chance=chance,
         key_longest=longest, key_longest_expected=longest_expected, key_longest_ratio=ratio,
-        heuristics=heuristics, key_letters=key_letters, qualifiers=qualifiers, urgency=urgency,
+        heuristics=heuristics, reverse_heuristics=reverse, key_letters=key_letters, qualifiers=qualifiers, urgency=urgency,
         numeric=numeric, checks=tuple(checks))
 
 
@@ -322,10 +347,11 @@ def audit_lines(a: ItemAudit) -> list[str]:
     """The audit as lines for a terminal or a README (ids and numbers only)."""
     counts = ", ".join(f"{m} with {k} options" for k, m in sorted(a.option_counts.items()))
     lines = [f"Answer-cue audit of {a.task}: {a.n} items ({counts}); chance {_pct(a.chance)}", ""]
-    lines.append(f"{'heuristic':<28} {'accuracy':>9} {'95% CI (exact)':>16} {'limit':>7}")
-    for h in a.heuristics:
+    lines.append(f"{'heuristic':<36} {'accuracy':>9} {'95% CI (exact)':>16} {'limit':>10}")
+    for h in a.heuristics + a.reverse_heuristics:
         ci = f"{_pct(h.accuracy.low)}–{_pct(h.accuracy.high)}"
-        lines.append(f"{h.name:<28} {_pct(h.accuracy.estimate):>9} {ci:>16} {_pct(h.limit):>7}")
+        limit = _pct(h.limit) if h in a.heuristics else "(reported)"
+        lines.append(f"{h.name:<36} {_pct(h.accuracy.estimate):>9} {ci:>16} {limit:>10}")
     ratio = f"; key / longest distractor length {a.key_longest_ratio:.2f} on average there" \
         if a.key_longest_ratio is not None else ""
     lines += ["", f"key is the longest option: {a.key_longest}/{a.n} ({_pct(a.key_longest / a.n)}){ratio}"]

@@ -247,3 +247,17 @@ def test_key_never_at_a_numeric_extreme_is_reported_as_a_middle_value_cue():
     assert audit.numeric.key_extreme == 0 and audit.numeric.p_extreme_fewer < 1e-6
     assert audit.numeric.p_extreme == 1.0
     assert "p = " in next(x for x in audit_lines(audit) if x.startswith("numeric-option items"))
+
+
+def test_reverse_cues_are_reported_not_limited():
+    # keys never the longest and never a numeric extreme: the reverse heuristics see it
+    values = ["5 mg", "10 mg", "20 mg", "40 mg"]
+    items = ([_item(i, [c + (" and a longer tail" if j == 3 else "") for j, c in enumerate(PLAIN[:4])], i % 3)
+              for i in range(60)] + [_item(100 + i, values, 1 + i % 2) for i in range(30)])
+    audit = audit_samples("t", items)
+    reverse = {h.name: h.accuracy.estimate for h in audit.reverse_heuristics}
+    # ("5 mg" is the one shorter value: "not the longest" takes it, and it is never the key)
+    assert reverse["not the longest option"] == pytest.approx((60 / 3 + 0) / 90)
+    assert reverse["a middle value, else not the longest"] == pytest.approx((60 / 3 + 30 / 2) / 90)
+    assert not any("not the longest" in c.name or "middle" in c.name for c in audit.checks)
+    assert any("(reported)" in x for x in audit_lines(audit))
