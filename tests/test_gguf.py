@@ -77,6 +77,24 @@ def test_f32_gguf_from_llama_cpp_converter_matches_transformers(made, arch):
     assert manifest["converter"]["sdist_sha256"] and manifest["recipe"] >= 2
 
 
+def test_gemma3_gguf_read_back_by_transformers_computes_what_llama_cpp_computes(made, monkeypatch, tmp_path):
+    """`--model file.gguf` de-quantizes the file into a transformers checkpoint. For Gemma-3 the
+    file carries no query_pre_attn_scalar: transformers assumed 256, llama.cpp uses head_dim
+    (64 here), which made the same weights disagree across engines by ~0.013 nats per token
+    (issue 23). Read back, the F32 file must compute what the original checkpoint computes."""
+    from qeval.models import _materialise_gguf
+
+    monkeypatch.setenv("QEVAL_CACHE", str(tmp_path))
+    resolved, tok, ids, ref, cache = made("gemma3")
+    path = gguf_artefact(resolved.path, resolved.fingerprint, "f32", cache)
+    back, _ = _materialise_gguf(path)
+    assert json.loads((back / "config.json").read_text())["query_pre_attn_scalar"] == 64
+    model = transformers.AutoModelForCausalLM.from_pretrained(back, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1).numpy()
+    assert _mean_kld(ref, lp) < 1e-6
+
+
 @pytest.mark.parametrize("qtype,ggml_type,bound", [("q8_0", "Q8_0", 1e-3), ("q4_k_m", "Q4_K", 0.2)])
 @pytest.mark.parametrize("arch", ["gemma3", "qwen3", "phi3"])
 def test_quantized_gguf_types_on_new_architectures(made, arch, qtype, ggml_type, bound):
@@ -262,3 +280,26 @@ class _FixedTable:
 
     def token_logprobs(self, tokens):
         return self.lp
+
+
+def test_gguf_records_carry_the_engine_floor(tmp_path):
+    """A compare with a GGUF candidate on reference text also scores the unquantized (F32) GGUF of
+    the baseline on llama.cpp, and reports its KLD beside the candidate's: the engine's share."""
+    import os
+    import subprocess
+    import sys
+
+    _tiny_checkpoint(tmp_path / "ckpt", "llama", hidden=256, intermediate=512, initializer_range=0.08)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qeval.cli", "compare", "--model", str(tmp_path / "ckpt"), "--base", "fp32",
+         "--candidates", "gguf:q4_k_m", "--tasks", "clinical_reference", "--limit", "4", "--n-boot", "200",
+         "--no-efficiency", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "QEVAL_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    (c,) = results["comparisons"]
+    floor = c["engine_floor"]
+    assert floor["variant"] == "gguf:f32" and results["engine_floor"]["backend"] == "llamacpp"
+    assert 0 <= floor["kld_mean"]["estimate"] < 1e-4 < c["kld_mean"]["estimate"]
+    assert "engine floor" in proc.stdout and "Engine floor of the GGUF candidates" in (out / "report.md").read_text()
