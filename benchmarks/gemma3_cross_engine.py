@@ -142,9 +142,14 @@ def measure(arch: str, variant: str, root: Path, rng: np.random.Generator) -> li
     extra = dict(sliding_window=WINDOW) if arch == "gemma3" else {}
     _, model = tiny_checkpoint(ckpt, arch, hidden=256, intermediate=1024, layers=6,
                                max_position_embeddings=512, **extra)
+    if arch == "llama":  # norm weights away from ones, as tiny_checkpoint does for Gemma-3
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(1.0, 0.2)
     if variant == "outliers":
         outlier_norms(model)
-        model.save_pretrained(ckpt)
+    model.save_pretrained(ckpt)
     vocab = model.config.vocab_size
     passages = {"short": [rng.integers(1, vocab, SHORT).tolist() for _ in range(6)],
                 "long": [rng.integers(1, vocab, LONG).tolist() for _ in range(3)]}
