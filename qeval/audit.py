@@ -104,7 +104,7 @@ class Trail:
         self.factory = None  # backends.engines.EngineFactory (for variant identities)
         self.result = None  # pipeline.CompareResult
 
-    def _variants(self) -> list[dict]:
+    def variants(self) -> list[dict]:
         from .config import floor_replica
 
         cfg = self.cfg
@@ -150,7 +150,7 @@ class Trail:
             "run_dir": None if self.run_dir is None else str(Path(self.run_dir).absolute()),
             "model": {"spec": self.cfg.model,
                       "fingerprint": None if self.model is None else self.model.fingerprint},
-            "variants": self._variants(),
+            "variants": self.variants(),
             "tasks": tasks,
             "item_set_sha256": (item_set_hash(f"{t['id']}:{t['item_set_sha256']}" for t in known)
                                 if self.tasks is not None else None),

@@ -16,6 +16,7 @@ from .audit import audited
 from .backends.base import NonFiniteScores
 from .compare import PairingError, PromptMismatch
 from .errors import QevalInputError
+from .publish import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
 from .types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
 
 # No local variables in tracebacks: they hold prompt text (PHI). main() also withholds messages.
@@ -23,6 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   pretty_exceptions_show_locals=False,
                   help="Is this quantized model safe to release instead of the full-precision one?")
 err_console = Console(stderr=True)
+
+
+Include = Annotated[Optional[list[Path]], typer.Option(
+    help="A folder of your own tasks/ and suites/ (as `qeval init` writes it); repeatable; also $QEVAL_TASK_PATH.")]
 
 
 def _fail(message: str) -> None:
@@ -56,6 +61,12 @@ def compare(
     lm_eval_include: Annotated[Optional[Path], typer.Option(help="Folder of extra lm-eval task YAMLs for --tasks lm-eval:<task> (lm-eval's --include_path).")] = None,
     efficiency: Annotated[bool, typer.Option(help="Measure each variant's artefact size, memory, load time and prefill/decode speed in this run (opens variants whose records are reused, for the speed probe).")] = True,
     speed_batch: Annotated[int, typer.Option(min=2, max=256, help="The larger batch of the speed probe (batch 1 is always measured).")] = 8,
+    include: Include = None,
+    junit_xml: JunitXml = None,
+    inconclusive_fails: InconclusiveFails = False,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_model: MlflowModel = None,
 ) -> None:
     """Score baseline and candidates on identical prompts, pair per item, and gate.
 
@@ -64,6 +75,8 @@ def compare(
     console = Console()
     started = time.perf_counter()
     try:
+        from .config import include_dirs
+
         cfg = _run_config(model=model, base=base, candidates=candidates, suite=suite, tasks=tasks,
                           policy=policy, device=device, strict_dtype=strict_dtype,
                           batch_size=batch_size, limit=limit, reuse_records=reuse, log_text=log_text,
@@ -71,11 +84,16 @@ def compare(
                           n_boot=n_boot, noise_floor=_noise_path(noise_floor),
                           data_dir=data_dir, skip_missing_data=skip_missing_data, from_hub=from_hub,
                           lm_eval_include=_existing_dir(lm_eval_include, "--lm-eval-include"),
-                          efficiency=EfficiencyProbe(batch=speed_batch) if efficiency else None)
+                          efficiency=EfficiencyProbe(batch=speed_batch) if efficiency else None,
+                          include=include_dirs(include or ()))
+        publish = Publish.checked(junit_xml=junit_xml, inconclusive_fails=inconclusive_fails, mlflow=mlflow,
+                                  mlflow_uri=mlflow_uri, mlflow_model=mlflow_model,
+                                  runs_parent=out.parent if out else Path("runs"))
         with audited("compare", cfg, bad_input=_BAD_INPUT + (FileNotFoundError,),
                      bad_input_code=EXIT_BAD_INPUT, ctx=ctx, warn=_warn) as trail:
-            res, _ = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
-                              started=started, trail=trail)
+            res, run_dir = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
+                                    started=started, trail=trail)
+            publish.run(console, run_dir, variants=trail.variants())
             raise typer.Exit(EXIT_CODES[res.verdict.decision])
     except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
         _fail(str(exc))
@@ -99,10 +117,10 @@ def _existing_dir(path: Path | None, flag: str) -> str | None:
     return str(path.resolve())
 
 
-def _task_ids(tasks: str | None, suite: str) -> tuple[str, ...]:
+def _task_ids(tasks: str | None, suite: str, include: tuple[str, ...] = ()) -> tuple[str, ...]:
     from .config import suite_tasks
 
-    return tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite)
+    return tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite, include)
 
 
 def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: str | None,
@@ -110,7 +128,7 @@ def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: st
     from .config import RunConfig, check_roles, data_dir_from, known_variants, parse_variant, split_variants
 
     known = known_variants()
-    task_ids = _task_ids(tasks, suite)
+    task_ids = _task_ids(tasks, suite, rest.get("include", ()))
     texts = split_variants(candidates) if isinstance(candidates, str) else candidates
     found = data_dir_from(data_dir)
     cfg = RunConfig(baseline=parse_variant(base, known),
@@ -126,7 +144,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     `extra(res, factory)` returns more files (name → text) for the run directory; `trail`
     (audit.Trail) collects what the audit log records, as it becomes known."""
     from .audit import Trail
-    from .config import policy_path, project_dir
+    from .config import policy_path, task_roots
     from .gate import GatePolicy
     from .tasks import load_tasks
 
@@ -134,12 +152,14 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     gate_file = policy_path(cfg.policy)
     gate_policy = GatePolicy.from_yaml(gate_file)
     loaded, skipped = load_tasks(
-        cfg.tasks, roots=[project_dir("tasks")], data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+        cfg.tasks, roots=task_roots(cfg.include), data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
         lm_eval_include=Path(cfg.lm_eval_include) if cfg.lm_eval_include else None,
         limit=cfg.limit, skip_missing_data=cfg.skip_missing_data, from_hub=cfg.from_hub)
     trail.tasks = loaded
     for line in skipped:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+    for line in _cue_warnings(loaded):
+        _warn(line)
     run_dir = out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if run_dir.exists():
         raise QevalInputError(f"run directory {run_dir} already exists; pass a new --out")
@@ -156,6 +176,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
 
     from .backends.engines import EngineFactory
     from .backends.hf import resolve_device
+    from .config import project_dir
     from .console import RichUI
     from .models import cache_dir, resolve_model
     from .pipeline import run_compare
@@ -348,7 +369,7 @@ def power(
     lm_eval_include: Annotated[Optional[Path], typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
 ) -> None:
     """Print the smallest accuracy drop each task can detect, and the items a margin needs."""
-    from .config import data_dir_from, policy_path, project_dir, split_variants
+    from .config import data_dir_from, include_dirs, policy_path, split_variants, task_roots
     from .console import RichUI
     from .gate import GatePolicy
     from .power import discordance_history, power_table
@@ -358,7 +379,8 @@ def power(
     try:
         gate_policy = GatePolicy.from_yaml(policy_path(policy))
         include = _existing_dir(lm_eval_include, "--lm-eval-include")
-        loaded, _ = load_tasks(_task_ids(tasks, suite), roots=[project_dir("tasks")],
+        roots = include_dirs()
+        loaded, _ = load_tasks(_task_ids(tasks, suite, roots), roots=task_roots(roots),
                                data_dir=data_dir_from(data_dir), limit=limit,
                                lm_eval_include=Path(include) if include else None)
         if discordance is not None:
@@ -430,14 +452,16 @@ def plan(
 @app.command("tasks")
 def list_tasks(
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder of benchmark files (to count their items).")] = None,
+    include: Include = None,
 ) -> None:
-    """List the tasks in tasks/ and the suites in configs/suites/."""
-    from .config import data_dir_from, project_dir, suite_tasks
+    """List the tasks in tasks/ and the suites in configs/suites/ (and in included folders)."""
+    from .config import data_dir_from, include_dirs, suite_dirs, suite_tasks, task_roots
     from .tasks import MissingData, TaskRegistry
 
     console = Console()
     try:
-        reg = TaskRegistry([project_dir("tasks")], data_dir_from(data_dir))
+        included = include_dirs(include or ())
+        reg = TaskRegistry(task_roots(included), data_dir_from(data_dir))
         for tid in reg.ids():
             try:
                 t = reg.load(tid)
@@ -447,8 +471,8 @@ def list_tasks(
             unit = "passages" if t.spec.kind == "reference_text" else "items   "
             console.print(f"{tid:28} v{t.spec.version}  {t.size():4d} {unit}  {t.spec.description}",
                           highlight=False)
-        for p in sorted((project_dir("configs") / "suites").glob("*.yaml")):
-            console.print(f"suite {p.stem}: {', '.join(suite_tasks(p.stem))}")
+        for p in [p for d in suite_dirs(included) for p in sorted(d.glob("*.yaml"))]:
+            console.print(f"suite {p.stem}: {', '.join(suite_tasks(p.stem, included))}")
     except QevalInputError as exc:
         _fail(str(exc))
 
@@ -518,6 +542,11 @@ def calibration_manifest(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `qeval compare`.")],
+    junit_xml: JunitXml = None,
+    inconclusive_fails: InconclusiveFails = False,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
+    mlflow_model: MlflowModel = None,
 ) -> None:
     """Print the verdict table of an earlier run and render its report.html again; exits with that
     run's exit code."""
@@ -526,12 +555,19 @@ def report(
     from .rundir import load_run
 
     try:
+        publish = Publish.checked(junit_xml=junit_xml, inconclusive_fails=inconclusive_fails, mlflow=mlflow,
+                                  mlflow_uri=mlflow_uri, mlflow_model=mlflow_model,
+                                  runs_parent=run_dir.parent)
         results = load_run(run_dir).results  # results.json with efficiency.json beside it
         html = write_html(run_dir)  # rendered again: an older run gets the current report
     except QevalInputError as exc:
         _fail(str(exc))
     print_summary(Console(), results, run_dir)
     Console().print(f"HTML report: {html}", highlight=False)
+    try:
+        publish.run(Console(), run_dir, results=results)
+    except QevalInputError as exc:
+        _fail(str(exc))
     raise typer.Exit(results["exit_code"])
 
 
@@ -550,6 +586,53 @@ def prepare(
     console.print(f"{r.spec}: {r.path}\nfingerprint {r.fingerprint}\ncache {cache_dir()}", highlight=False)
     for n in r.notes:
         console.print(f"note: {n}", highlight=False)
+
+
+def _cue_warnings(loaded) -> list[str]:
+    """One line per task whose options give answers away beyond the item-writing limits."""
+    from .item_audit import audit_samples, has_options, warning_line
+
+    lines = []
+    for t in loaded:
+        if t.spec.kind != "reference_text" and any(has_options(s) for s in t.samples):
+            line = warning_line(audit_samples(t.spec.id, t.samples, t.spec.prompt.letters))
+            lines += [line] if line else []
+    return lines
+
+
+@app.command("audit-items")
+def audit_items(
+    task: Annotated[str, typer.Argument(help="A task id (`qeval tasks` lists them).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the audit as JSON.")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder of benchmark files in their original formats.")] = None,
+) -> None:
+    """Answer-cue audit of a multiple-choice task: can the key be found from the options alone
+    (longest option, last option, …)? Exit code 0 when the items meet the limits, 1 when not."""
+    from .config import data_dir_from, project_dir
+    from .item_audit import audit_lines, audit_samples, has_options
+    from .tasks import load_tasks
+
+    try:
+        (loaded,), _ = load_tasks([task], roots=[project_dir("tasks")], data_dir=data_dir_from(data_dir))
+        if loaded.spec.kind == "reference_text" or not any(has_options(s) for s in loaded.samples):
+            raise QevalInputError(f"task {task!r} has no multiple-choice items to audit; give a "
+                                  "multiple-choice task (or a generate task whose items have options)")
+        audit = audit_samples(loaded.spec.id, loaded.samples, loaded.spec.prompt.letters)
+    except QevalInputError as exc:
+        _fail(str(exc))
+    console = Console()
+    if as_json:
+        console.print_json(audit.model_dump_json())
+    else:
+        for line in audit_lines(audit):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if audit.passed else 1)
+
+
+from .release_cli import gate, init  # noqa: E402 - the release-gate commands
+
+app.command()(gate)
+app.command()(init)
 
 
 def main() -> None:

@@ -13,9 +13,11 @@ from typing import TypeVar
 import numpy as np
 
 from . import stats
+from .item_audit import best_cue
 from .types import (
-    CategoryBreakdown, GenerationComparison, GenerationRecord, Interval, ItemRecord, PairedItems, Risk,
-    RiskBreakdown, Task, TaskComparison, TextComparison, TextRecord, TextUnits,
+    CategoryBreakdown, GenerationComparison, GenerationRecord, Interval, ItemRecord, NumericAnswer,
+    PairedItems, Risk, RiskBreakdown, RotationComparison, RotationStats, Sample, Task, TaskComparison,
+    TextComparison, TextRecord, TextUnits,
 )
 
 Paired = TypeVar("Paired", ItemRecord, GenerationRecord)
@@ -76,11 +78,14 @@ def _pair_by_sample(baseline: Sequence[Paired], candidate: Sequence[Paired]) -> 
 
 def _labelled_fields(pairs: Sequence[tuple[Paired, Paired]], *, default_chance: Sequence[float],
                      chance: Sequence[float] | None, clusters: Mapping[str, str] | None,
-                     cluster_by: str | None, choice_kl: Sequence[float], agree: np.ndarray
+                     cluster_by: str | None, choice_kl: Sequence[float], agree: np.ndarray,
+                     cues: Mapping[str, Mapping[str, float]] | None = None
                      ) -> tuple[dict, tuple[str, ...] | None]:
     """The fields every labelled comparison (multiple choice, generate) shares, and the cluster
     labels: both accuracies, the paired Δ with its interval, flips both ways, discordance, exact
-    McNemar, the chance guard, clustering, high-risk and per-category breakdowns, paired items."""
+    McNemar, the chance guard (guessing, and the best answer-cue heuristic of `cues`: heuristic →
+    sample id → its score, qeval/item_audit.py), clustering, high-risk and per-category
+    breakdowns, paired items."""
     ids = [b.sample_id for b, _ in pairs]
     n = len(pairs)
     b_ok = np.array([b.correct for b, _ in pairs], dtype=bool)
@@ -92,6 +97,7 @@ def _labelled_fields(pairs: Sequence[tuple[Paired, Paired]], *, default_chance: 
     labels = _cluster_labels(ids, clusters)
     deff = stats.design_effect(c_ok.astype(float) - b_ok.astype(float), labels)
     down, up = int(np.sum(b_ok & ~c_ok)), int(np.sum(c_ok & ~b_ok))
+    cue = best_cue(cues, ids) if cues else None
     items = PairedItems(
         sample_ids=tuple(ids), baseline_correct=tuple(bool(x) for x in b_ok),
         candidate_correct=tuple(bool(x) for x in c_ok), choice_kl=tuple(float(k) for k in choice_kl),
@@ -105,6 +111,8 @@ def _labelled_fields(pairs: Sequence[tuple[Paired, Paired]], *, default_chance: 
         mcnemar_p=stats.mcnemar_exact(down, up),
         baseline_chance=float(np.mean(chance_per_item)),
         baseline_above_chance_p=stats.above_chance_p(list(b_ok), chance_per_item),
+        cue_heuristic=cue[0] if cue else None, cue_accuracy=cue[1] if cue else None,
+        baseline_above_cue_p=stats.binom_upper_tail(int(b_ok.sum()), n, cue[1]) if cue else None,
         cluster_by=cluster_by if labels is not None else None,
         n_clusters=len(set(labels)) if labels is not None else None,
         design_effect=deff, high_risk=risk_breakdown(items), categories=_by_category(pairs), items=items,
@@ -118,17 +126,19 @@ def compare_task(
     chance: Sequence[float] | None = None,
     clusters: Mapping[str, str] | None = None,
     cluster_by: str | None = None,
+    cues: Mapping[str, Mapping[str, float]] | None = None,
     n_boot: int = stats.DEFAULT_BOOTSTRAP,
     seed: int = stats.DEFAULT_SEED,
 ) -> TaskComparison:
     """`clusters` maps sample id → cluster label (from the task's `cluster_by` field); with it,
-    intervals account for items that share a source."""
+    intervals account for items that share a source. `cues`: the answer-cue heuristics' scores
+    per item (item_audit.heuristic_credits), for the chance guard."""
     pairs = pair_records(baseline, candidate)
     kls = np.array([stats.choice_kl(b.choice_scores, c.choice_scores) for b, c in pairs])
     agree = np.array([b.prediction == c.prediction for b, c in pairs], dtype=bool)
     fields, labels = _labelled_fields(
         pairs, default_chance=[1.0 / len(b.choice_scores) for b, _ in pairs], chance=chance,
-        clusters=clusters, cluster_by=cluster_by, choice_kl=kls, agree=agree)
+        clusters=clusters, cluster_by=cluster_by, choice_kl=kls, agree=agree, cues=cues)
     return TaskComparison(
         **fields,
         choice_kl_mean=stats.bootstrap_mean_ci(kls, n_boot=n_boot, seed=seed, clusters=labels),
@@ -136,6 +146,62 @@ def compare_task(
         choice_kl_p99=float(np.quantile(kls, 0.99)),
         choice_kl_max=float(kls.max()),
         top1_agreement=_share(agree, labels),
+        rotation=compare_rotations(pairs, labels, n_boot=n_boot, seed=seed),
+    )
+
+
+def _rotation_flags(r: ItemRecord) -> tuple[bool, float, bool]:
+    """Per item: the same option under every rotation; share of rotations that picked the key;
+    the key under every rotation."""
+    picks = r.rotation_predictions or (r.prediction,)
+    hits = [p == r.target for p in picks]
+    return len(set(picks)) == 1, sum(hits) / len(hits), all(hits)
+
+
+def rotation_stats(records: Sequence[ItemRecord], labels: Sequence[str] | None = None) -> RotationStats:
+    """How one variant answered under rotated options. Positions: rotation r shows option j at
+    (j − r) mod k, so each pick's position is recovered from the record alone."""
+    flags = [_rotation_flags(r) for r in records]
+    consistent = np.array([f[0] for f in flags], dtype=bool)
+    width = max(len(r.choice_scores) for r in records)
+    positions = np.zeros(width)
+    scorings = 0
+    for r in records:
+        k = len(r.choice_scores)
+        for rot, pick in enumerate(r.rotation_predictions or (r.prediction,)):
+            positions[(pick - rot) % k] += 1
+            scorings += 1
+    return RotationStats(
+        variant=records[0].variant, n=len(records), rotations=scorings,
+        accuracy=float(np.mean([r.correct for r in records])),
+        mean_rotation_accuracy=float(np.mean([f[1] for f in flags])),
+        all_rotations_accuracy=float(np.mean([f[2] for f in flags])),
+        consistency=_share(consistent, tuple(labels) if labels is not None else None),
+        position_shares=tuple(float(x) for x in positions / scorings),
+    )
+
+
+def compare_rotations(pairs: Sequence[tuple[ItemRecord, ItemRecord]], labels: tuple[str, ...] | None, *,
+                      n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED
+                      ) -> RotationComparison | None:
+    """Both sides' rotation statistics and the paired changes; None when the task was not scored
+    under rotated options."""
+    if any(b.rotation_predictions is None or c.rotation_predictions is None for b, c in pairs):
+        return None
+    base = [b for b, _ in pairs]
+    cand = [c for _, c in pairs]
+    b_flags = [_rotation_flags(r) for r in base]
+    c_flags = [_rotation_flags(r) for r in cand]
+    b_cons = np.array([f[0] for f in b_flags], dtype=bool)
+    c_cons = np.array([f[0] for f in c_flags], dtype=bool)
+    up, down = int(np.sum(c_cons & ~b_cons)), int(np.sum(b_cons & ~c_cons))
+    diffs = np.array([c[1] - b[1] for b, c in zip(b_flags, c_flags)])
+    deff = stats.design_effect((c_cons.astype(float) - b_cons.astype(float)), labels)
+    return RotationComparison(
+        baseline=rotation_stats(base, labels), candidate=rotation_stats(cand, labels),
+        consistency_delta=stats.paired_difference_ci(up, down, len(pairs), design_effect=deff),
+        mean_rotation_accuracy_delta=stats.bootstrap_mean_ci(diffs, n_boot=n_boot, seed=seed,
+                                                             clusters=labels),
     )
 
 
@@ -161,19 +227,25 @@ def compare_generation(
     chance: Sequence[float] | None = None,
     clusters: Mapping[str, str] | None = None,
     cluster_by: str | None = None,
+    cues: Mapping[str, Mapping[str, float]] | None = None,
+    tolerances: Mapping[str, NumericAnswer] | None = None,
 ) -> GenerationComparison:
     """Paired numbers for a generate task. `chance`: one guessing accuracy per item; by default
     1/len(choices) for items with choices and 0 for free-form answers. Two failed extractions
-    count as the same answer: the candidate behaves as the baseline does."""
+    count as the same answer: the candidate behaves as the baseline does. `tolerances`: the keys
+    of numeric items (sample id → NumericAnswer), whose answers are the same when both are
+    right or their numbers lie within the item's tolerance of each other."""
     pairs = pair_generations(baseline, candidate)
-    same_answer = np.array([b.answer_hash == c.answer_hash for b, c in pairs], dtype=bool)
+    same_answer = np.array([same_answer_of(b, c, (tolerances or {}).get(b.sample_id)) for b, c in pairs],
+                           dtype=bool)
     same_output = np.array([b.output_hash == c.output_hash for b, c in pairs], dtype=bool)
     same_normalised = np.array([b.normalised_hash == c.normalised_hash for b, c in pairs], dtype=bool)
     b_failed = np.array([b.answer_hash is None for b, _ in pairs], dtype=bool)
     c_failed = np.array([c.answer_hash is None for _, c in pairs], dtype=bool)
     fields, labels = _labelled_fields(
         pairs, default_chance=[1.0 / b.n_choices if b.n_choices else 0.0 for b, _ in pairs],
-        chance=chance, clusters=clusters, cluster_by=cluster_by, choice_kl=(), agree=same_answer)
+        chance=chance, clusters=clusters, cluster_by=cluster_by, choice_kl=(), agree=same_answer,
+        cues=cues)
     return GenerationComparison(
         **fields,
         answer_agreement=_share(same_answer, labels),
@@ -186,6 +258,14 @@ def compare_generation(
         baseline_stop_reasons=dict(sorted(Counter(b.stop_reason for b, _ in pairs).items())),
         candidate_stop_reasons=dict(sorted(Counter(c.stop_reason for _, c in pairs).items())),
     )
+
+
+def same_answer_of(b: GenerationRecord, c: GenerationRecord, key: NumericAnswer | None) -> bool:
+    """Whether two records extracted the same answer: equal answer hashes, or for a numeric item
+    both right, or both numbers within the item's tolerance of each other."""
+    if key is None or b.answer_value is None or c.answer_value is None:
+        return b.answer_hash == c.answer_hash
+    return (b.correct and c.correct) or key.accepts(c.answer_value, reference=b.answer_value)
 
 
 def risk_breakdown(items: PairedItems) -> RiskBreakdown:
@@ -204,18 +284,19 @@ def risk_breakdown(items: PairedItems) -> RiskBreakdown:
 
 
 def task_clusters(task: Task) -> dict[str, str] | None:
-    """sample id → cluster label for a task that declares `cluster_by`, else None."""
+    """sample id → cluster label for a task that declares `cluster_by`, else None. An item
+    without a cluster is a cluster of its own."""
     field = task.spec.cluster_by
     if field is None:
         return None
-    out = {}
-    for s in task.samples:
-        label = getattr(s, field)
-        if label is None:
-            raise PairingError(f"task {task.spec.id}: item {s.id} has no {field!r} but the task "
-                               f"declares cluster_by: {field}; give every item one")
-        out[s.id] = label
-    return out
+    return {s.id: cluster_label(s, field) for s in task.samples}
+
+
+def cluster_label(sample: Sample, field: str) -> str:
+    """The sample's `field` (cluster or category); an item without a cluster gets a label of
+    its own (the prefix keeps it apart from any declared cluster name)."""
+    label = getattr(sample, field)
+    return label if label is not None else f"(item {sample.id})"
 
 
 def _by_category(pairs: list[tuple[Paired, Paired]]) -> tuple[CategoryBreakdown, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,36 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def project_dir(name: str) -> Path:
     """tasks/ or configs/ of the qeval checkout (installed editable, as the README does)."""
     return PROJECT_ROOT / name
+
+
+TASK_PATH_ENV = "QEVAL_TASK_PATH"
+
+
+def include_dirs(flags: Sequence[str | Path] = ()) -> tuple[str, ...]:
+    """Folders of your own tasks and suites: each `--include DIR`, then each entry of
+    $QEVAL_TASK_PATH (separated by os.pathsep). Each holds `tasks/` (task files, laid out as the
+    project's tasks/) and/or `suites/` (suite files), as `qeval init` writes them."""
+    import os
+
+    env = [p for p in os.environ.get(TASK_PATH_ENV, "").split(os.pathsep) if p]
+    out: list[str] = []
+    for source, value in [("--include", f) for f in flags] + [(TASK_PATH_ENV, e) for e in env]:
+        path = Path(value).expanduser().resolve()
+        if not (path / "tasks").is_dir() and not (path / "suites").is_dir():
+            raise QevalInputError(f"{source} {value}: {path} holds neither tasks/ nor suites/; give a "
+                                  "folder laid out as `qeval init` writes one")
+        if str(path) not in out:
+            out.append(str(path))
+    return tuple(out)
+
+
+def task_roots(include: Sequence[str] = ()) -> list[Path]:
+    """Where task files are searched: the project's tasks/, then each included folder's tasks/."""
+    return [project_dir("tasks")] + [Path(d) / "tasks" for d in include if (Path(d) / "tasks").is_dir()]
+
+
+def suite_dirs(include: Sequence[str] = ()) -> list[Path]:
+    return [project_dir("configs") / "suites"] + [Path(d) / "suites" for d in include]
 
 
 class RunConfig(BaseModel):
@@ -49,6 +80,8 @@ class RunConfig(BaseModel):
     from_hub: bool = False
     # Directory of extra lm-eval task YAMLs for `lm-eval:<task>` ids (lm-eval's --include_path).
     lm_eval_include: str | None = None
+    # Folders of the user's own tasks and suites (--include, $QEVAL_TASK_PATH), resolved.
+    include: tuple[str, ...] = ()
     # Measure each variant's load time, peak memory and speed in this run (None: skip; a variant
     # whose records are all reused is then not opened at all).
     efficiency: EfficiencyProbe | None = EfficiencyProbe()
@@ -215,8 +248,11 @@ def _checked_gguf(variant: VariantSpec) -> VariantSpec:
     return variant
 
 
-def suite_tasks(suite: str) -> tuple[str, ...]:
-    suites = _load_yaml_dir(project_dir("configs") / "suites")
+def suite_tasks(suite: str, include: Sequence[str] = ()) -> tuple[str, ...]:
+    suites: dict[str, tuple[Path, dict]] = {}
+    for directory in suite_dirs(include):
+        for name, found in _load_yaml_dir(directory).items():
+            suites.setdefault(name, found)  # the project's own suites first, then included ones
     if suite not in suites:
         raise QevalInputError(f"unknown suite {suite!r}; choose from {', '.join(sorted(suites))}")
     path, data = suites[suite]

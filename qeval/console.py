@@ -29,6 +29,8 @@ class RichUI:
             return  # no multiple-choice task: nothing to detect in accuracy
         from rich.table import Table
 
+        from .power import row_labels
+
         table = Table(title="Before scoring: smallest accuracy drop each task can detect "
                       "(paired, power and α from the policy)", title_justify="left")
         for col in ("task", "candidate", "n", "discordance", "from", "detectable drop", "margin", ""):
@@ -37,7 +39,8 @@ class RichUI:
         for r in rows:
             flag = (f"[yellow]underpowered: needs ≈{r.n_needed} items[/]" if r.underpowered
                     else "[green]ok[/]" if r.margin is not None else "")
-            table.add_row(r.task, r.candidate or "all", str(r.n), f"{100 * r.discordance:.1f}%",
+            task, count = row_labels(r.task, r.subset, r.n, r.n_effective)
+            table.add_row(task, r.candidate or "all", count, f"{100 * r.discordance:.1f}%",
                           r.discordance_source, f"{100 * r.mde:.1f} pp",
                           "—" if r.margin is None else f"{100 * r.margin:.1f} pp", flag)
         self.console.print(table)

@@ -206,11 +206,7 @@ def _labelled_rules(c: TaskComparison | GenerationComparison, rules: TaskRules, 
             reason=f"only {c.n} paired items; the policy needs at least {rules.min_items}",
         ))
 
-    above_chance = c.baseline_above_chance_p < rules.chance_alpha
-    chance_reason = (
-        f"baseline accuracy {100 * c.baseline_accuracy:.1f}% is not significantly above chance "
-        f"({100 * c.baseline_chance:.1f}%, one-sided exact p = {c.baseline_above_chance_p:.2g}): "
-        "accuracy cannot show damage or safety on this task")
+    above_chance, chance_reason = _chance_guard(c, rules.chance_alpha)
     accuracy_go = False
     if rules.accuracy_margin is not None:
         if not above_chance:
@@ -224,11 +220,13 @@ def _labelled_rules(c: TaskComparison | GenerationComparison, rules: TaskRules, 
         accuracy_go = r.decision == Decision.GO
         results.append(r)
 
-    if rules.high_risk_accuracy_margin is not None:
+    if rules.high_risk_accuracy_margin is not None and c.high_risk.n > 0:
+        # (a task without risk: high items has nothing to judge here: the rule is left out)
         up, down, n, deff = _subset(it, it.high_risk)
-        if n == 0:
+        if n < rules.min_items:
             r = RuleResult(rule="high_risk_non_inferiority", decision=Decision.INCONCLUSIVE,
-                           reason="the policy sets a high-risk margin but no item is risk: high")
+                           reason=f"only {n} risk: high items; the policy needs at least "
+                                  f"{rules.min_items} to judge them apart")
         elif not above_chance:
             r = RuleResult(rule="high_risk_non_inferiority", decision=Decision.INCONCLUSIVE,
                            reason=chance_reason)
@@ -254,6 +252,23 @@ def _labelled_rules(c: TaskComparison | GenerationComparison, rules: TaskRules, 
                 f"(limit {rules.max_high_risk_flips}){listed}")
         results.append(RuleResult(rule="high_risk_flips", decision=dec, reason=why))
     return results, accuracy_go
+
+
+def _chance_guard(c: TaskComparison | GenerationComparison, alpha: float) -> tuple[bool, str]:
+    """Whether the baseline is significantly above both guessing and the best answer-cue
+    heuristic (one-sided exact tests at `alpha`), and the reason when it is not."""
+    cue = (f"; the best answer-cue heuristic ('{c.cue_heuristic}', reading only the options) scores "
+           f"{100 * c.cue_accuracy:.1f}% (one-sided exact p = {c.baseline_above_cue_p:.2g})"
+           if c.cue_heuristic is not None else "")
+    facts = (f"baseline accuracy {100 * c.baseline_accuracy:.1f}%; chance {100 * c.baseline_chance:.1f}% "
+             f"(one-sided exact p = {c.baseline_above_chance_p:.2g}){cue}")
+    above_chance = c.baseline_above_chance_p < alpha
+    above_cue = c.baseline_above_cue_p is None or c.baseline_above_cue_p < alpha
+    if above_chance and above_cue:
+        return True, ""
+    beaten = "chance" if not above_chance else "the best answer-cue heuristic"
+    return False, (f"{facts}: not significantly above {beaten}, so accuracy cannot show damage or "
+                   "safety on this task")
 
 
 def _disagreement_rule(name: str, what: str, agree: Sequence[bool], clusters: Sequence[str] | None,

@@ -2,8 +2,11 @@
 
 The answer is extracted from the output text by the task's `answer_pattern` (the last match's
 group 1, or the whole match), and graded: for items with choices, the extracted letter must be the
-key's; for free-form items, the extracted text must equal an accepted answer after normalisation.
-Records keep sha256 hashes of the output, its normalised form and the answer, never the text.
+key's; for free-form items, the extracted text must equal an accepted answer after normalisation;
+for numeric items (`answer: numeric`), the first number of the extracted text must lie within the
+item's tolerance of its value (no number there: an extraction failure).
+Records keep sha256 hashes of the output, its normalised form and the answer, never the text
+(numeric items also keep the number read, a dose figure).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from dataclasses import dataclass
 
 from .backends.base import Backend, GenerationRequest, Progress
 from .errors import QevalInputError
+from .numeric import first_number, format_number
 from .runner import render_prompt
-from .types import GenerationRecord, GenerationSpec, Sample, Task, TaskSpec
+from .types import GenerationRecord, GenerationSpec, NumericAnswer, Sample, Task, TaskSpec
 
 
 def sha256_text(text: str) -> str:
@@ -58,10 +62,15 @@ def check_generate_tasks(tasks: Sequence[Task]) -> None:
             continue
         generation_spec(t)
         compiled_pattern(t.spec)
-        ungradable = [s.id for s in t.samples if not s.choices and not s.answers]
+        ungradable = [s.id for s in t.samples if not s.choices and not s.answers and s.numeric is None]
         if ungradable:
             raise QevalInputError(f"task {t.spec.id}: item {ungradable[0]!r} has neither choices nor "
                                   "accepted answers; give it `answers` or choices with a key")
+
+
+def answer_keys(task: Task) -> dict[str, NumericAnswer]:
+    """sample id → the numeric key, for a task's numeric items (compare_generation's tolerances)."""
+    return {s.id: s.numeric for s in task.samples if s.numeric is not None}
 
 
 def extract_answer(text: str, pattern: re.Pattern[str] | None) -> str | None:
@@ -92,10 +101,14 @@ def letter_index(answer: str | None, letters: str) -> int:
 
 def grade(spec: TaskSpec, sample: Sample, answer: str | None) -> tuple[int, bool]:
     """(prediction, correct). Items with choices: the extracted letter against the key's.
-    Free-form items: exact match with an accepted answer after normalisation."""
+    Numeric items: the answer's first number within the item's tolerance. Free-form items: exact
+    match with an accepted answer after normalisation."""
     if sample.choices:
         prediction = letter_index(answer, spec.prompt.letters[: len(sample.choices)])
         return prediction, prediction == sample.target
+    if sample.numeric is not None:
+        value = first_number(answer)
+        return -1, value is not None and sample.numeric.accepts(value)
     accepted = {normalise(a) for a in sample.answers}
     return -1, answer is not None and normalise(answer) in accepted
 
@@ -130,12 +143,16 @@ def score_generation(task: Task, items: Sequence[GenerationItem], backend: Backe
     records = []
     for it, res in zip(items, results, strict=True):
         answer = extract_answer(res.text, pattern)
+        value = None
+        if it.sample.numeric is not None:  # the answer is its number, spelt one way
+            value = first_number(answer)
+            answer = None if value is None else format_number(value)
         prediction, correct = grade(task.spec, it.sample, answer)
         records.append(GenerationRecord(
             task=task.spec.id, sample_id=it.sample.id, variant=backend.info.variant,
             prompt_hash=it.prompt_hash, output_hash=sha256_text(res.text),
             normalised_hash=sha256_text(normalise(res.text)),
-            answer_hash=None if answer is None else sha256_text(normalise(answer)),
+            answer_hash=None if answer is None else sha256_text(normalise(answer)), answer_value=value,
             prediction=prediction, target=it.sample.target, n_choices=len(it.sample.choices),
             correct=correct, n_output_tokens=res.n_tokens, stop_reason=res.stop_reason,
             category=it.sample.category, risk=it.sample.risk, cluster=it.sample.cluster,

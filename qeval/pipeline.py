@@ -13,6 +13,7 @@ from . import efficiency as eff
 from .backends.base import Backend
 from .config import RunConfig, floor_replica
 from .gate import GatePolicy, judge
+from .item_audit import heuristic_credits
 from .power import power_table
 from . import generation as gen
 from . import reference_text as rt
@@ -70,6 +71,8 @@ class VariantRun:
     # Where this variant's time went, in seconds: prepare (quantize or export the artefact, or
     # find it cached), load, tokenize (and check prompts), score, probe (speed measurement).
     stages: dict[str, float] = field(default_factory=dict)
+    # Seconds spent on each task scored here (0 for reused records): a CI test case's time.
+    task_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,6 +176,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     measure = probe and cfg.efficiency is not None and not variant.params.get("numeric_path")
     efficiency = None
     stages: dict[str, float] = {}
+    task_seconds: dict[str, float] = {}
     if todo or measure:
         clock = time.perf_counter()
         artefact = factory.prepare(variant)
@@ -210,7 +214,9 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
             stages["tokenize"] = time.perf_counter() - clock
             clock = time.perf_counter()
             scored_here = False
+            marks: list[tuple[str, float]] = []
             for t, work in prepared:
+                marks.append((t.spec.id, time.perf_counter()))
                 key = keys[t.spec.id]
                 if is_text(t) and baseline is None:
                     # Distributions hold token ids, so they are never written, not even to a
@@ -253,6 +259,8 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                         store.save(key, recs, info)
                         journal.discard()
             stages["score"] = time.perf_counter() - clock
+            marks.append(("", time.perf_counter()))
+            task_seconds = {tid: end - begin for (tid, begin), (_, end) in zip(marks, marks[1:])}
             if measure:
                 clock = time.perf_counter()
                 ui.status(f"Measuring {variant.name}: prefill and decode speed")
@@ -260,7 +268,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                 stages["probe"] = time.perf_counter() - clock
     assert info is not None
     return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
-                      outputs, efficiency, resumed, stages)
+                      outputs, efficiency, resumed, stages, task_seconds)
 
 
 @dataclass(frozen=True)
@@ -348,14 +356,16 @@ def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
                                         cluster_by=t.spec.cluster_by, n_boot=cfg.n_boot, seed=cfg.seed))
             continue
         chance = [t.spec.chance_level] * len(t.samples) if t.spec.chance_level is not None else None
+        cues = heuristic_credits(t.samples)  # the chance guard's answer-cue heuristics
         if is_generate(t):
             out.append(cmp.compare_generation(
                 base.records[t.spec.id], other.records[t.spec.id], chance=chance,
-                clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by))
+                clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
+                tolerances=gen.answer_keys(t)))
             continue
         out.append(cmp.compare_task(
             base.records[t.spec.id], other.records[t.spec.id], chance=chance,
-            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by,
+            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
             n_boot=cfg.n_boot, seed=cfg.seed))
     return out
 
@@ -444,6 +454,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
                **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
                "stages_s": {v.spec.name: {k: round(x, 3) for k, x in v.stages.items()} for v in runs},
+               "task_s": {v.spec.name: {k: round(x, 3) for k, x in v.task_seconds.items()} for v in runs},
                "resumed_items": {v.spec.name: v.resumed for v in runs}}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
                          floor, floors, engine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -12,34 +13,52 @@ from rich.table import Table
 
 from . import __version__
 from .pipeline import CompareResult
+from .power import row_labels
 from .fileio import atomic_write_text
 from .runner import write_jsonl
-from .types import EXIT_CODES, Decision, TaskComparison
+from .types import EXIT_CODES, Decision, TaskComparison, Verdict
 
 RESULTS_SCHEMA = "qeval.results/2"
 EFFICIENCY_SCHEMA = "qeval.efficiency/1"
+PAIRED_SCHEMA = "qeval.paired/1"
+PAIRED_FILE = "paired.json"
 
 _COLOR = {Decision.GO: "green", Decision.NO_GO: "red", Decision.INCONCLUSIVE: "yellow"}
 
 
-def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
-    verdicts = {(t.task, t.candidate): t for t in res.verdict.tasks}
-    comparisons = []
-    for c in res.comparisons:
+def verdict_fields(comparisons: Sequence, verdict: Verdict) -> dict:
+    """results.json's verdict, exit code, per-candidate verdicts, reasons, combination rule and
+    comparisons (each with its verdict and rules): what a policy decides from the comparisons."""
+    verdicts = {(t.task, t.candidate): t for t in verdict.tasks}
+    dumped = []
+    for c in comparisons:
         v = verdicts[(c.task, c.candidate)]
-        comparisons.append({
+        dumped.append({
             **c.model_dump(mode="json"),
             "verdict": v.decision.value,
             "rules": [r.model_dump(mode="json") for r in v.rules],
         })
     return {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "verdict": verdict.decision.value,
+        "exit_code": EXIT_CODES[verdict.decision],
+        "per_candidate": {k: v.value for k, v in verdict.per_candidate.items()},
+        "reasons": list(verdict.reasons),
+        "comparisons": dumped,
+        "combination": verdict.combination,
+    }
+
+
+def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
+    judged = verdict_fields(res.comparisons, res.verdict)
+    return {
         "schema": RESULTS_SCHEMA,
         "qeval_version": __version__,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "verdict": res.verdict.decision.value,
-        "exit_code": EXIT_CODES[res.verdict.decision],
-        "per_candidate": {k: v.value for k, v in res.verdict.per_candidate.items()},
-        "reasons": list(res.verdict.reasons),
+        "created_at": judged["created_at"],
+        "verdict": judged["verdict"],
+        "exit_code": judged["exit_code"],
+        "per_candidate": judged["per_candidate"],
+        "reasons": judged["reasons"],
         "model": model,
         "config": res.config.model_dump(mode="json"),
         "policy": policy,
@@ -47,8 +66,9 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
         "candidates": [c.info.model_dump(mode="json") for c in res.candidates],
         "tasks": [{"id": t.spec.id, "version": t.spec.version, "kind": t.spec.kind, "n": t.size(),
                    "content_hash": t.content_hash, "path": t.path} for t in res.tasks],
-        "comparisons": comparisons,
-        "combination": res.verdict.combination,
+        "comparisons": judged["comparisons"],
+        "combination": judged["combination"],
+        "rotation": rotation_by_task(res.comparisons),
         "power": [r.model_dump(mode="json") for r in res.power],
         "engine_floor": None if res.engine_floor is None else res.engine_floor.info.model_dump(mode="json"),
         "noise_floor": None if res.floor is None else {
@@ -57,6 +77,49 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
             "comparisons": [c.model_dump(mode="json") for c in res.floors.values()],
         },
     }
+
+
+def rotation_by_task(comparisons) -> dict[str, dict[str, dict]]:
+    """task → variant → its rotation statistics (baseline included), for tasks scored under
+    rotated options."""
+    out: dict[str, dict[str, dict]] = {}
+    for c in comparisons:
+        rot = getattr(c, "rotation", None)
+        if rot is not None:
+            for side in (rot.baseline, rot.candidate):
+                out.setdefault(c.task, {})[side.variant] = side.model_dump(mode="json")
+    return out
+
+
+def rotation_markdown(results: dict) -> list[str]:
+    rot = results.get("rotation") or {}
+    if not rot:
+        return []
+    lines = ["", "## Rotated options (permutation-robust scoring)", "",
+             "Each item is scored under every cyclic rotation of its options; the verdict uses the "
+             "mean over rotations of each option's log-softmax, so a preference for a position cancels out.",
+             "", "| task | variant | items | acc % (rotation-averaged) | mean acc % per rotation | "
+             "correct under all % | consistent % [95% CI] | picks by position (A, B, …) % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, variants in rot.items():
+        for name, r in variants.items():
+            lines.append(f"| {task} | {name} | {r['n']} | {_pct(r['accuracy'])} | "
+                         f"{_pct(r['mean_rotation_accuracy'])} | {_pct(r['all_rotations_accuracy'])} | "
+                         f"{_interval_pct(r['consistency'])} | "
+                         f"{' / '.join(f'{100 * x:.0f}' for x in r['position_shares'])} |")
+    paired = [c for c in _mc(results["comparisons"]) if c.get("rotation")]
+    if paired:
+        lines += ["", "| task | candidate | Δ consistent pp [95% CI] | Δ mean acc per rotation pp [95% CI] |",
+                  "|---|---|---|---|"]
+        for c in paired:
+            r = c["rotation"]
+            lines.append(f"| {c['task']} | {c['candidate']} | {_delta_pp(r['consistency_delta'])} | "
+                         f"{_delta_pp(r['mean_rotation_accuracy_delta'])} |")
+    return lines + [""]
+
+
+def _delta_pp(i: dict) -> str:
+    return f"{100 * i['estimate']:+.1f} [{100 * i['low']:+.1f}, {100 * i['high']:+.1f}]"
 
 
 def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
@@ -88,20 +151,14 @@ def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: boo
             write_jsonl(folder / f"{_safe(task_id)}.jsonl", recs)  # lm-eval:<task> has a colon
         # What actually ran (device, dtypes, kernels), beside the records it produced.
         atomic_write_text(folder / "backend.json", run.info.model_dump_json(indent=1) + "\n")
-    # Measurements of time and memory differ from run to run; results.json must not (the same
-    # compare twice gives the same file apart from created_at), so they live beside it.
-    efficiency = results.get("efficiency")
-    stable = {k: v for k, v in results.items() if k != "efficiency"}
-    atomic_write_text(tmp / "results.json", json.dumps(stable, indent=1, sort_keys=True) + "\n")
-    if efficiency is not None:
-        atomic_write_text(tmp / "efficiency.json", json.dumps(
-            {"schema": EFFICIENCY_SCHEMA, **efficiency}, indent=1, sort_keys=True) + "\n")
+    write_results(tmp, results)
+    atomic_write_text(tmp / PAIRED_FILE, json.dumps(paired_dict(res.comparisons, res.floors.values()),
+                                                    sort_keys=True) + "\n")
     atomic_write_text(tmp / "timings.json", json.dumps({
         **res.timings,
         "reused_tasks": {r.spec.name: r.reused_tasks
                          for r in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]},
     }, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(tmp / "report.md", markdown_report(results))
     for name, text in (extra_files or {}).items():
         atomic_write_text(tmp / name, text)
     if log_text:
@@ -124,6 +181,32 @@ def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: boo
     from .html_report import write_html  # here: html_report reads run directories through this module
 
     write_html(tmp)
+
+
+def write_results(folder: Path, results: dict) -> None:
+    """results.json, efficiency.json (when measured) and report.md into `folder`."""
+    # Measurements of time and memory differ from run to run; results.json must not (the same
+    # compare twice gives the same file apart from created_at), so they live beside it.
+    efficiency = results.get("efficiency")
+    stable = {k: v for k, v in results.items() if k != "efficiency"}
+    atomic_write_text(folder / "results.json", json.dumps(stable, indent=1, sort_keys=True) + "\n")
+    if efficiency is not None:
+        atomic_write_text(folder / "efficiency.json", json.dumps(
+            {"schema": EFFICIENCY_SCHEMA, **efficiency}, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(folder / "report.md", markdown_report(results))
+
+
+def paired_dict(comparisons: Iterable, floors: Iterable) -> dict:
+    """paired.json: what the gate judges beside each comparison's summary numbers — per item
+    (ids, correctness, choice-KL, agreement, risk, cluster) or per passage unit (token sums).
+    Ids and numbers only. `qeval gate` re-judges a run from it under another policy."""
+    def entry(c) -> dict:
+        part = "units" if c.kind == "reference_text" else "items"
+        return {"task": c.task, "candidate": c.candidate, "kind": c.kind,
+                part: getattr(c, part).model_dump(mode="json")}
+
+    return {"schema": PAIRED_SCHEMA, "comparisons": [entry(c) for c in comparisons],
+            "noise_floor": [entry(c) for c in floors]}
 
 
 def _safe(name: str) -> str:
@@ -292,7 +375,8 @@ def markdown_report(results: dict) -> str:
         for r in results["power"]:
             flag = f"underpowered: needs ≈{r['n_needed']} items" if r["underpowered"] else ""
             margin = "—" if r["margin"] is None else f"{100 * r['margin']:.1f}"
-            lines.append(f"| {r['task']} | {r['candidate'] or 'all'} | {r['n']} | "
+            task, count = row_labels(r["task"], r.get("subset", "all"), r["n"], r.get("n_effective"))
+            lines.append(f"| {task} | {r['candidate'] or 'all'} | {count} | "
                          f"{100 * r['discordance']:.1f}% | {r['discordance_source']} | "
                          f"{100 * r['mde']:.1f} | {margin} | {flag} |")
     # The multiple-choice table is left out only when generate tasks stand in its place.
@@ -309,6 +393,7 @@ def markdown_report(results: dict) -> str:
             f"{c['choice_kl_p95']['estimate']:.4f} | {c['choice_kl_max']:.3f} | "
             f"{_pct(c['top1_agreement']['estimate'])} | **{c['verdict']}** |"
         )
+    lines += rotation_markdown(results)
     if _gen(results["comparisons"]):
         lines += ["", "## Generation: greedy decoding, answer extracted by the task's pattern", "",
                   "| task | candidate | n | base acc % | cand acc % | Δ pp [95% CI] | ↓ c→w | ↑ w→c | McNemar p | "
@@ -372,14 +457,17 @@ def markdown_report(results: dict) -> str:
                          f"{c['ppl_ratio']['estimate']:.5f}")
         lines += ["", "Effects no larger than these come from numerics alone; with "
                   "`require_above_noise_floor` a NO_GO needs more.", ""]
-    lines += ["", "Chance level and the baseline's evidence against it:", ""]
+    lines += ["", "Chance level, the best answer-cue heuristic (options read without the question) and "
+              "the baseline's evidence against both:", ""]
     seen = set()
     for c in _labelled(results["comparisons"]):
         if c["task"] in seen:
             continue
         seen.add(c["task"])
+        cue = (f"; best cue heuristic '{c['cue_heuristic']}' {_pct(c['cue_accuracy'])}% (p = "
+               f"{c['baseline_above_cue_p']:.3g})" if c.get("cue_heuristic") else "")
         lines.append(f"- {c['task']}: baseline {_pct(c['baseline_accuracy'])}% vs chance "
-                     f"{_pct(c['baseline_chance'])}% (one-sided exact p = {c['baseline_above_chance_p']:.3g})")
+                     f"{_pct(c['baseline_chance'])}% (one-sided exact p = {c['baseline_above_chance_p']:.3g}){cue}")
     lines += ["", "## How the verdict was combined", "", results.get("combination", ""), "",
               "## Why", ""]
     for c in results["comparisons"]:
@@ -472,6 +560,9 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
                        f"{c['kld_max']:.2f}", f"{100 * c['same_top']['estimate']:.2f}",
                        _ratio(c["ppl_ratio"]), f"[{_COLOR[dec]}]{dec.value}[/]")
         console.print(tt)
+    for task, variants in (results.get("rotation") or {}).items():
+        console.print(f"rotated options on {task}: consistent under every rotation " + ", ".join(
+            f"{name} {_pct(r['consistency']['estimate'])}%" for name, r in variants.items()), highlight=False)
     eff = results.get("efficiency")
     if eff and eff.get("variants"):
         n = eff["probe"]["batch"]

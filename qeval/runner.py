@@ -79,11 +79,33 @@ def render_prompt(spec: TaskSpec, sample: Sample) -> tuple[str, list[str]]:
 
 @dataclass(frozen=True)
 class ItemRequests:
+    """Every request that scores one item: its k choices once, or, with rotated options, k
+    choices under each rotation (rotation-major; `rotations` holds each block's offset r: block r
+    shows option (j + r) mod k at position j)."""
+
     sample: Sample
     requests: tuple[LoglikelihoodRequest, ...]
     byte_lengths: tuple[int, ...]
     char_lengths: tuple[int, ...]  # of each choice's own text, without the leading delimiter
     prompt_hash: str
+    rotations: tuple[int, ...] = (0,)
+
+
+def rotation_offsets(spec: TaskSpec, sample: Sample) -> tuple[int, ...]:
+    """The rotations an item is scored under: every cyclic one when the task asks for it (items
+    rendered by their own code keep their one prompt)."""
+    if spec.rotations == "cyclic" and sample.prompt_text is None:
+        return tuple(range(len(sample.choices)))
+    return (0,)
+
+
+def rotated(sample: Sample, r: int) -> Sample:
+    """The item with its options rotated left by `r` (option r shown first); the key follows."""
+    if r == 0:
+        return sample
+    k = len(sample.choices)
+    return sample.model_copy(update={"choices": sample.choices[r:] + sample.choices[:r],
+                                     "target": (sample.target - r) % k})
 
 
 def _split_continuation(tokenize, context: str, ctx: list[int], continuation: str) -> list[int]:
@@ -99,21 +121,72 @@ def _split_continuation(tokenize, context: str, ctx: list[int], continuation: st
 def build_requests(task: Task, tokenize: Callable[[str], list[int]]) -> list[ItemRequests]:
     items = []
     for s in task.samples:
-        context, conts = render_prompt(task.spec, s)
-        reqs = []
+        offsets = rotation_offsets(task.spec, s)
+        reqs, bytes_, chars = [], [], []
         h = hashlib.sha256()
-        ctx_ids = tokenize(context)  # once per item; every choice shares it
-        for i, cont in enumerate(conts):
-            cont_ids = _split_continuation(tokenize, context, ctx_ids, cont)
-            if i == 0:
-                h.update(("ctx:" + ",".join(map(str, ctx_ids))).encode())
-            h.update((f"|c{i}:" + ",".join(map(str, cont_ids))).encode())
-            reqs.append(LoglikelihoodRequest(tuple(ctx_ids), tuple(cont_ids), s.id, i))
-        chars = tuple(len(s.choices[i]) if i < len(s.choices) else len(c.lstrip())
-                      for i, c in enumerate(conts))
-        items.append(ItemRequests(s, tuple(reqs), tuple(len(c.encode()) for c in conts), chars,
-                                  h.hexdigest()))
+        for r in offsets:
+            shown = rotated(s, r)
+            context, conts = render_prompt(task.spec, shown)
+            ctx_ids = tokenize(context)  # once per item and rotation; every choice shares it
+            if len(offsets) > 1:
+                h.update(f"|r{r}:".encode())
+            for i, cont in enumerate(conts):
+                cont_ids = _split_continuation(tokenize, context, ctx_ids, cont)
+                if i == 0:
+                    h.update(("ctx:" + ",".join(map(str, ctx_ids))).encode())
+                h.update((f"|c{i}:" + ",".join(map(str, cont_ids))).encode())
+                # `choice` is the option's index in the item's own order, whatever its position.
+                k = len(conts)
+                reqs.append(LoglikelihoodRequest(tuple(ctx_ids), tuple(cont_ids), s.id, (i + r) % k))
+            chars += [len(shown.choices[i]) if i < len(shown.choices) else len(c.lstrip())
+                      for i, c in enumerate(conts)]
+            bytes_ += [len(c.encode()) for c in conts]
+        items.append(ItemRequests(s, tuple(reqs), tuple(bytes_), tuple(chars), h.hexdigest(), offsets))
     return items
+
+
+def _choice_scores(spec: TaskSpec, lps, byte_lengths, char_lengths) -> tuple[float, ...]:
+    if spec.choice_score == "mean_per_byte":
+        return tuple(lp / max(b, 1) for lp, b in zip(lps, byte_lengths))
+    if spec.choice_score == "mean_per_char":
+        return tuple(lp / max(c, 1) for lp, c in zip(lps, char_lengths))
+    return tuple(lps)
+
+
+def _argmax(scores: Sequence[float]) -> int:
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties go to the earlier choice
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def item_record(task: Task, it: ItemRequests, lps: Sequence[float], variant: str) -> ItemRecord:
+    """One item's record from its requests' log-probs. Rotated: each rotation's scores are put
+    back in the item's own option order, and the record holds their means (choice_scores: of the
+    log-softmax, so each rotation weighs the same) and the option each rotation picked."""
+    s = it.sample
+    k = len(it.requests) // len(it.rotations)
+    blocks = []
+    for b, r in enumerate(it.rotations):
+        sl = slice(b * k, (b + 1) * k)
+        shown = _choice_scores(task.spec, lps[sl], it.byte_lengths[sl], it.char_lengths[sl])
+        order = [(j - r) % k for j in range(k)]  # option j sits at position (j − r) mod k
+        blocks.append((np.array([lps[b * k + p] for p in order]), np.array([shown[p] for p in order])))
+    if len(blocks) == 1:
+        raw, scores = (tuple(float(x) for x in a) for a in blocks[0])
+        picks = None
+    else:
+        raw = tuple(float(x) for x in np.mean([lp for lp, _ in blocks], axis=0))
+        scores = tuple(float(x) for x in np.mean([_log_softmax(sc) for _, sc in blocks], axis=0))
+        picks = tuple(_argmax(sc.tolist()) for _, sc in blocks)
+    pred = _argmax(scores)
+    return ItemRecord(
+        task=task.spec.id, sample_id=s.id, variant=variant, prompt_hash=it.prompt_hash,
+        choice_logprobs=raw, choice_scores=scores, prediction=pred, target=s.target,
+        correct=pred == s.target, category=s.category, risk=s.risk, rotation_predictions=picks,
+    )
 
 
 def score_items(
@@ -121,24 +194,11 @@ def score_items(
 ) -> list[ItemRecord]:
     flat = [r for it in items for r in it.requests]
     logprobs = backend.loglikelihood(flat, advance)
-    records, k = [], 0
+    records, at = [], 0
     for it in items:
         n = len(it.requests)
-        lps = tuple(logprobs[k:k + n])
-        k += n
-        if task.spec.choice_score == "mean_per_byte":
-            scores = tuple(lp / max(b, 1) for lp, b in zip(lps, it.byte_lengths))
-        elif task.spec.choice_score == "mean_per_char":
-            scores = tuple(lp / max(c, 1) for lp, c in zip(lps, it.char_lengths))
-        else:
-            scores = lps
-        pred = max(range(n), key=lambda i: (scores[i], -i))  # ties go to the earlier choice
-        records.append(ItemRecord(
-            task=task.spec.id, sample_id=it.sample.id, variant=backend.info.variant,
-            prompt_hash=it.prompt_hash, choice_logprobs=lps, choice_scores=scores,
-            prediction=pred, target=it.sample.target, correct=pred == it.sample.target,
-            category=it.sample.category, risk=it.sample.risk,
-        ))
+        records.append(item_record(task, it, logprobs[at:at + n], backend.info.variant))
+        at += n
     return records
 
 

@@ -326,6 +326,84 @@ def above_chance_p(correct: Sequence[bool], chance: Sequence[float]) -> float:
     return float(min(1.0, dist[observed:].sum()))
 
 
+def binom_upper_tail(successes: int, n: int, p: float) -> float:
+    """P(Bin(n, p) >= successes), exact (one-sided test that a proportion exceeds p)."""
+    if not 0 <= successes <= n or not 0 <= p <= 1:
+        raise ValueError("binom_upper_tail needs 0 <= successes <= n and 0 <= p <= 1")
+    if successes == 0 or p == 1:
+        return 1.0
+    if p == 0:
+        return 0.0
+    return float(max(0.0, 1.0 - _binom_cdf_table(n, p)[successes - 1]))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """Regularised incomplete beta I_x(a, b), a, b > 0 (the Beta(a, b) distribution function)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1 - x) / b
+
+
+def _beta_quantile(q: float, a: float, b: float) -> float:
+    lo, hi = 0.0, 1.0
+    for _ in range(100):  # bisection: monotone, exact to double precision
+        mid = (lo + hi) / 2
+        if beta_cdf(mid, a, b) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def clopper_pearson(successes: float, n: int, *, level: float = 0.95) -> Interval:
+    """Exact (Clopper–Pearson) interval for a binomial proportion: the Beta quantiles
+    B(α/2; x, n − x + 1) and B(1 − α/2; x + 1, n − x). `successes` may be fractional (an
+    expected count, e.g. ties broken at random); the same Beta quantiles then interpolate."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError("clopper_pearson needs 0 <= successes <= n and n > 0")
+    a = (1 - level) / 2
+    low = 0.0 if successes == 0 else _beta_quantile(a, successes, n - successes + 1)
+    high = 1.0 if successes == n else _beta_quantile(1 - a, successes + 1, n - successes)
+    return Interval(estimate=successes / n, low=low, high=high, level=level,
+                    method="Clopper–Pearson exact binomial")
+
+
+def effective_n(labels: Sequence[str]) -> float:
+    """n² / Σ(cluster size²): the independent items a clustered sample is worth when items of a
+    cluster are perfectly correlated (the worst case); n when every item is its own cluster."""
+    if not labels:
+        raise ValueError("effective_n needs at least one item")
+    sizes: dict[str, int] = {}
+    for c in labels:
+        sizes[c] = sizes.get(c, 0) + 1
+    return len(labels) ** 2 / sum(m * m for m in sizes.values())
+
+
 def normal_quantile(q: float) -> float:
     """Standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
     if not 0 < q < 1:

@@ -7,34 +7,64 @@ caller names (no global registry filled on import).
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import QevalInputError
-from .types import BENCHMARK_FORMATS, Passage, Risk, Sample, Task, TaskSpec
+from .types import BENCHMARK_FORMATS, NumericAnswer, Passage, Risk, Sample, Task, TaskSpec
 
 DATA_DIRS = frozenset({"items", "passages", "data"})
+PROVENANCE = ("source", "region", "reviewed")
 
 
-class ItemFileEntry(BaseModel):
-    """One item as written in a qeval item file (see tasks/clinical_core/items/_SCHEMA.md)."""
+class _ItemFields(BaseModel):
+    """What every item form has (see tasks/clinical_core/items/_SCHEMA.md). `source`, `region`
+    and `reviewed` are required when the task sets `require_provenance: true`."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
     question: str
-    choices: list[str]
-    answer: str
     rationale: str
     risk: Risk
-    cluster: str | None = None  # the passage or case this item shares with others
+    # Items testing one fact in different settings share a cluster name; without one an item is
+    # its own cluster (with `cluster_by: cluster`).
+    cluster: str | None = Field(None, min_length=1)
+    source: str | None = None  # the guideline, label or standard followed, with its year
+    region: Literal["intl", "uk", "us", "eu"] | None = None  # where the keyed fact holds
+    reviewed: _dt.date | None = None  # ISO date (YYYY-MM-DD) of the last clinical review
+
+    @field_validator("source")
+    @classmethod
+    def _named(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("is empty; name the guideline, label or standard followed, with its year")
+        return v
+
+    @field_validator("reviewed", mode="before")
+    @classmethod
+    def _iso_date(cls, v: object) -> object:
+        if isinstance(v, _dt.date) or v is None:
+            return v
+        if not isinstance(v, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            raise ValueError("must be an ISO date, e.g. \"2026-12-03\"")
+        return v
+
+
+class ItemFileEntry(_ItemFields):
+    """A multiple-choice item."""
+
+    choices: list[str]
+    answer: str
 
     @field_validator("choices")
     @classmethod
@@ -51,6 +81,19 @@ class ItemFile(BaseModel):
 
     area: str
     items: list[ItemFileEntry]
+
+
+class NumericItemEntry(_ItemFields, NumericAnswer):
+    """An item whose answer is a number in a unit (tasks with `generation.answer: numeric`; see
+    tasks/clinical_dose_calc/README.md): value, unit and exactly one of tolerance_abs and
+    tolerance_rel, as NumericAnswer checks them."""
+
+
+class NumericItemFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    area: str
+    items: list[NumericItemEntry]
 
 
 def _model_at(model: type[BaseModel], loc: Sequence) -> type[BaseModel] | None:
@@ -135,27 +178,57 @@ def _mapping(path: Path, raw: object, what: str) -> dict:
 ITEM_SCHEMA = "tasks/clinical_core/items/_SCHEMA.md"
 
 
-def load_item_file(path: Path, letters: str) -> list[Sample]:
-    raw = _mapping(path, _read_yaml(path), f"give `area:` and a list of `items:` (see {ITEM_SCHEMA})")
+def _item_line(path: Path, index: int | None) -> str:
+    """" line N" where item number `index` of the file's `items:` list starts ("" if unknown)."""
+    if index is None:
+        return ""
     try:
-        parsed = ItemFile.model_validate(raw)
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+        node = next(v for k, v in root.value if getattr(k, "value", None) == "items")
+        return f" line {node.value[index].start_mark.line + 1}"
+    except Exception:  # any shape the validator already named: the line is a courtesy
+        return ""
+
+
+def _error_index(exc: ValidationError) -> int | None:
+    loc = exc.errors()[0]["loc"]
+    return loc[1] if len(loc) >= 2 and loc[0] == "items" and isinstance(loc[1], int) else None
+
+
+def load_item_file(path: Path, letters: str, *, numeric: bool = False,
+                   provenance: bool = False) -> list[Sample]:
+    """`numeric`: items in the numeric-answer form (value, unit, tolerance); `provenance`: every
+    item needs source, region and reviewed."""
+    raw = _mapping(path, _read_yaml(path), f"give `area:` and a list of `items:` (see {ITEM_SCHEMA})")
+    model = NumericItemFile if numeric else ItemFile
+    try:
+        parsed = model.model_validate(raw)
     except ValidationError as exc:
-        raise QevalInputError(f"{path}: {_short(exc, raw, ItemFile, 'items')}; see {ITEM_SCHEMA}") from None
+        raise QevalInputError(f"{path}{_item_line(path, _error_index(exc))}: "
+                              f"{_short(exc, raw, model, 'items')}; see {ITEM_SCHEMA}") from None
     samples = []
-    for item in parsed.items:
+    for n, item in enumerate(parsed.items):
+        where = f"{path}{_item_line(path, n)}: item {item.id!r}"
+        lacking = [f for f in PROVENANCE if getattr(item, f) is None] if provenance else []
+        if lacking:
+            raise QevalInputError(
+                f"{where}: missing required field {lacking[0]!r} (this task sets require_provenance: "
+                f"true, so every item needs {', '.join(PROVENANCE)}); see {ITEM_SCHEMA}")
+        common = dict(id=item.id, question=item.question, category=parsed.area, risk=item.risk,
+                      cluster=item.cluster, rationale=item.rationale)
+        if numeric:
+            key = item.model_dump(include=set(NumericAnswer.model_fields))
+            samples.append(Sample(**common, choices=(), target=-1, numeric=NumericAnswer(**key)))
+            continue
         valid = letters[: len(item.choices)]
         if len(item.answer) != 1 or item.answer not in valid:
             # A one-letter answer is shown; anything longer may be the option's text (PHI).
             given = f"answer {item.answer!r}" if len(item.answer) == 1 else "an answer that is not a letter"
             raise QevalInputError(
-                f"{path}: item {item.id!r} has {given}, which is not among its "
+                f"{where} has {given}, which is not among its "
                 f"choices ({', '.join(valid)}); give the letter of the correct choice"
             )
-        samples.append(Sample(
-            id=item.id, question=item.question, choices=tuple(item.choices),
-            target=valid.index(item.answer), category=parsed.area, risk=item.risk,
-            cluster=item.cluster, rationale=item.rationale,
-        ))
+        samples.append(Sample(**common, choices=tuple(item.choices), target=valid.index(item.answer)))
     return samples
 
 
@@ -237,8 +310,12 @@ def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) 
         return _passage_task(path, spec, files, src)
     samples: list[Sample] = []
     origin: list[Path] = []
+    numeric = spec.generation is not None and spec.generation.answer == "numeric"
+    if numeric and spec.kind != "generate":
+        raise QevalInputError(f"{path}: generation.answer: numeric needs kind: generate")
     for f in files:
-        found = load_item_file(f, spec.prompt.letters)
+        found = load_item_file(f, spec.prompt.letters, numeric=numeric,
+                               provenance=spec.require_provenance)
         samples.extend(found)
         origin.extend([f] * len(found))
     if not files:
@@ -266,12 +343,6 @@ def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
             raise QevalInputError(f"{path}: duplicate sample id {s.id!r} {places}; ids must be unique "
                                   "in a task: rename one (records are paired on it)")
         seen[s.id] = n
-    if spec.cluster_by is not None:
-        lacking = [s.id for s in samples if getattr(s, spec.cluster_by) is None]
-        if lacking:
-            raise QevalInputError(
-                f"{path}: cluster_by: {spec.cluster_by} but item {lacking[0]!r} ({len(lacking)} in "
-                f"all) has no {spec.cluster_by}; give every item one or drop cluster_by")
     payload = json.dumps(
         {"spec": _hashable(spec), "samples": [_hashable(s) for s in samples]}, sort_keys=True,
     )
@@ -282,7 +353,8 @@ def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
 # Fields added after the first release: left out of the content hash while at their default, so
 # tasks that do not use them keep their hash (and their stored records stay reusable).
 _ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "passage": "", "prompt_text": None,
-                   "continuations": None, "answers": [], "generation": None}
+                   "continuations": None, "answers": [], "generation": None, "numeric": None,
+                   "require_provenance": False, "rotations": "none"}
 # Fields that only reference_text tasks read: part of their hash always (a changed k changes every
 # number), never part of a multiple-choice task's.
 _REFERENCE_ONLY = frozenset({"baseline_top_k", "window_tokens"})
@@ -292,6 +364,8 @@ def _hashable(model: BaseModel) -> dict:
     data = model.model_dump(mode="json")
     if isinstance(data.get("source"), dict) and data["source"].get("ids_path") is None:
         data["source"].pop("ids_path", None)  # added later: absent keeps older tasks' hashes
+    if isinstance(data.get("generation"), dict) and data["generation"].get("answer") == "text":
+        data["generation"].pop("answer")  # added later: the default keeps older tasks' hashes
     drop = _REFERENCE_ONLY if data.get("kind") == "multiple_choice" else frozenset()
     return {k: v for k, v in data.items()
             if k not in drop and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}

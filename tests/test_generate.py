@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from conftest import fake_config, fake_variant
 from qeval import stats
@@ -252,7 +253,8 @@ def test_gate_go_no_go_and_inconclusive_on_generated_answers():
                fake_variant("broken", skill=0.8, damage=0.3))
     assert res.verdict.per_candidate == {"same": Decision.GO, "broken": Decision.NO_GO}
     same = {r.rule: r.decision for r in _verdict(res, "same").rules}
-    assert same == {"accuracy_non_inferiority": Decision.GO, "answer_disagreement": Decision.GO}
+    assert same == {"accuracy_non_inferiority": Decision.GO, "answer_disagreement": Decision.GO,
+                    "high_risk_non_inferiority": Decision.GO, "high_risk_flips": Decision.GO}
     broken = {r.rule: r.decision for r in _verdict(res, "broken").rules}
     assert broken["accuracy_non_inferiority"] == Decision.NO_GO
     assert broken["answer_disagreement"] == Decision.NO_GO
@@ -498,6 +500,53 @@ def test_qeval_compare_on_a_generate_task_through_the_cli(tiny, tmp_path, monkey
     assert {json.loads(x)["variant"] for x in outputs} == {"fp32", "gguf:q8_0", "bf16"}
     records = (out / "records" / "gguf_q8_0" / "mini_gen.jsonl").read_text()
     assert all(json.loads(x)["output"] not in records for x in outputs if len(json.loads(x)["output"]) > 6)
+
+
+def test_numeric_dose_task_on_transformers_and_llama_cpp_through_the_cli(tiny, tmp_path, monkeypatch):
+    """clinical_dose_calc's mechanics on both engines: three numeric fixture items (the task's
+    own prompt, pattern and stops), a transformers fp32 baseline against llama.cpp q8_0. A tiny
+    random model writes nonsense, so this checks the wiring: every output's number, read again
+    from the logged text, is the number its record holds, and the gate's high-risk rule says
+    INCONCLUSIVE (three risk: high items), never NO_GO."""
+    from typer.testing import CliRunner
+
+    import qeval.config
+    from qeval.cli import app
+    from qeval.numeric import first_number
+
+    spec = yaml.safe_load((project_dir("tasks") / "clinical_dose_calc" / "clinical_dose_calc.yaml").read_text())
+    tasks = tmp_path / "tasks"
+    (tasks / "mini_dose" / "items").mkdir(parents=True)
+    items = [{"id": f"d{i}", "question": f"A {60 + i} kg adult needs 1 mg/kg. How many mg?", "value": 60 + i,
+              "unit": "mg", "tolerance_abs": 0.5, "rationale": "r", "risk": "high", "source": "s (2024)",
+              "region": "intl", "reviewed": "2026-12-03"} for i in range(3)]
+    (tasks / "mini_dose" / "items" / "a.yaml").write_text(json.dumps({"area": "dose", "items": items}))
+    spec["generation"]["max_tokens"] = 12
+    (tasks / "mini_dose" / "mini_dose.yaml").write_text(json.dumps({**spec, "id": "mini_dose"}))
+    real = qeval.config.project_dir
+    monkeypatch.setattr(qeval.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["compare", "--model", str(tiny.path), "--base", "fp32",
+                                   "--candidates", "gguf:q8_0", "--tasks", "mini_dose", "--n-boot", "200",
+                                   "--no-efficiency", "--out", str(out), "--log-text"])
+    assert res.exit_code == 3, res.output
+    (comp,) = json.loads((out / "results.json").read_text())["comparisons"]
+    assert comp["kind"] == "generate" and comp["n"] == 3 and comp["baseline_chance"] == 0.0
+    assert comp["high_risk"]["n"] == 3 and comp["cue_heuristic"] is None
+    rules = {r["rule"]: r for r in comp["rules"]}
+    assert rules["high_risk_non_inferiority"]["decision"] == "INCONCLUSIVE"
+    assert "only 3 risk: high items" in rules["high_risk_non_inferiority"]["reason"]
+    pattern = re.compile(spec["generation"]["answer_pattern"])
+    outputs = [json.loads(x) for x in (out / "texts" / "outputs.jsonl").read_text().splitlines()]
+    assert {o["variant"] for o in outputs} == {"fp32", "gguf:q8_0"} and len(outputs) == 6
+    value = {it["id"]: it["value"] for it in items}
+    for o in outputs:
+        folder = "fp32" if o["variant"] == "fp32" else "gguf_q8_0"
+        recs = {json.loads(x)["sample_id"]: json.loads(x)
+                for x in (out / "records" / folder / "mini_dose.jsonl").read_text().splitlines()}
+        rec = recs[o["sample_id"]]
+        assert rec["answer_value"] == first_number(extract_answer(o["output"], pattern))
+        assert rec["correct"] == (rec["answer_value"] is not None and abs(rec["answer_value"] - value[o["sample_id"]]) <= 0.5)
 
 
 @pytest.mark.model

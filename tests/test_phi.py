@@ -5,11 +5,14 @@ model built here and three tasks — multiple choice, generate, reference text �
 field carries a unique marker. The child's cache, audit log, home, temp and working directories
 all lie in a sandbox under tmp_path, and after each run every file there (run directories, stored
 records, GGUF artefacts read as bytes, the audit log, whatever a library dropped under ~) and the
-child's stdout and stderr are searched for the markers, as text and as their token ids.
+child's stdout and stderr are searched for the markers, as text and as their token ids. The first
+run also writes a JUnit file and logs to MLflow's default store beside the run directory: both
+are scanned too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +27,7 @@ pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
 
 ROOT = Path(__file__).resolve().parent.parent
+HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
 
 # Runs qeval's real entry point (qeval.cli:main) with tasks/ pointed at the test's own folder.
 # With PHI_TEST_FAIL set, a candidate's scoring raises an exception whose message quotes an item
@@ -130,7 +134,7 @@ def _qeval(world, *args, fail=False, timeout=900):
     sb = world["sandbox"]
     for d in ("home", "tmp", "xdg-cache", "work"):
         (sb / d).mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QEVAL_", "PYTEST", "HF_", "XDG_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QEVAL_", "PYTEST", "HF_", "XDG_", "MLFLOW_"))}
     env.update({
         "HOME": str(sb / "home"), "TMPDIR": str(sb / "tmp"), "XDG_CACHE_HOME": str(sb / "xdg-cache"),
         "QEVAL_CACHE": str(sb / "cache"), "QEVAL_AUDIT_LOG": str(sb / "audit" / "audit.jsonl"),
@@ -179,9 +183,11 @@ def runs(world):
     sb = world["sandbox"]
     tasks = "phi_mc,phi_gen,phi_ref"
     out = {}
-    # 1. Default: no text anywhere.
+    # 1. Default: no text anywhere — nor in the JUnit file, nor in the MLflow store (the default
+    #    SQLite store and its artifacts, beside the run directory) when MLflow is installed.
+    publish = ["--junit-xml", str(sb / "work" / "qeval.xml")] + (["--mlflow"] if HAVE_MLFLOW else [])
     code, stdout, stderr = _qeval(world, "--candidates", "bf16,gguf:q8_0", "--tasks", tasks,
-                                  "--out", str(sb / "work" / "run-plain"))
+                                  "--out", str(sb / "work" / "run-plain"), *publish)
     out["plain"] = dict(code=code, stdout=stdout, stderr=stderr, files=_scan(world),
                         streams=_hits(world, (stdout + stderr).encode()))
     # 2. Opted in: text under <run>/texts/ only, and a warning saying so.
@@ -217,6 +223,9 @@ def test_default_run_writes_no_text_anywhere(world, runs):
     assert not (run / "texts").exists()
     assert list((sb / "cache" / "records").glob("*.jsonl"))
     assert list((sb / "cache").rglob("*.gguf"))
+    assert (sb / "work" / "qeval.xml").is_file()
+    if HAVE_MLFLOW:
+        assert (sb / "work" / "mlflow.db").is_file() and list((sb / "work" / "mlartifacts").rglob("results.json"))
     assert "qeval: warning" not in r["stderr"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 
 from conftest import make_task
 from qeval import stats
+from qeval.config import project_dir
 from qeval.gate import GatePolicy, TaskRules
 from qeval.power import discordance_history, power_table
+from qeval.types import Risk
 
 
 def _write_run(root: Path, name: str, comps: list[dict], mtime: float) -> None:
@@ -58,3 +61,39 @@ def test_task_without_margin_is_never_flagged():
     pol = GatePolicy(defaults=TaskRules(accuracy_margin=None))
     (row,) = power_table([make_task(40)], ["x"], pol)
     assert row.margin is None and not row.underpowered and row.n_needed is None
+
+
+def test_declared_clusters_shrink_the_effective_items_and_singletons_count_one_each():
+    task = make_task(400)
+    spec = task.spec.model_copy(update={"cluster_by": "cluster"})
+    # 20 pairs of items share a cluster; the other 360 items have none (each its own cluster).
+    samples = tuple(s.model_copy(update={"cluster": f"pair{i // 2}"}) if i < 40 else s
+                    for i, s in enumerate(task.samples))
+    clustered = task.model_copy(update={"spec": spec, "samples": samples})
+    (flat,) = power_table([task], ["x"], GatePolicy())
+    (row,) = power_table([clustered], ["x"], GatePolicy())
+    n_eff = 400 ** 2 / (360 + 20 * 4)
+    assert flat.n_effective is None and row.n_effective == pytest.approx(n_eff)
+    assert row.mde == pytest.approx(stats.mde_paired(400, 0.10) * (400 / n_eff) ** 0.5)
+    assert row.n_needed == math.ceil(stats.n_for_mde(0.05, 0.10) * 400 / n_eff)
+    by_category = clustered.model_copy(update={"spec": task.spec.model_copy(update={"cluster_by": "category"})})
+    assert power_table([by_category], ["x"], GatePolicy())[0].n_effective is None
+
+
+def test_high_risk_rows_follow_the_policy_and_the_default_gate_powers_a_420_item_bank():
+    policy = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    margin = policy.defaults.high_risk_accuracy_margin
+    assert margin is not None and policy.defaults.max_high_risk_flips is not None
+    # 420 items, half of them high risk (make_task marks every high_every-th item).
+    rows = power_table([make_task(420, high_every=2)], ["x"], policy)
+    assert [r.subset for r in rows] == ["all", "high_risk"]
+    overall, high = rows
+    assert high.n == 210 and high.margin == margin and not high.underpowered
+    assert not overall.underpowered and overall.mde < 0.05
+    # ~30% high risk still powers the high-risk margin; a handful of high-risk items does not.
+    assert not power_table([make_task(420, high_every=3)], ["x"], policy)[1].underpowered
+    assert power_table([make_task(420, high_every=20)], ["x"], policy)[1].underpowered
+    standard = make_task(50)
+    standard = standard.model_copy(update={"samples": tuple(s.model_copy(update={"risk": Risk.standard})
+                                                            for s in standard.samples)})
+    assert [r.subset for r in power_table([standard], ["x"], policy)] == ["all"]  # no high-risk items

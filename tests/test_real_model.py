@@ -84,7 +84,10 @@ def test_compare_prints_a_verdict_and_writes_results(first_run):
     # Before scoring: the detectable drop per task, flagged against the margin (30 items cannot
     # detect a 5-point drop).
     assert "smallest accuracy drop" in proc.stdout
-    assert all(r["underpowered"] and r["n"] == int(LIMIT) for r in results["power"])
+    overall = [r for r in results["power"] if r["subset"] == "all"]
+    assert overall and all(r["underpowered"] and r["n"] == int(LIMIT) for r in overall)
+    # and the risk: high items of those, against the high-risk margin
+    assert all(r["underpowered"] and r["n"] < int(LIMIT) for r in results["power"] if r["subset"] == "high_risk")
     # The noise floor: the baseline recomputed one sequence per pass, far below quantization.
     floor = {c["task"]: c for c in results["noise_floor"]["comparisons"]}
     assert results["noise_floor"]["variant"]["variant"] == "fp32@batch1"

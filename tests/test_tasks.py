@@ -32,7 +32,10 @@ def _write_task(root: Path, items: str, extra: str = "") -> Path:
 def test_clinical_core_is_big_diverse_and_well_formed():
     reg = TaskRegistry([project_dir("tasks")])
     task = reg.load("clinical_core")
-    assert len(task.samples) >= 200
+    assert len(task.samples) >= 400
+    # v2: provenance on every item (the loader enforces it), clusters declared, at most half high risk
+    assert task.spec.require_provenance and task.spec.cluster_by == "cluster"
+    assert sum(s.risk.value == "high" for s in task.samples) <= len(task.samples) / 2
     areas = Counter(s.category for s in task.samples)
     assert len(areas) >= 10 and min(areas.values()) >= 10
     assert len({s.id for s in task.samples}) == len(task.samples)
@@ -43,7 +46,17 @@ def test_clinical_core_is_big_diverse_and_well_formed():
     assert max(positions.values()) / len(task.samples) < 0.3
     cloze = reg.load("clinical_core_cloze")
     assert [s.id for s in cloze.samples] == [s.id for s in task.samples]
-    assert set(suite_tasks("clinical-core")) == {"clinical_core", "clinical_core_cloze", "clinical_reference"}
+    assert set(suite_tasks("clinical-core")) == {"clinical_core", "clinical_core_cloze", "clinical_dose_calc",
+                                                 "clinical_reference"}
+
+
+def test_clinical_dose_calc_has_numeric_high_risk_items_with_provenance():
+    task = TaskRegistry([project_dir("tasks")]).load("clinical_dose_calc")
+    assert task.spec.kind == "generate" and task.spec.generation.answer == "numeric"
+    assert task.spec.require_provenance and task.spec.generation.max_tokens <= 64
+    assert len(task.samples) >= 60 and len({s.id for s in task.samples}) == len(task.samples)
+    assert all(s.numeric is not None and s.risk.value == "high" and not s.choices for s in task.samples)
+    assert all(s.numeric.unit and s.numeric.tolerance() < abs(s.numeric.value) for s in task.samples)
 
 
 def test_prompts_render_identically_and_hash_stably():
@@ -111,11 +124,15 @@ CLUSTERED = """  - id: {id}
 """
 
 
-def test_cluster_by_needs_a_cluster_on_every_item(tmp_path):
-    items = CLUSTERED.format(id="x1", cluster="case1") + ITEM.format(id="x2", answer="B")
-    root = _write_task(tmp_path, items, "cluster_by: cluster\n")
-    with pytest.raises(QevalInputError, match="item 'x2'.*no cluster"):
-        TaskRegistry([root]).load("t")
+def test_with_cluster_by_an_item_without_a_cluster_is_a_cluster_of_its_own(tmp_path):
+    from qeval.compare import task_clusters
+
+    items = (CLUSTERED.format(id="x1", cluster="case1") + ITEM.format(id="x2", answer="B")
+             + CLUSTERED.format(id="x3", cluster="case1") + ITEM.format(id="x4", answer="C"))
+    task = TaskRegistry([_write_task(tmp_path, items, "cluster_by: cluster\n")]).load("t")
+    labels = task_clusters(task)
+    assert labels["x1"] == labels["x3"] == "case1"
+    assert len(set(labels.values())) == 3 and labels["x2"] != labels["x4"]
 
 
 def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
@@ -129,9 +146,10 @@ def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
     import hashlib
     import json
 
-    later = ("cluster", "passage", "prompt_text", "continuations", "answers")  # Sample fields
+    later = ("cluster", "passage", "prompt_text", "continuations", "answers", "numeric")  # Sample fields
     spec = {k: v for k, v in plain.spec.model_dump(mode="json").items()
-            if k not in ("cluster_by", "baseline_top_k", "window_tokens", "generation")}
+            if k not in ("cluster_by", "baseline_top_k", "window_tokens", "generation", "require_provenance",
+                         "rotations")}
     spec["source"] = {k: v for k, v in spec["source"].items() if k != "ids_path"}
     legacy = json.dumps({
         "spec": spec,

@@ -29,14 +29,21 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class SharedPrefixJob:
     """One forward pass that scores every request sharing a context (multiple choice: every
-    choice of an item): the context once, then each continuation but its last token, each branch
-    seeing the context and its own earlier tokens only (a tree-shaped attention mask, position
-    ids restarting after the context). The log-probability of a request's first continuation
-    token is read at the context's last position, shared by all branches."""
+    choice of an item): the context once, then branches, each seeing the context and its own
+    earlier tokens only (a tree-shaped attention mask, position ids restarting after the context).
+
+    By default member m owns branch m, its continuation without the last token, and the log-prob
+    of its first continuation token is read at the context's last position. An item scored under
+    several prompts that share a beginning (rotated options) is one job too: `context` is then the
+    shared beginning, a branch starts with `leads[b]` tokens that finish one prompt, several
+    members may share a branch (`member_branch`), and a member's first token is read at the end
+    of its branch's lead."""
 
     context: tuple[int, ...]
     members: tuple[int, ...]  # request indices, in request order
-    branches: tuple[tuple[int, ...], ...]  # per member: its continuation without the last token
+    branches: tuple[tuple[int, ...], ...]  # token runs after the context
+    member_branch: tuple[int, ...] = ()  # per member, its branch; empty: member m owns branch m
+    leads: tuple[int, ...] = ()  # per branch, tokens that finish a prompt; empty: none
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -46,7 +53,7 @@ class SharedPrefixJob:
         return len(self.context) + sum(len(b) for b in self.branches)
 
     def branch_starts(self) -> list[int]:
-        """Where each member's branch begins in `tokens`."""
+        """Where each branch begins in `tokens`."""
         starts, at = [], len(self.context)
         for b in self.branches:
             starts.append(at)
@@ -58,17 +65,63 @@ class SharedPrefixJob:
         c = len(self.context)
         return list(range(c)) + [c + k for b in self.branches for k in range(len(b))]
 
+    def branch_of(self, member: int) -> int:
+        return self.member_branch[member] if self.member_branch else member
+
+    def lead(self, branch: int) -> int:
+        return self.leads[branch] if self.leads else 0
+
     def reads(self, member: int, continuation_length: int) -> list[int]:
         """Indices into `tokens` whose next-token logits score the member's continuation."""
-        start = self.branch_starts()[member]
-        return [len(self.context) - 1] + [start + k for k in range(continuation_length - 1)]
+        b = self.branch_of(member)
+        start, lead = self.branch_starts()[b], self.lead(b)
+        first = start + lead - 1 if lead else len(self.context) - 1
+        return [first] + [start + lead + k for k in range(continuation_length - 1)]
 
 
-def shared_prefix_jobs(requests: Sequence[LoglikelihoodRequest]) -> list[SharedPrefixJob]:
+def _common_prefix(seqs: Sequence[tuple[int, ...]]) -> int:
+    n = min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != seqs[0][k] for s in seqs[1:]):
+            return k
+    return n
+
+
+def _item_job(requests: Sequence[LoglikelihoodRequest], groups: list[tuple[tuple[int, ...], list[int]]]
+              ) -> SharedPrefixJob:
+    """One job for an item's several contexts: their common beginning once; per context, a branch
+    with the rest of it (its lead), shared by the members whose continuation is one token; a
+    member with a longer continuation gets the lead and its own tokens in a branch of its own."""
+    p = min(_common_prefix([ctx for ctx, _ in groups]), min(len(ctx) for ctx, _ in groups) - 1)
+    branches, leads, owner = [], [], {}
+    for ctx, members in groups:
+        lead = ctx[p:]
+        shared = None
+        for i in members:
+            tail = requests[i].continuation[:-1]
+            if tail:
+                owner[i] = len(branches)
+                branches.append(lead + tail)
+                leads.append(len(lead))
+            else:
+                if shared is None:
+                    shared = len(branches)
+                    branches.append(lead)
+                    leads.append(len(lead))
+                owner[i] = shared
+    members = tuple(sorted(owner))
+    return SharedPrefixJob(groups[0][0][:p], members, tuple(branches),
+                           tuple(owner[i] for i in members), tuple(leads))
+
+
+def shared_prefix_jobs(requests: Sequence[LoglikelihoodRequest], *, across_prompts: bool = False
+                       ) -> list[SharedPrefixJob]:
     """The forward passes that answer `requests`: one per distinct context, longest first (equal
     lengths batch with little padding; ties keep request order, so the plan is deterministic).
     Letter answers (one-token continuations) cost one pass over the context per item; cloze
-    answers cost the context once plus each choice's own tokens, not the context per choice."""
+    answers cost the context once plus each choice's own tokens, not the context per choice.
+    `across_prompts`: an item scored under several contexts (rotated options) is one pass, their
+    common beginning computed once (engines whose attention mask can branch)."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(requests):
         if not r.context:
@@ -76,8 +129,17 @@ def shared_prefix_jobs(requests: Sequence[LoglikelihoodRequest]) -> list[SharedP
         if not r.continuation:
             raise ValueError(f"item {r.sample_id} choice {r.choice}: empty continuation")
         groups.setdefault(r.context, []).append(i)
-    jobs = [SharedPrefixJob(ctx, tuple(members), tuple(requests[i].continuation[:-1] for i in members))
-            for ctx, members in groups.items()]
+    by_item: dict[str, list[tuple[tuple[int, ...], list[int]]]] = {}
+    for ctx, members in groups.items():
+        key = requests[members[0]].sample_id if across_prompts else str(len(by_item))
+        by_item.setdefault(key, []).append((ctx, members))
+    jobs = []
+    for item_groups in by_item.values():
+        if len(item_groups) == 1:
+            ctx, members = item_groups[0]
+            jobs.append(SharedPrefixJob(ctx, tuple(members), tuple(requests[i].continuation[:-1] for i in members)))
+        else:
+            jobs.append(_item_job(requests, item_groups))
     jobs.sort(key=lambda j: -len(j))
     return jobs
 

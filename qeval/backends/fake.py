@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..numeric import format_number
 from ..types import Artefact, BackendInfo, VariantSpec
 from .base import GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, Progress
 
@@ -188,12 +189,17 @@ class FakeFactory:
 
 
 def _answer_options(letters: str, sample) -> AnswerOptions:
-    """Letters for items with choices (a guess may hit the key); for free-form items the first
-    accepted answer and made-up wrong ones (a guess never hits)."""
+    """Letters for items with choices (a guess may hit the key); for numeric items the value in
+    its unit and wrong values (a tenfold error, half, double: a guess never hits); for free-form
+    items the first accepted answer and made-up wrong ones (a guess never hits)."""
     if sample.choices:
         valid = letters[: len(sample.choices)]
         key = valid[sample.target]
         return key, tuple(x for x in valid if x != key), tuple(valid)
+    if sample.numeric is not None:
+        v, unit = sample.numeric.value, sample.numeric.unit
+        wrong = tuple(f"{format_number(w)} {unit}" for w in (10 * v + 1, v / 2 - 1, 2 * v + 3))
+        return f"{format_number(v)} {unit}", wrong, wrong
     key = sample.answers[0]
     wrong = tuple(f"not {key} but option {j}" for j in range(3))
     return key, wrong, wrong

@@ -302,6 +302,9 @@ class HFBackend:
         dtype = getattr(torch, choice.compute)
         qconfig = loading_config or _quantization_config(variant, dtype)
         self.batch_size = 1 if numeric_path == "batch1" else batch_size
+        # An item's several prompts (rotated options) in one pass, their common beginning once;
+        # False: one pass per prompt (benchmarks/rotation_cost.py measures both).
+        self.across_prompts = True
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model.path)
             # A quantized checkpoint carries its own quantization_config; passing None would
@@ -406,7 +409,7 @@ class HFBackend:
                       advance: Progress | None = None) -> list[float]:
         import torch
 
-        jobs = shared_prefix_jobs(requests)
+        jobs = shared_prefix_jobs(requests, across_prompts=self.across_prompts)
         out = [0.0] * len(requests)
         with self._memory("scoring"), torch.inference_mode():
             # Longest first, so a batch's neighbours pad little (a token budget that packs more
