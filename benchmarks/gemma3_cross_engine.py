@@ -17,8 +17,9 @@ models built here (no download), Gemma-3 and Llama of the same size:
   (a few channels x30: activation outliers), embedding scaling by sqrt(hidden), GELU (which ggml
   computes from an fp16 table on the CPU; Llama's SiLU is computed in fp32).
 
-Run: PYTHONPATH=. python benchmarks/gemma3_cross_engine.py  (about 3 minutes on 2 cores);
-writes benchmarks/results_gemma3_cross_engine.md.
+Run: PYTHONPATH=. python benchmarks/gemma3_cross_engine.py  (about 15 minutes on 2 cores);
+prints the table and writes its numbers to benchmarks/results_gemma3_cross_engine.json (the
+findings: benchmarks/results_gemma3_cross_engine.md).
 """
 
 from __future__ import annotations
