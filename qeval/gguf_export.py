@@ -1,12 +1,14 @@
-"""HF checkpoint → F32/F16 GGUF (gguf's writer) → llama.cpp quantized GGUF (llama.cpp's own
-quantizer through llama-cpp-python). Artefacts are cached and fingerprinted.
+"""HF checkpoint → F32/F16 GGUF (llama.cpp's own converter, qeval/converter.py) → llama.cpp
+quantized GGUF (llama.cpp's own quantizer through llama-cpp-python). Artefacts are cached and
+fingerprinted.
 
-Llama-family architectures: llama and mistral (GGUF arch `llama`, whose Q and K projections are
-permuted from HF's rotate-half layout to llama.cpp's interleaved one) and qwen2 (no permutation,
-Q/K/V biases). The tokenizer is written from the checkpoint's tokenizer.json (byte-level BPE);
-the pre-tokenizer name llama.cpp needs is taken from the GGUF the checkpoint was materialised
-from, when there is one, or found by checking llama.cpp's tokenisation against the HF tokenizer
-on probe text. The comparison itself checks every prompt's token ids anyway.
+Every architecture llama.cpp's converter knows is exported (its architecture is checked before
+any model time). The tokenizer must come out the same: llama.cpp's tokenisation of probe text is
+checked against the HF tokenizer's. The converter names the BPE pre-tokenizer by a hash of known
+tokenizers; for one it does not know (a fine-tuned or home-made tokenizer), the pre-tokenizer of
+the GGUF the checkpoint was materialised from, then llama.cpp's common ones, are tried on the
+vocabulary alone until llama.cpp tokenises as the HF tokenizer does. The comparison itself checks
+every prompt's token ids anyway.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
+from . import converter
 from .errors import QevalInputError
 from .fileio import atomic_write_text
 
-RECIPE = 1  # bump when the export changes its output
-ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-PERMUTE_QK = {"llama": True, "mistral": True, "qwen2": False}
+RECIPE = 2  # bump when the export changes its output (2: llama.cpp's own converter)
 # llama.cpp file types by the names users know (llama_ftype values).
 QUANT_TYPES = {
     "f32": 0, "f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q5_k_s": 16, "q4_k_m": 15,
@@ -33,9 +32,6 @@ QUANT_TYPES = {
 }
 PRE_TOKENIZERS = ("llama-bpe", "smollm", "qwen2", "gpt-2", "default", "starcoder", "falcon",
                   "deepseek-llm", "mpt", "olmo", "dbrx", "tekken", "refact", "command-r")
-PROBE = ("Metformin 500 mg twice daily; eGFR 42 mL/min/1.73m2 (was 58).\n\n  Indented line, "
-         "tabs\tand   spaces, ALL CAPS, don't, can't, O'Brien, 3.14159, 1,000,000 and 2025-11-22."
-         " Non-ASCII: café, naïve, µg, ±, ≥ 90%, —\n\n1.2 Heading after a blank line\n\n\t3 items")
 
 
 @contextlib.contextmanager
@@ -55,11 +51,6 @@ def quiet_stderr():
             os.close(fd)
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
 def _source_pre(model_dir: Path) -> str | None:
     manifest = model_dir / "qeval_manifest.json"
     if not manifest.is_file():
@@ -72,116 +63,15 @@ def _source_pre(model_dir: Path) -> str | None:
     return gguf_pre_tokenizer(Path(src))
 
 
-def _tokenizer_fields(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    data = json.loads((model_dir / "tokenizer.json").read_text())
-    model = data.get("model", {})
-    if model.get("type") != "BPE":
-        raise QevalInputError(f"{model_dir}: only byte-level BPE tokenizers can be exported to "
-                              f"GGUF here (found {model.get('type')!r})")
-    vocab = tok.get_vocab()
-    tokens = [""] * len(vocab)
-    for text, i in vocab.items():
-        if i < len(tokens):
-            tokens[i] = text
-    special = {a["id"] for a in data.get("added_tokens", []) if a.get("special")}
-    added = {a["id"] for a in data.get("added_tokens", [])}
-    types = [3 if i in special else 4 if i in added else 1 for i in range(len(tokens))]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tok, tokens, types, merges
-
-
-def export_gguf(model_dir: Path, out: Path, *, dtype: str = "f32", pre: str | None = None) -> None:
-    """Write model_dir (a HF checkpoint with safetensors) as a GGUF file of F32 or F16 weights."""
-    import gguf
-    from safetensors.numpy import load_file
-
-    config = json.loads((model_dir / "config.json").read_text())
-    mtype = config.get("model_type")
-    if mtype not in ARCHS:
-        raise QevalInputError(f"{model_dir}: GGUF export supports {', '.join(ARCHS)} models, not "
-                              f"{mtype!r}; bring your own GGUF with gguf=path/to/model.gguf")
-    arch = ARCHS[mtype]
-    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    rope = config.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise QevalInputError(f"{model_dir}: rope scaling {rope.get('rope_type')!r} is not exported yet")
-    tok, tokens, types, merges = _tokenizer_fields(model_dir)
-
-    w = gguf.GGUFWriter(str(out), arch)
-    w.add_name(str(config.get("_name_or_path") or model_dir.name))
-    w.add_context_length(int(config.get("max_position_embeddings", 2048)))
-    w.add_embedding_length(int(config["hidden_size"]))
-    w.add_block_count(int(config["num_hidden_layers"]))
-    w.add_feed_forward_length(int(config["intermediate_size"]))
-    w.add_head_count(int(n_head))
-    w.add_head_count_kv(int(n_kv))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    w.add_rope_freq_base(float(theta))
-    w.add_rope_dimension_count(int(head_dim))
-    if head_dim != config["hidden_size"] // n_head:
-        w.add_key_length(int(head_dim))
-        w.add_value_length(int(head_dim))
-    w.add_vocab_size(len(tokens))
-    w.add_file_type(QUANT_TYPES[dtype])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre or "default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    for key, adder in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
-                       ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
-        value = getattr(tok, key, None)
-        if value is None:
-            value = config.get(key)
-        if isinstance(value, int):
-            adder(value)
-    w.add_add_bos_token(bool(getattr(tok, "add_bos_token", False)))
-
-    name_map = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(config["num_hidden_layers"]))
-    tensors: dict[str, np.ndarray] = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    if not tensors:
-        raise QevalInputError(f"{model_dir}: no safetensors weights to export")
-    for name in sorted(tensors):
-        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
-            continue
-        if name.endswith("rotary_emb.inv_freq"):
-            continue
-        arr = tensors[name].astype(np.float32)
-        if PERMUTE_QK[mtype] and name.endswith("q_proj.weight"):
-            arr = _permute(arr, n_head)
-        elif PERMUTE_QK[mtype] and name.endswith("k_proj.weight"):
-            arr = _permute(arr, n_kv)
-        new = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise QevalInputError(f"{model_dir}: no GGUF name for tensor {name!r}")
-        if dtype == "f16" and arr.ndim == 2:
-            arr = arr.astype(np.float16)
-        w.add_tensor(new, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def _tokens_match(gguf_path: Path, model_dir: Path) -> bool:
-    import llama_cpp
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    with quiet_stderr():
-        llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    try:
-        return all(llm.tokenize(t.encode(), add_bos=False, special=False)
-                   == tok(t, add_special_tokens=False).input_ids for t in [PROBE, *PROBE.split("\n")])
-    finally:
-        llm.close()
+def export_gguf(model_dir: Path, out: Path, *, dtype: str = "f32", pre: str | None = None) -> str | None:
+    """Write model_dir (an HF checkpoint) as a GGUF of F32 or F16 weights with llama.cpp's own
+    converter; `pre` forces the BPE pre-tokenizer name, else it is found as described above.
+    Returns the pre-tokenizer name forced (None: the converter's own choice)."""
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"export writes f32 or f16, not {dtype!r}; quantize from f32")
+    converter.check_exportable(model_dir, f"gguf:{dtype}")
+    candidates = [pre] if pre else [None, *dict.fromkeys(p for p in (_source_pre(model_dir), *PRE_TOKENIZERS) if p)]
+    return converter.convert(model_dir, out, dtype, candidates)
 
 
 def quantize(src: Path, out: Path, qtype: str, threads: int | None = None) -> None:
@@ -237,16 +127,8 @@ def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, pr
     tmp = folder / f".{qtype}.partial.gguf"
     if qtype in ("f32", "f16"):
         if progress:
-            progress(f"Exporting the baseline to GGUF {qtype.upper()} (once)")
-        candidates = [p for p in (_source_pre(model_dir),) if p] + [p for p in PRE_TOKENIZERS]
-        for pre in dict.fromkeys(candidates):
-            export_gguf(model_dir, tmp, dtype=qtype, pre=pre)
-            if _tokens_match(tmp, model_dir):
-                break
-        else:
-            tmp.unlink(missing_ok=True)
-            raise QevalInputError(f"{model_dir}: no llama.cpp pre-tokenizer reproduces this "
-                                  "tokenizer's token ids; bring a GGUF with gguf=path/to/model.gguf")
+            progress(f"Exporting the baseline to GGUF {qtype.upper()} with llama.cpp's converter (once)")
+        export_gguf(model_dir, tmp, dtype=qtype)
     else:
         src = gguf_artefact(model_dir, fingerprint, "f32", cache, progress)
         if progress:
@@ -255,6 +137,6 @@ def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, pr
     tmp.replace(path)
     atomic_write_text(manifest, json.dumps({
         "source_fingerprint": fingerprint, "type": qtype, "recipe": RECIPE,
-        "llama_cpp_python": llama_cpp.__version__, "sha256": sha256_file(path),
+        "llama_cpp_python": llama_cpp.__version__, "converter": converter.source(), "sha256": sha256_file(path),
         "bytes": path.stat().st_size}, indent=1))
     return path

@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import QevalInputError
 from .fileio import atomic_write_text
 
-MATERIALISE_RECIPE = 2  # bump when the GGUF → HF conversion changes
+MATERIALISE_RECIPE = 3  # bump when the GGUF → HF conversion changes (3: Gemma-3 attention scale)
 # Files besides the weights that change what a model computes from text: part of the fingerprint.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Pre-tokenizer steps that transformers' GGUF tokenizer conversion leaves out, by the GGUF's
@@ -142,14 +142,16 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
     if progress:
         progress(f"Materialising {gguf.name} into an HF checkpoint (once)")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(target.name + f".partial{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _as_llama_cpp_reads_it(config, gguf)
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            str(gguf.parent), gguf_file=gguf.name, config=config, dtype=torch.float32
         )
     except Exception as exc:  # transformers raises many types for a truncated or odd GGUF
         reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
@@ -175,6 +177,32 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
     return target, fp
+
+
+def _as_llama_cpp_reads_it(config, gguf: Path) -> None:
+    """Set what transformers' GGUF reader leaves at its defaults but llama.cpp takes from the file
+    or from its own rule, so the de-quantized baseline computes what llama.cpp computes from the
+    same weights. Gemma-3: llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(hidden/heads) on
+    the 62-layer 27B), never by the config's query_pre_attn_scalar, which the file does not carry
+    (transformers then assumed 256: wrong wherever head_dim is not 256); the final logit
+    soft-capping and the sliding layers' RoPE base are read from the file when it has them."""
+    if getattr(config, "model_type", None) not in ("gemma3", "gemma3_text"):
+        return
+    import gguf as gg
+
+    fields = gg.GGUFReader(str(gguf)).fields
+
+    def value(key: str):
+        field = fields.get(f"gemma3.{key}")
+        return None if field is None else field.contents()
+
+    config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
+                                    if config.num_hidden_layers == 62 else config.head_dim)
+    if value("final_logit_softcapping"):
+        config.final_logit_softcapping = float(value("final_logit_softcapping"))
+    rope = getattr(config, "rope_parameters", None)
+    if value("rope.freq_base_swa") and isinstance(rope, dict) and "sliding_attention" in rope:
+        rope["sliding_attention"]["rope_theta"] = float(value("rope.freq_base_swa"))
 
 
 def _readable_gguf(gguf: Path) -> None:

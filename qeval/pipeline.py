@@ -21,9 +21,10 @@ from .runner import (
     CHUNK_PASSAGES, ItemRequests, Journal, RecordStore, build_requests, check_same_prompts, chunk_items,
     opened, score_in_chunks, score_items,
 )
+from .errors import QevalInputError
 from .types import (
-    Artefact, BackendInfo, Efficiency, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task, TaskComparison,
-    TextComparison, TextRecord, VariantSpec, Verdict,
+    Artefact, BackendInfo, Efficiency, EngineFloor, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task,
+    TaskComparison, TextComparison, TextRecord, VariantSpec, Verdict,
 )
 
 Comparison = TaskComparison | TextComparison | GenerationComparison
@@ -88,6 +89,7 @@ class CompareResult:
     power: list[PowerRow] = field(default_factory=list)
     floor: VariantRun | None = None
     floors: dict[str, Comparison] = field(default_factory=dict)
+    engine_floor: VariantRun | None = None  # the F32 GGUF on llama.cpp, when GGUF candidates ran
 
 
 def is_text(task: Task) -> bool:
@@ -137,11 +139,11 @@ def exclusive(store: RecordStore | None, key: str, ui: UI, what: str) -> Iterato
 
 def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
                 store: RecordStore | None, model_fingerprint: str, cfg: RunConfig, ui: UI,
-                baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset()
-                ) -> VariantRun:
+                baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset(),
+                probe: bool = True) -> VariantRun:
     """Score `variant` on `tasks`, reusing stored records and resuming journals of a run that was
     killed. The baseline (baseline=None) also keeps the reference_text distributions of the tasks
-    in `dists_for`, for candidates to score against."""
+    in `dists_for`, for candidates to score against. `probe=False`: no speed measurement."""
     start = time.perf_counter()
     keys = store_keys(variant, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg,
                       baseline_keys=baseline.keys if baseline else None)
@@ -171,7 +173,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
         reused.append(t.spec.id)
     todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
             and not (baseline is None and is_text(t) and t.spec.id in reused)]
-    measure = cfg.efficiency is not None and not variant.params.get("numeric_path")
+    measure = probe and cfg.efficiency is not None and not variant.params.get("numeric_path")
     efficiency = None
     stages: dict[str, float] = {}
     task_seconds: dict[str, float] = {}
@@ -368,6 +370,53 @@ def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
     return out
 
 
+ENGINE_PARAMS = ("threads", "n_ctx", "gpu_layers")
+
+
+def engine_floor_variant(candidates: Sequence[VariantSpec], tasks: Sequence[Task]) -> VariantSpec | None:
+    """The unquantized (F32) GGUF of the baseline on llama.cpp, with the GGUF candidates' engine
+    settings, when some GGUF candidate is scored on reference text: its KLD against the baseline
+    is the engine's floor for those candidates. A `gguf:f32` candidate is that floor itself."""
+    ggufs = [c for c in candidates if c.backend == "llamacpp"]
+    if not ggufs or not any(is_text(t) for t in tasks):
+        return None
+    from .config import parse_variant
+
+    settings = "".join(f",{k}={ggufs[0].params[k]}" for k in ENGINE_PARAMS if k in ggufs[0].params)
+    floor = parse_variant(f"gguf:f32{settings}")
+    return next((c for c in ggufs if c.key() == floor.key()), floor)
+
+
+def run_engine_floor(spec: VariantSpec, tasks: Sequence[Task], cands: Sequence[VariantRun],
+                     base: VariantRun, common: dict) -> VariantRun | None:
+    """The engine-floor run (reused when a candidate is that variant); None, with a status line,
+    when the baseline cannot be exported (a brought GGUF of an architecture the converter does
+    not know): the GGUF candidates are then reported without a floor."""
+    same = next((r for r in cands if r.spec.key() == spec.key()), None)
+    if same is not None:
+        return same
+    common["ui"].status(f"Engine floor: {spec.name} on llama.cpp against the baseline (reference text)")
+    try:
+        return run_variant(spec, [t for t in tasks if is_text(t)], baseline=base, probe=False, **common)
+    except QevalInputError as exc:  # raised while exporting, before any scoring
+        common["ui"].status(f"no engine floor for the GGUF candidates: {exc}")
+        return None
+
+
+def with_engine_floor(comparisons: Sequence[Comparison], floor: Sequence[Comparison], floor_name: str,
+                      gguf_names: set[str]) -> list[Comparison]:
+    """Each GGUF candidate's reference-text comparison, with the engine floor on the same task."""
+    by_task = {c.task: c for c in floor if isinstance(c, TextComparison)}
+    out = []
+    for c in comparisons:
+        f = by_task.get(c.task)
+        if isinstance(c, TextComparison) and c.candidate in gguf_names and f is not None:
+            c = c.model_copy(update={"engine_floor": EngineFloor(variant=floor_name, kld_mean=f.kld_mean,
+                                                                 same_top=f.same_top)})
+        out.append(c)
+    return out
+
+
 def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactory,
                 store: RecordStore | None, model_fingerprint: str, policy: GatePolicy,
                 ui: UI, history: dict | None = None) -> CompareResult:
@@ -376,7 +425,9 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     power = power_table(tasks, [c.name for c in cfg.candidates], policy, history)
     ui.power(power)
     common = dict(factory=factory, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
-    others = ([floor_replica(cfg.baseline, cfg.noise_floor)] if cfg.noise_floor else []) + list(cfg.candidates)
+    engine_spec = engine_floor_variant(cfg.candidates, tasks)
+    others = (([floor_replica(cfg.baseline, cfg.noise_floor)] if cfg.noise_floor else []) + list(cfg.candidates)
+              + ([engine_spec] if engine_spec is not None else []))
     base_keys = store_keys(cfg.baseline, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg)
     dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, factory=factory,
                                     model_fingerprint=model_fingerprint)
@@ -387,18 +438,23 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     if cfg.noise_floor:
         floor = run_variant(others[0], tasks, baseline=base, **common)
     cands = [run_variant(c, tasks, baseline=base, **common) for c in cfg.candidates]
+    engine = run_engine_floor(engine_spec, tasks, cands, base, common) if engine_spec is not None else None
     base.dists.clear()  # token ids: gone as soon as every candidate has been scored
     t1 = time.perf_counter()
     ui.status("Comparing")
     comparisons = [c for run in cands for c in compare_all(base, run, tasks, cfg)]
+    if engine is not None:
+        comparisons = with_engine_floor(
+            comparisons, compare_all(base, engine, [t for t in tasks if is_text(t)], cfg), engine.spec.name,
+            {c.name for c in cfg.candidates if c.backend == "llamacpp"})
     floors = {c.task: c for c in compare_all(base, floor, tasks, cfg)} if floor else {}
     verdict = judge(comparisons, policy, floors=floors, n_boot=cfg.n_boot, seed=cfg.seed)
     t2 = time.perf_counter()
-    runs = [base, *([floor] if floor else []), *cands]
+    runs = [base, *([floor] if floor else []), *cands, *([engine] if engine and engine not in cands else [])]
     timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
                **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
                "stages_s": {v.spec.name: {k: round(x, 3) for k, x in v.stages.items()} for v in runs},
                "task_s": {v.spec.name: {k: round(x, 3) for k, x in v.task_seconds.items()} for v in runs},
                "resumed_items": {v.spec.name: v.resumed for v in runs}}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
-                         floor, floors)
+                         floor, floors, engine)

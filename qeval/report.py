@@ -70,6 +70,7 @@ def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
         "combination": judged["combination"],
         "rotation": rotation_by_task(res.comparisons),
         "power": [r.model_dump(mode="json") for r in res.power],
+        "engine_floor": None if res.engine_floor is None else res.engine_floor.info.model_dump(mode="json"),
         "noise_floor": None if res.floor is None else {
             "variant": res.floor.info.model_dump(mode="json"),
             "path": res.config.noise_floor,
@@ -252,6 +253,20 @@ def _kld(c: dict) -> str:
     return f"{k['estimate']:.4f} ± {c['kld_se']:.4f} [{k['low']:.4f}, {k['high']:.4f}]"
 
 
+def _engine_floor_lines(comparisons: list[dict]) -> list[str]:
+    """One line per GGUF candidate and reference-text task: its KLD beside the engine's floor."""
+    out = []
+    for c in _text(comparisons):
+        f = c.get("engine_floor")
+        if f:
+            share = f["kld_mean"]["estimate"] / c["kld_mean"]["estimate"] if c["kld_mean"]["estimate"] > 0 else 0.0
+            out.append(f"{c['candidate']} on {c['task']}: KLD mean {c['kld_mean']['estimate']:.2e}, engine floor "
+                       f"({f['variant']}) {f['kld_mean']['estimate']:.2e} [{f['kld_mean']['low']:.2e}, "
+                       f"{f['kld_mean']['high']:.2e}], same top {100 * f['same_top']['estimate']:.2f}% "
+                       f"— {100 * min(share, 1.0):.0f}% of this KLD is the engine's")
+    return out
+
+
 def _interval_pct(i: dict) -> str:
     return f"{100 * i['estimate']:.2f} [{100 * i['low']:.2f}, {100 * i['high']:.2f}]"
 
@@ -410,6 +425,11 @@ def markdown_report(results: dict) -> str:
                 f"{c['kld_median']:.2e} | {c['kld_p90']:.2e} | {c['kld_p99']:.3g} | {c['kld_p999']:.3g} | "
                 f"{c['kld_max']:.3g} | {_interval_pct(c['same_top'])} | {c['ppl_baseline']:.3f} | "
                 f"{c['ppl_candidate']:.3f} | {_ratio(c['ppl_ratio'])} | **{c['verdict']}** |")
+        floors = _engine_floor_lines(results["comparisons"])
+        if floors:
+            lines += ["", "Engine floor of the GGUF candidates (the unquantized F32 GGUF of the same weights on "
+                      "llama.cpp, against the baseline, same tokens): KLD up to it is llama.cpp's own arithmetic "
+                      "and conversion, not quantization.", "", *[f"- {line}" for line in floors]]
         k = sorted({c["top_k"] for c in _text(results["comparisons"])})
         lines += ["", f"KLD is KL(baseline ‖ candidate) per token over the baseline's top "
                   f"{', '.join(map(str, k))} tokens plus one bin for the rest (a lower bound on the "
@@ -577,6 +597,8 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
             console.print(f"  noise floor ({floor['path']}) on {c['task']}: discordance "
                           f"{_pct(c['discordance'])}%, choice-KL mean {c['choice_kl_mean']['estimate']:.2e}, "
                           f"top-1 agreement {_pct(c['top1_agreement']['estimate'])}%", highlight=False)
+    for line in _engine_floor_lines(results["comparisons"]):
+        console.print(f"  engine floor: {line}", highlight=False)
     for r in results["reasons"]:
         console.print(f"  • {r}", highlight=False)
     if results.get("combination"):

@@ -11,6 +11,11 @@ and what was expected. Pure: a path in, samples out; no model, no network.
 | `medmcqa_jsonl` | MedMCQA JSON Lines (`dev.json`)           | `question`, `opa..opd`, `cop` 1-based, `id`        |
 | `pubmedqa_json` | PubMedQA JSON keyed by PMID               | `QUESTION`, `CONTEXTS[]`, `final_decision`         |
 | `headqa_json`   | HEAD-QA JSON (`exams` → `data[]`)         | `qtext`, `answers[{aid, atext}]`, `ra` (an aid)    |
+
+Ids and answer keys are read as the releases write them, which is not always one JSON type: the
+published HEAD-QA files have `qid` and `ra` as strings (`"ra": "2"`) and `aid` as an integer, its
+hub copy integers throughout; MedMCQA's `cop` is an integer and its `id` a string. A key is
+therefore compared by value (`2` and `"2"` are the same key), never by JSON type.
 """
 
 from __future__ import annotations
@@ -62,6 +67,19 @@ def _shown(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+def _key(value: object) -> str | None:
+    """An id or answer key as the releases write it, integer or string (`2`, `"2"`, `" 2 "`), in
+    one canonical form; None for anything else (a bool, a float, a list, an empty string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        return str(int(text)) if text.isdigit() else text
+    return None
+
+
 def _text_field(path: Path, where: str, obj: dict, key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
@@ -105,9 +123,9 @@ def read_medqa_jsonl(path: Path) -> list[Sample]:
         if letters != list(LETTERS[: len(letters)]) or not all(isinstance(v, str) for v in options.values()):
             raise QevalInputError(f"{path} {where}: 'options' keys must be A, B, C, ... in order with "
                                   f"string values, got keys {', '.join(_shown(k) for k in options)}")
-        key = obj.get("answer_idx")
+        key = _key(obj.get("answer_idx"))
         if key not in options:
-            raise QevalInputError(f"{path} {where}: 'answer_idx' {_shown(key)} is not one of the option "
+            raise QevalInputError(f"{path} {where}: 'answer_idx' {_shown(obj.get('answer_idx'))} is not one of the option "
                                   f"letters {', '.join(letters)}")
         category = obj.get("meta_info") if isinstance(obj.get("meta_info"), str) else "all"
         samples.append(Sample(id=f"medqa-{n:05d}", question=question,
@@ -126,17 +144,17 @@ def read_medmcqa_jsonl(path: Path) -> list[Sample]:
         question = _text_field(path, where, obj, "question")
         choices = tuple(_text_field(path, where, obj, k) for k in ("opa", "opb", "opc", "opd"))
         cop = obj.get("cop")
-        if isinstance(cop, bool) or not isinstance(cop, int) or not 1 <= cop <= 4:
-            hint = " (the test split has no answers; use dev.json)" if cop in (None, -1) else ""
+        if _key(cop) not in ("1", "2", "3", "4"):
+            hint = " (the test split has no answers; use dev.json)" if cop in (None, -1, "-1") else ""
             raise QevalInputError(f"{path} {where}: 'cop' must be 1, 2, 3 or 4 (1 = opa), "
                                   f"got {_shown(cop)}{hint}")
-        item_id = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else f"line{n:05d}"
+        item_id = _key(obj.get("id")) or f"line{n:05d}"
         if item_id in seen:
             raise QevalInputError(f"{path} {where}: id {_shown(item_id)} appears twice; ids must be unique")
         seen.add(item_id)
         subject = obj.get("subject_name") if isinstance(obj.get("subject_name"), str) else "all"
         samples.append(Sample(id=f"medmcqa-{item_id}", question=question, choices=choices,
-                              target=cop - 1, category=subject or "all"))
+                              target=int(_key(cop)) - 1, category=subject or "all"))
     return samples
 
 
@@ -188,7 +206,8 @@ def read_pubmedqa_json(path: Path, *, ids_file: Path | None = None) -> list[Samp
 
 def read_headqa_json(path: Path) -> list[Sample]:
     """HEAD-QA: `exams` maps exam names to {category, data: [{qid, qtext, answers: [{aid,
-    atext}], ra}]}; `ra` is the aid of the right answer. The category is the exam's."""
+    atext}], ra}]}; `ra` is the aid of the right answer, matched by value (the published files
+    write `qid` and `ra` as strings and `aid` as an integer). The category is the exam's."""
     data = _json_file(path, "an object with 'exams'")
     exams = data.get("exams") if isinstance(data, dict) else None
     if not isinstance(exams, dict) or not exams:
@@ -208,13 +227,18 @@ def read_headqa_json(path: Path) -> list[Sample]:
             if (not isinstance(answers, list) or len(answers) < 2
                     or not all(isinstance(a, dict) and isinstance(a.get("atext"), str) for a in answers)):
                 raise QevalInputError(f"{path} {where}: 'answers' must be a list of {{aid, atext}} objects")
-            aids = [a.get("aid") for a in answers]
-            if q.get("ra") not in aids:
+            aids = [_key(a.get("aid")) for a in answers]
+            if None in aids or len(set(aids)) != len(aids):
+                raise QevalInputError(f"{path} {where}: every answer needs its own 'aid' (an integer or "
+                                      f"a string), got {', '.join(_shown(a.get('aid')) for a in answers)}")
+            ra = _key(q.get("ra"))
+            if ra not in aids:
                 raise QevalInputError(f"{path} {where}: 'ra' {_shown(q.get('ra'))} is not the aid of any answer "
-                                      f"({', '.join(_shown(a) for a in aids)})")
-            samples.append(Sample(id=f"headqa-{exam_name}-{q.get('qid', i)}", question=text,
+                                      f"({', '.join(_shown(a.get('aid')) for a in answers)})")
+            qid = _key(q.get("qid")) or str(i)
+            samples.append(Sample(id=f"headqa-{exam_name}-{qid}", question=text,
                                   choices=tuple(a["atext"] for a in answers),
-                                  target=aids.index(q["ra"]), category=category))
+                                  target=aids.index(ra), category=category))
     return samples
 
 

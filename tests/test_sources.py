@@ -47,13 +47,19 @@ def test_medqa_answer_idx_matches_the_answer_text():
     assert {s.category for s in samples} == {o["meta_info"] for o in raw}
 
 
-def test_medmcqa_cop_is_one_based():
+def test_medmcqa_cop_is_one_based(tmp_path):
     path = DATA / "medmcqa" / "dev.json"
     raw = [json.loads(line) for line in path.read_text().splitlines()]
     samples = read_medmcqa_jsonl(path)
     for s, o in zip(samples, raw):
         assert s.choices[s.target] == o["op" + "abcd"[o["cop"] - 1]]
         assert s.id == f"medmcqa-{o['id']}" and s.category == o["subject_name"]
+    # A copy that writes cop and id as other JSON types reads to the same items.
+    retyped = tmp_path / "dev.json"
+    retyped.write_text("".join(json.dumps({**o, "cop": str(o["cop"])}) + "\n" for o in raw))
+    _same_items(read_medmcqa_jsonl(retyped), samples)
+    retyped.write_text("".join(json.dumps({**o, "id": 7000 + i}) + "\n" for i, o in enumerate(raw)))
+    assert [s.id for s in read_medmcqa_jsonl(retyped)] == [f"medmcqa-{7000 + i}" for i in range(len(raw))]
 
 
 def test_pubmedqa_keeps_the_official_split_and_joins_the_abstract():
@@ -75,8 +81,74 @@ def test_headqa_ra_is_an_answer_id():
     by_id = {f"headqa-{e}-{q['qid']}": q for e, ex in raw["exams"].items() for q in ex["data"]}
     assert len(samples) == len(by_id)
     for s in samples:
-        q = by_id[s.id]
-        assert s.choices[s.target] == next(a["atext"] for a in q["answers"] if a["aid"] == q["ra"])
+        q = by_id[s.id]  # as released: "ra": "3" names the answer whose "aid" is 3
+        assert s.choices[s.target] == next(a["atext"] for a in q["answers"] if str(a["aid"]) == q["ra"])
+
+
+def test_headqa_keys_are_read_by_value_whatever_their_json_type(tmp_path):
+    """The release writes qid/ra as strings and aid as an integer, the hub copy integers
+    throughout, a hand-made file may write strings everywhere: the same items either way."""
+    raw = json.loads((DATA / "headqa" / "HEAD_EN.json").read_text())
+    released = read_headqa_json(DATA / "headqa" / "HEAD_EN.json")
+    for cast_q, cast_a in ((int, int), (str, str), (lambda v: f" {v} ", int)):
+        for exam in raw["exams"].values():
+            for q in exam["data"]:
+                q["qid"], q["ra"] = cast_q(int(q["qid"])), cast_q(int(q["ra"]))
+                for a in q["answers"]:
+                    a["aid"] = cast_a(int(a["aid"]))
+        (tmp_path / "h.json").write_text(json.dumps(raw))
+        _same_items(read_headqa_json(tmp_path / "h.json"), released)
+
+
+# The JSON types of each published file, measured on the releases (MMLU, MedMCQA dev, PubMedQA
+# PQA-L from their published files; MedQA US 4_options and HEAD-QA EN as their releases write
+# them). The fixtures must keep them, so the readers are tested on what users bring.
+def _types(obj: dict) -> dict[str, str]:
+    return {k: type(v).__name__ for k, v in obj.items()}
+
+
+def test_fixtures_copy_the_published_json_types():
+    rows = list(csv.reader((DATA / "mmlu_medical" / "college_medicine_test.csv").open(newline="")))
+    assert any("\n" in r[0] for r in rows) and any("," in c for r in rows for c in r[1:5])  # quoted fields
+
+    for line in (DATA / "medqa" / "questions" / "US" / "4_options" / "phrases_no_exclude_test.jsonl").read_text().splitlines():
+        o = json.loads(line)
+        assert _types(o) == {"question": "str", "answer": "str", "options": "dict", "meta_info": "str",
+                             "answer_idx": "str", "metamap_phrases": "list"}
+        assert all(isinstance(v, str) for v in [*o["options"].values(), *o["metamap_phrases"]])
+
+    seen: dict[str, set[str]] = {}
+    for line in (DATA / "medmcqa" / "dev.json").read_text().splitlines():
+        for k, t in _types(json.loads(line)).items():
+            seen.setdefault(k, set()).add(t)
+    assert seen == {"question": {"str"}, "exp": {"NoneType", "str"}, "cop": {"int"}, "opa": {"str"},
+                    "opb": {"str"}, "opc": {"str"}, "opd": {"str"}, "subject_name": {"str"},
+                    "topic_name": {"NoneType", "str"}, "id": {"str"}, "choice_type": {"str"}}
+
+    pqal = json.loads((DATA / "pubmedqa" / "ori_pqal.json").read_text())
+    assert all(k.isdigit() for k in pqal)
+    years = {type(v["YEAR"]).__name__ for v in pqal.values()}
+    assert years == {"str", "NoneType"}
+    assert {k: t for k, t in _types(next(iter(pqal.values()))).items() if k != "YEAR"} == {
+        "QUESTION": "str", "CONTEXTS": "list", "LABELS": "list", "MESHES": "list",
+        "reasoning_required_pred": "str", "reasoning_free_pred": "str", "final_decision": "str",
+        "LONG_ANSWER": "str"}
+    gold = json.loads((DATA / "pubmedqa" / "test_ground_truth.json").read_text())
+    assert all(isinstance(v, str) for v in gold.values())
+
+    headqa = json.loads((DATA / "headqa" / "HEAD_EN.json").read_text())
+    for exam in headqa["exams"].values():
+        assert isinstance(exam["year"], str)
+        for q in exam["data"]:
+            assert isinstance(q["qid"], str) and isinstance(q["ra"], str)  # "ra": "2" as released
+            assert all(isinstance(a["aid"], int) for a in q["answers"])
+
+
+def test_mmlu_reads_quoted_fields_across_lines():
+    samples = read_mmlu_csv(DATA / "mmlu_medical" / "college_medicine_test.csv")
+    assert len(samples) == 4
+    multi = next(s for s in samples if "\n" in s.question)
+    assert multi.choices[multi.target] == "Nephron" and multi.choices[3] == "Sarcomere, a muscle unit"
 
 
 def test_open_medical_suite_loads_every_task_with_lm_eval_prompts():
@@ -151,6 +223,14 @@ def _broken(tmp_path: Path, rel: str, text: str) -> Path:
     ("pubmedqa", "pubmedqa/test_ground_truth.json", '{"12345": "yes"}', r"PMID 12345 \(1 in all\) is not in"),
     ("headqa_en", "headqa/HEAD_EN.json", '{"exams": {"X": {"data": [{"qtext": "q", "ra": 9, "answers": [{"aid": 1, "atext": "a"}, {"aid": 2, "atext": "b"}]}]}}}',
      r"key exams.X.data\[0\]: 'ra' 9 is not the aid of any answer"),
+    ("headqa_en", "headqa/HEAD_EN.json", '{"exams": {"X": {"data": [{"qtext": "q", "ra": "9", "answers": [{"aid": 1, "atext": "a"}, {"aid": 2, "atext": "b"}]}]}}}',
+     r"key exams.X.data\[0\]: 'ra' '9' is not the aid of any answer \(1, 2\)"),
+    ("headqa_en", "headqa/HEAD_EN.json", '{"exams": {"X": {"data": [{"qtext": "q", "ra": "1", "answers": [{"aid": 1, "atext": "a"}, {"aid": "1", "atext": "b"}]}]}}}',
+     r"key exams.X.data\[0\]: every answer needs its own 'aid'"),
+    ("medmcqa", "medmcqa/dev.json",
+     '{"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": "5"}\n', r"line 1: 'cop' must be 1, 2, 3 or 4 \(1 = opa\), got '5'"),
+    ("medqa", "medqa/questions/US/4_options/phrases_no_exclude_test.jsonl",
+     '{"question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": ["A"]}\n', r"line 1: 'answer_idx' a list is not one of the option letters A, B"),
 ])
 def test_malformed_files_fail_with_file_and_place(tmp_path, task, rel, text, match):
     data = _broken(tmp_path, rel, text)

@@ -121,7 +121,12 @@ class EngineFactory:
         require_llama_cpp()
         check_gpu_layers(variant)
         if "file" not in variant.params:
-            return  # made here from the baseline's own checkpoint
+            # Made here from the baseline's own checkpoint by llama.cpp's converter: it must be
+            # installed and know the architecture, or the run would stop at export time.
+            from ..converter import check_exportable
+
+            check_exportable(self.model.path, variant.name)
+            return
         path = Path(str(variant.params["file"])).expanduser()
         tokens, types = read_gguf_vocabulary(path, variant.name)
         # Control, user-defined and unused entries (special tokens, padding) may be named
