@@ -34,7 +34,6 @@ HIDDEN = 640  # Gemma-3-270M's
 SHAPE = dict(hidden_size=HIDDEN, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=1, max_position_embeddings=4096)
 TOP_K = 256
-REPEATS = 2
 
 
 def synthetic_tokenizer(path: Path, vocab: int = VOCAB):
@@ -131,7 +130,7 @@ def _ceiling_llamacpp(backend, windows) -> float:
     return time.perf_counter() - t0
 
 
-def worker(engine: str, work: Path, n_passages: int, out: Path) -> None:
+def worker(engine: str, work: Path, n_passages: int, out: Path, repeats: int = 1) -> None:
     """One engine in this process: time the baseline and candidate passes and the ceiling,
     record memory, save the numbers produced."""
     import numpy as np
@@ -161,7 +160,7 @@ def worker(engine: str, work: Path, n_passages: int, out: Path) -> None:
     scored = sum(p.n_scored for p in tokens)
     ceiling(backend, windows[:1])  # warm-up
     t_base = t_cand = t_ceil = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         dists = rt.baseline_distributions(backend, tokens, TOP_K)
         t_base = min(t_base, time.perf_counter() - t0)
@@ -189,7 +188,7 @@ def worker(engine: str, work: Path, n_passages: int, out: Path) -> None:
     }, indent=1))
 
 
-def run(work: Path, n_passages: int, label: str, engines=("hf", "llamacpp")) -> list[dict]:
+def run(work: Path, n_passages: int, label: str, engines=("hf", "llamacpp"), repeats: int = 1) -> list[dict]:
     """Each engine in a child process (this file, `--worker`), with qeval as found on
     PYTHONPATH; returns their results."""
     work.mkdir(parents=True, exist_ok=True)
@@ -197,7 +196,8 @@ def run(work: Path, n_passages: int, label: str, engines=("hf", "llamacpp")) -> 
     for engine in engines:
         result = work / f"{label}-{engine}.json"
         subprocess.run([sys.executable, __file__, "--worker", engine, "--work", str(work),
-                        "--passages", str(n_passages), "--out", str(result)], check=True)
+                        "--passages", str(n_passages), "--repeats", str(repeats), "--out", str(result)],
+                       check=True)
         out.append(json.loads(result.read_text()))
     return out
 
@@ -235,16 +235,17 @@ def table(rows: list[dict]) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/qeval-large-vocab"))
-    p.add_argument("--passages", type=int, default=2)
+    p.add_argument("--passages", type=int, default=1, help="first N clinical_reference passages")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes per engine; the best counts")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--label", default="run")
     p.add_argument("--engines", default="hf,llamacpp")
     p.add_argument("--worker", choices=("hf", "llamacpp"), default=None)
     a = p.parse_args(argv)
     if a.worker:
-        worker(a.worker, a.work, a.passages, a.out)
+        worker(a.worker, a.work, a.passages, a.out, a.repeats)
         return 0
-    rows = run(a.work, a.passages, a.label, tuple(a.engines.split(",")))
+    rows = run(a.work, a.passages, a.label, tuple(a.engines.split(",")), a.repeats)
     print("\n".join(table(rows)))
     if a.out:
         a.out.write_text(json.dumps(rows, indent=1))

@@ -82,29 +82,40 @@ def logit_slices(backend: Backend, tokens: Sequence[int]):
     """(first position, float32 logits of the following positions) over the positions that
     predict tokens[1:], in order: the backend's own slices (never the whole (positions ×
     vocabulary) table at once), or, for a backend that only offers `token_logprobs`, its table
-    cut into slices (log-probs are logits whose log-sum-exp is 0)."""
-    import torch
-
+    cut into slices (log-probs are logits whose log-sum-exp is 0). A slice is scratch: its
+    reader may overwrite it."""
     own = getattr(backend, "logit_slices", None)
     if own is not None:
         yield from own(tokens)
         return
     table = np.ascontiguousarray(backend.token_logprobs(tokens), dtype=np.float32)
-    for s in range(0, table.shape[0], _ROWS):
-        yield s, torch.from_numpy(table[s:s + _ROWS])
+    yield from _table_slices(table)
 
 
-def _masses(logits, top_ids, top_max):
-    """log Σ exp(logits) per row, and the probability outside `top_ids`, summed exactly over the
-    rest of the vocabulary (not 1 − Σ top-k, which loses the tail to rounding when the top k
-    hold nearly everything): one exp pass in float32, sums accumulated in float64."""
+def _table_slices(table: np.ndarray):
+    """A whole table in slices the reductions may overwrite (copies: the table stays intact)."""
     import torch
 
-    p = torch.exp(logits - top_max[:, None])
-    total = p.sum(dim=1, dtype=torch.float64)
-    p.scatter_(1, top_ids, 0.0)
-    rest = p.sum(dim=1, dtype=torch.float64)
-    return top_max.double() + torch.log(total), rest / total
+    for s in range(0, table.shape[0], _ROWS):
+        yield s, torch.from_numpy(table[s:s + _ROWS].copy())
+
+
+def _masses(logits, ids, at, row_max):
+    """log Σ exp(logits) per row, and the probability outside `ids` (whose logits are `at`),
+    summed exactly over the rest of the vocabulary (not 1 − Σ top-k, which loses the tail to
+    rounding when the top k hold nearly everything). One exp pass in float32, in place (the
+    slice is scratch: everything else is read from it first), and torch's float32 sum (a
+    cascade, ~1e-7 relative on positive terms; asking it for float64 copies the slice first, 25×
+    slower); the total is the rest plus the top k's share in float64, positive terms only, so
+    nothing cancels."""
+    import torch
+
+    logits.sub_(row_max[:, None]).exp_()
+    logits.scatter_(1, ids, 0.0)
+    rest = logits.sum(dim=1).double()
+    shift = row_max.double()[:, None]
+    total = rest + torch.exp(at.double() - shift).sum(dim=1)
+    return shift[:, 0] + torch.log(total), rest / total
 
 
 def _targets(window: Sequence[int] | None, start: int, n: int):
@@ -115,10 +126,15 @@ def _targets(window: Sequence[int] | None, start: int, n: int):
     return torch.as_tensor(window[start + 1:start + 1 + n], dtype=torch.long)[:, None]
 
 
-def _reference(logits, lse, targets) -> np.ndarray:
-    if targets is None:
-        return np.full(logits.shape[0], np.nan)
-    return (logits.gather(1, targets)[:, 0].double() - lse).numpy()
+def _gather(logits, targets):
+    return None if targets is None else logits.gather(1, targets)[:, 0]
+
+
+def _reference(ref, lse) -> np.ndarray:
+    """log p(the token that follows), or NaN where the caller gave no tokens."""
+    if ref is None:
+        return np.full(lse.shape[0], np.nan)
+    return (ref.double() - lse).numpy()
 
 
 def baseline_window(slices, window: Sequence[int] | None, k: int) -> BaselineDist:
@@ -127,12 +143,14 @@ def baseline_window(slices, window: Sequence[int] | None, k: int) -> BaselineDis
     import torch
 
     parts = []
-    for start, logits in slices:
-        kk = min(k, logits.shape[1])
-        vals, ids = torch.topk(logits, kk, dim=1)
-        lse, tail = _masses(logits, ids, vals[:, 0])
-        parts.append((ids.to(torch.int32).numpy(), (vals.double() - lse[:, None]).float().numpy(),
-                      tail.numpy(), _reference(logits, lse, _targets(window, start, logits.shape[0]))))
+    with torch.inference_mode():
+        for start, logits in slices:
+            kk = min(k, logits.shape[1])
+            vals, ids = torch.topk(logits, kk, dim=1)
+            ref = _gather(logits, _targets(window, start, logits.shape[0]))
+            lse, tail = _masses(logits, ids, vals, vals[:, 0])
+            parts.append((ids.to(torch.int32).numpy(), (vals.double() - lse[:, None]).float().numpy(),
+                          tail.numpy(), _reference(ref, lse)))
     return BaselineDist(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
 
 
@@ -141,14 +159,16 @@ def candidate_window(slices, window: Sequence[int] | None, dist: BaselineDist) -
     import torch
 
     parts = []
-    for start, logits in slices:
-        n = logits.shape[0]
-        ids = torch.from_numpy(np.ascontiguousarray(dist.top_ids[start:start + n], dtype=np.int64))
-        top_max, arg = logits.max(dim=1)  # the first maximum: ties to the lowest id, as argmax
-        at = logits.gather(1, ids)
-        lse, tail = _masses(logits, ids, top_max)
-        parts.append(((at.double() - lse[:, None]).float().double().numpy(), tail.numpy(),
-                      arg.numpy(), _reference(logits, lse, _targets(window, start, n))))
+    with torch.inference_mode():
+        for start, logits in slices:
+            n = logits.shape[0]
+            ids = torch.from_numpy(np.ascontiguousarray(dist.top_ids[start:start + n], dtype=np.int64))
+            row_max, arg = logits.max(dim=1)  # the first maximum: ties to the lowest id, as argmax
+            at = logits.gather(1, ids)
+            ref = _gather(logits, _targets(window, start, n))
+            lse, tail = _masses(logits, ids, at, row_max)
+            parts.append(((at.double() - lse[:, None]).float().double().numpy(), tail.numpy(),
+                          arg.numpy(), _reference(ref, lse)))
     return CandidateView(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
 
 
@@ -179,11 +199,8 @@ def view_kl(dist: BaselineDist, view: CandidateView) -> np.ndarray:
 
 def binned_kl(dist: BaselineDist, cand_logprobs: np.ndarray) -> np.ndarray:
     """view_kl from a candidate's whole (positions × vocabulary) log-prob table."""
-    import torch
-
     table = np.ascontiguousarray(cand_logprobs, dtype=np.float32)
-    slices = ((s, torch.from_numpy(table[s:s + _ROWS])) for s in range(0, table.shape[0], _ROWS))
-    return view_kl(dist, candidate_window(slices, None, dist))
+    return view_kl(dist, candidate_window(_table_slices(table), None, dist))
 
 
 def check_same_tokens(task_id: str, passages: Sequence[PassageTokens], expected_hashes: dict[str, str],
