@@ -159,15 +159,25 @@ def worker(engine: str, work: Path, n_passages: int, out: Path, repeats: int = 1
     windows = [w for p in tokens for w in p.windows]
     scored = sum(p.n_scored for p in tokens)
     ceiling(backend, windows[:1])  # warm-up
-    t_base = t_cand = t_ceil = float("inf")
+    # Window by window, the ceiling and both passes back to back (the best of the repeats per
+    # window): on a shared machine the load changes by the minute, and so would a ratio of
+    # passes timed minutes apart.
+    t_base, t_cand, t_ceil = ({}, {}, {})
+    dists, records = {}, {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        dists = rt.baseline_distributions(backend, tokens, TOP_K)
-        t_base = min(t_base, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        records = rt.score_passages(task.spec.id, tokens, dists, backend)
-        t_cand = min(t_cand, time.perf_counter() - t0)
-        t_ceil = min(t_ceil, ceiling(backend, windows))
+        for p in tokens:
+            for n, w in enumerate(p.windows):
+                one = rt.PassageTokens(f"{p.id}#{n}", p.category, p.cluster, (w,), p.prompt_hash)
+                key = one.id
+                t_ceil[key] = min(t_ceil.get(key, float("inf")), ceiling(backend, [w]))
+                t0 = time.perf_counter()
+                dists.update(rt.baseline_distributions(backend, [one], TOP_K))
+                t_base[key] = min(t_base.get(key, float("inf")), time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                records[key] = rt.score_passages(task.spec.id, [one], dists, backend)[0]
+                t_cand[key] = min(t_cand.get(key, float("inf")), time.perf_counter() - t0)
+    t_base, t_cand, t_ceil = (sum(t.values()) for t in (t_base, t_cand, t_ceil))
+    records = list(records.values())
     peak = rss()[1]
     arrays = {}
     for pid, ds in dists.items():
@@ -217,6 +227,16 @@ def differences(a: Path, b: Path) -> dict[str, float]:
         d = float(np.max(np.abs(x[key].astype(np.float64) - y[key].astype(np.float64)), initial=0.0))
         worst[kind] = max(worst.get(kind, 0.0), d)
     return worst
+
+
+NOTES = """\
+*baseline*: `baseline_distributions` (top-k ids and log-probs, tail mass, the reference token's
+log-prob, every position); *candidate*: `score_passages` against them (log-probs at the
+baseline's top-k ids, tail mass, top token, reference log-prob). *ceiling*: the same windows
+through the engine with every scored position's logits produced and nothing reduced
+(transformers: `model(input_ids)`; llama.cpp: a decode with every position's logits, n_batch at a
+time). *RSS*: the engine's process, after loading and at its peak (VmHWM). Timings on a shared
+machine vary; compare numbers of one run only."""
 
 
 def table(rows: list[dict]) -> list[str]:

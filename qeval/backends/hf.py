@@ -30,7 +30,7 @@ _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bf
 # every sequence alone (no padding, other matmul shapes); bf16 recomputes in bfloat16.
 NUMERIC_PATHS = ("batch1", "bf16")
 HEAD_SLICE = 128  # scored positions projected onto the vocabulary at a time (≈ 25 MB of logits)
-TEXT_SLICE_BYTES = 128 << 20  # reference text: logits reduced per slice (see text_slice_rows)
+TEXT_SLICE_BYTES = 256 << 20  # reference text: logits reduced per slice (see text_slice_rows)
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 CAPPABLE_HEAD_MODELS = frozenset({"gemma", "gemma2", "gemma3_text"})  # plain unless soft-capped
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "accelerate")
@@ -48,11 +48,12 @@ def plain_head(config) -> bool:
 
 
 def text_slice_rows(config) -> int:
-    """Positions projected onto the vocabulary at a time for reference text: about 128 MB of
-    float32 logits (128 rows at Gemma-3's 262k tokens; at most 256). Fewer rows would stream the
-    head's weights (671 MB in float32 at 262k × 640) from memory once per few positions."""
+    """Positions projected onto the vocabulary at a time for reference text: about 256 MB of
+    float32 logits (256 rows at Gemma-3's 262k tokens; at most 1024, a whole default window).
+    Fewer rows would stream the head's weights (671 MB in float32 at 262k × 640) from memory
+    once per few positions."""
     vocab = int(getattr(config, "vocab_size", 0) or getattr(getattr(config, "text_config", None), "vocab_size", 0) or 50_000)
-    return max(16, min(256, TEXT_SLICE_BYTES // (4 * vocab)))
+    return max(16, min(1024, TEXT_SLICE_BYTES // (4 * vocab)))
 
 
 def library_versions() -> dict[str, str]:

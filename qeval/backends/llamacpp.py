@@ -27,7 +27,7 @@ from .base import (
 
 PARAMS = {"type", "file", "threads", "n_ctx", "gpu_layers"}
 DEFAULT_N_CTX = 2048
-LOGIT_ROWS_BYTES = 128 << 20  # llama.cpp's logits buffer when every position is scored
+LOGIT_ROWS_BYTES = 256 << 20  # llama.cpp's logits buffer when every position is scored
 BROKEN = ("the GGUF's weights or its quantization are numerically broken; check the file, or try "
           "another GGUF type")
 
