@@ -40,6 +40,11 @@ directory, and the results file holds numbers (and item ids) only.
 
     .venv/bin/python benchmarks/bench_scoring.py --tasks mmlu_clinical_knowledge,pubmedqa \\
         --formats letter,cloze --dtype bf16 --batch-size 8 --repeats 1
+
+`--large-vocab` runs the large-vocabulary case instead (benchmarks/large_vocab.py): reference
+text on a tiny random Llama with Gemma-3's vocabulary (262,144) and hidden size (640), on
+transformers and on llama.cpp (F32 GGUF), each engine in its own process: tokens/s against the
+forward ceiling and peak resident memory, written to results_bench_scoring_large_vocab.md.
 """
 
 from __future__ import annotations
@@ -472,8 +477,36 @@ def parse(argv: Sequence[str]) -> Options:
                    argv=tuple(argv))
 
 
+def large_vocab(argv: Sequence[str]) -> int:
+    """The large-vocabulary reference-text case (see the module docstring)."""
+    import large_vocab as lv
+
+    p = argparse.ArgumentParser(description="bench_scoring.py --large-vocab")
+    p.add_argument("--large-vocab", action="store_true")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qeval-large-vocab")
+    p.add_argument("--passages", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT.with_name("results_bench_scoring_large_vocab.md"))
+    a = p.parse_args(list(argv))
+    rows = lv.run(a.work, a.passages, "bench", repeats=a.repeats)
+    text = "\n".join([
+        "# Reference text at Gemma-3's vocabulary (262,144 tokens, hidden 640)", "",
+        f"Command: `{shlex.join(['.venv/bin/python', 'benchmarks/bench_scoring.py', *argv])}`", "",
+        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- model: random Llama, {lv.SHAPE}, vocabulary {lv.VOCAB}; llama.cpp: its F32 GGUF",
+        f"- machine: {os.cpu_count()} CPUs; first {a.passages} clinical_reference passage(s), "
+        f"top-{lv.TOP_K} + tail; best of {a.repeats}", "",
+        *lv.table(rows), "", lv.NOTES, ""])
+    print(text)
+    a.out.write_text(text, encoding="utf-8")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--large-vocab" in argv:
+        return large_vocab(argv)
+    opts = parse(argv)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     import datasets
     import lm_eval

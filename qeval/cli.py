@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import sys
@@ -11,6 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+try:
+    from typer import _click as click  # the click typer parses with (vendored since typer 0.20)
+except ImportError:  # an older typer, on the click package
+    import click
 
 from .audit import audited
 from .backends.base import NonFiniteScores
@@ -19,10 +26,6 @@ from .errors import QevalInputError
 from .publish import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
 from .types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
 
-# No local variables in tracebacks: they hold prompt text (PHI). main() also withholds messages.
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  pretty_exceptions_show_locals=False,
-                  help="Is this quantized model safe to release instead of the full-precision one?")
 err_console = Console(stderr=True)
 
 
@@ -30,9 +33,64 @@ Include = Annotated[Optional[list[Path]], typer.Option(
     help="A folder of your own tasks/ and suites/ (as `qeval init` writes it); repeatable; also $QEVAL_TASK_PATH.")]
 
 
-def _fail(message: str) -> None:
+def _error_line(message: str) -> None:
     err_console.print(f"qeval: error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    _error_line(message)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+class _FlagError(click.exceptions.ClickException):
+    """A flag click refused (out of range, not a number, unknown option or command): one
+    `qeval: error:` line like every other bad input, not click's usage block."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        _error_line(self.message)
+
+
+def flag_error_line(exc) -> str:
+    """click's own words for the problem (which flag, which value, the allowed range), then where
+    to look for the right spelling."""
+    text = exc.format_message().strip().rstrip(".")
+    text = " ".join(text.split())  # click's messages may span lines ("Did you mean ...")
+    command = " ".join(["qeval", *exc.ctx.command_path.split()[1:]]) if exc.ctx is not None else "qeval"
+    return f"{text[:1].lower()}{text[1:]}; see `{command} --help`"
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors of the group and of every command become one line (exit 2). Parsing of the
+    group's own flags happens in make_context, a command's in the group's invoke."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line():
+            return super().invoke(ctx)
+
+
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+@contextlib.contextmanager
+def _one_line():
+    try:
+        yield
+    except _NO_ARGS_HELP:
+        raise  # `qeval` alone prints the help (click >= 8.2 raises it as a usage error)
+    except click.exceptions.UsageError as exc:
+        raise _FlagError(flag_error_line(exc)) from None
+
+
+# No local variables in tracebacks: they hold prompt text (PHI). main() also withholds messages.
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
+                  help="Is this quantized model safe to release instead of the full-precision one?")
 
 
 @app.command()
@@ -120,7 +178,13 @@ def _existing_dir(path: Path | None, flag: str) -> str | None:
 def _task_ids(tasks: str | None, suite: str, include: tuple[str, ...] = ()) -> tuple[str, ...]:
     from .config import suite_tasks
 
-    return tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else suite_tasks(suite, include)
+    if tasks is None:
+        return suite_tasks(suite, include)
+    ids = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if not ids:
+        raise QevalInputError(f"--tasks {tasks!r} names no task; give comma-separated task ids "
+                              "(`qeval tasks` lists them) or leave --tasks out to run --suite")
+    return ids
 
 
 def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: str | None,
@@ -194,7 +258,8 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
                             batch_size=cfg.batch_size, cache=cache_dir(), progress=ui.status,
                             calibration_root=project_dir("calibration"), bar=ui.bar)
     trail.factory = factory
-    overlaps = factory.preflight(cfg.candidates, loaded, allow_contamination=allow_contamination)
+    overlaps = factory.preflight([cfg.baseline, *cfg.candidates], loaded,
+                                 allow_contamination=allow_contamination)
     res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
                       model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
                       history=discordance_history(run_dir.parent))

@@ -176,6 +176,19 @@ def split_variants(text: str) -> list[str]:
 BROUGHT = ("gguf=", "gptq=", "awq=")
 
 
+def brought_name(text: str, method: str, path: str, given: object) -> str:
+    """How a brought file is named in tables and records: `name=` when the user gave one, else
+    `<method>=<file or folder name>` (the full path stays in the run's config, the file's hash in
+    its record)."""
+    if given is None:
+        return f"{method}={Path(path.rstrip('/')).name or path}"
+    name = str(given).strip()
+    if not name or any(c in name for c in ",/\\") or name != name.strip():
+        raise QevalInputError(f"variant {text!r}: name={given!r} must be a non-empty name without "
+                              "commas or slashes, e.g. name=mine-q4")
+    return name
+
+
 def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> VariantSpec:
     """`int8`, `nf4:double_quant=true`, `gguf:q4_k_m`, `gptq:bits=4,group=64,calib=clinical`,
     `gguf=path/to/model.gguf`, `gptq=path/to/checkpoint` or a name from configs/variants/*.yaml."""
@@ -186,16 +199,17 @@ def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> Var
         if not path:
             example = "model.gguf" if method == "gguf" else "checkpoint_dir"
             raise QevalInputError(f"{method}= needs a path: {method}=path/to/{example}")
-        if method == "gguf":
-            return _checked_gguf(known["gguf"].model_copy(update={"name": text, "params": {"file": path}}))
-        path, *rest = path.split(",")  # gptq=DIR,kernel=auto
-        params: dict = {"path": path}
+        path, *rest = path.split(",")  # gptq=DIR,kernel=auto · gguf=FILE,threads=8,name=mine
+        params: dict = {"file" if method == "gguf" else "path": path}
         for part in rest:
             key, eq2, value = part.partition("=")
             if not eq2:
                 raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
             params[key.strip()] = _coerce(value.strip())
-        variant = known[method].model_copy(update={"name": text, "params": params})
+        name = brought_name(text, method, path, params.pop("name", None))
+        variant = known[method].model_copy(update={"name": name, "params": params})
+        if method == "gguf":
+            return _checked_gguf(variant)
         from .calibrated import check_variant
 
         check_variant(variant, None)
@@ -236,6 +250,11 @@ def _checked_gguf(variant: VariantSpec) -> VariantSpec:
                               f"gguf takes {', '.join(sorted(PARAMS))}")
     if "file" in p:
         path = Path(str(p["file"])).expanduser()
+        if path.is_dir():
+            from .models import gguf_files_inside
+
+            raise QevalInputError(f"variant {variant.name!r}: {path} is a directory, not a GGUF "
+                                  f"file{gguf_files_inside(path)}; give the path of the .gguf file itself")
         if not path.is_file():
             raise QevalInputError(f"variant {variant.name!r}: GGUF file {path} does not exist; "
                                   "give the path of a .gguf file")
@@ -284,4 +303,8 @@ def check_roles(cfg: RunConfig) -> None:
         raise QevalInputError("no candidates; pass --candidates int8,nf4 (see `qeval variants`)")
     names = [c.name for c in cfg.candidates]
     if len(set(names)) != len(names) or cfg.baseline.name in names:
-        raise QevalInputError("each variant may appear once; the baseline cannot also be a candidate")
+        twice = next((n for n in names if names.count(n) > 1 or n == cfg.baseline.name), "")
+        hint = (f" (two files brought with the same name: tell them apart with ,name=..., e.g. "
+                f"{twice.split('=', 1)[0]}=path,name=mine)" if "=" in twice else "")
+        raise QevalInputError(f"variant {twice!r} appears twice{hint}; each variant may appear "
+                              "once, and the baseline cannot also be a candidate")

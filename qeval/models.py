@@ -254,6 +254,15 @@ def _gguf_note(gguf: Path) -> tuple[str, ...]:
     return ()
 
 
+def gguf_files_inside(directory: Path) -> str:
+    """' (it holds a.gguf, b.gguf)' naming the first GGUF files in a directory given where a
+    file was expected, or ''."""
+    found = sorted(f.name for f in directory.glob("*.gguf") if f.is_file())
+    if not found:
+        return ""
+    return f" (it holds {', '.join(found[:3])}{' and more' if len(found) > 3 else ''})"
+
+
 def resolve_model(spec: str, progress=None) -> ResolvedModel:
     if spec in ALIASES:
         alias = ALIASES[spec]
@@ -261,7 +270,10 @@ def resolve_model(spec: str, progress=None) -> ResolvedModel:
         path, fp = _materialise_gguf(gguf, progress)
         return ResolvedModel(spec, path, fp, alias.description, _gguf_note(gguf))
     p = Path(spec).expanduser()
-    if p.suffix == ".gguf":
+    if p.suffix == ".gguf" and not (p / "config.json").is_file():
+        if p.is_dir():
+            raise QevalInputError(f"--model {p} is a directory, not a GGUF file{gguf_files_inside(p)}; "
+                                  "give the .gguf file itself, or an HF checkpoint directory (with config.json)")
         if not p.exists():
             raise QevalInputError(f"model file {p} does not exist; check the path")
         path, fp = _materialise_gguf(p.resolve(), progress)

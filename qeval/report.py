@@ -607,7 +607,13 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
     per = ", ".join(f"{k} {v}" for k, v in results["per_candidate"].items())
     console.print(f"[bold {_COLOR[overall]}]Verdict: {overall.value}[/] ({per}); exit code {results['exit_code']}")
     if out is not None:
-        console.print(f"Run directory: {out}  (results.json, efficiency.json, report.md, report.html, records/)")
+        console.print(f"Run directory: {out}  ({', '.join(run_files(out))})", highlight=False)
+
+
+def run_files(out: Path) -> list[str]:
+    """The main files a run directory holds, as written (efficiency.json only when measured)."""
+    names = [n for n in ("results.json", "efficiency.json", "report.md", "report.html") if (out / n).is_file()]
+    return names + (["records/"] if (out / "records").is_dir() else [])
 
 
 STAGE_NAMES = {"prepare": "quantize/export", "load": "load", "tokenize": "tokenize",

@@ -281,6 +281,7 @@ def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) 
     except ValidationError as exc:
         raise QevalInputError(f"{path}: {_short(exc, raw, TaskSpec)}; compare with "
                               "tasks/clinical_core/clinical_core.yaml") from None
+    check_template(path, spec)
     if spec.kind == "generate" and spec.generation is None:
         raise QevalInputError(f"{path}: a generate task needs a `generation:` block "
                               "(max_tokens, stop, answer_pattern)")
@@ -326,11 +327,67 @@ def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) 
     return _finish_items(path, spec, samples, where, origin)
 
 
+TEMPLATE_FIELDS = ("question", "choices", "passage")
+
+
+def check_template(path: Path, spec: TaskSpec) -> None:
+    """The prompt template's fields are ones render_prompt fills, and its braces balance: found
+    when the task loads, not when the first item is rendered after a model has loaded."""
+    import string
+
+    template = spec.prompt.template
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise QevalInputError(f"{path}: prompt.template is not a valid template ({exc}); write a "
+                              "literal brace as {{ or }}") from None
+    for f in fields:
+        name = f.split(".", 1)[0].split("[", 1)[0]
+        if name not in TEMPLATE_FIELDS:
+            shown = f"{{{f}}}" if f else "{}"
+            raise QevalInputError(
+                f"{path}: prompt.template uses unknown field {shown}; use "
+                f"{', '.join('{' + n + '}' for n in TEMPLATE_FIELDS)} (a literal brace is {{{{ or }}}})")
+
+
+def check_item_content(spec: TaskSpec, samples: Sequence[Sample], where: Sequence[str]) -> None:
+    """Every item can be rendered and scored: a question, no empty option, no more options than
+    the prompt has letters, and no two options with the same text where that would make the
+    item unscoreable. `where[n]`: the file that holds item n. A published benchmark file asked
+    for letters may repeat an option's text (MedMCQA's dev split does, 21 times): the letters
+    still tell the options apart, so it is read as released; qeval's own item files never may."""
+    letters = spec.prompt.letters
+    cloze = spec.prompt.continuation == "choice_text"
+    own = spec.source.format not in BENCHMARK_FORMATS
+    for s, file in zip(samples, where):
+        if s.prompt_text is not None:
+            continue  # rendered by its own code (lm-eval bridge)
+        item = f"{file}: item {s.id!r}"
+        if not s.question.strip():
+            raise QevalInputError(f"{item} has an empty question; give it its question or remove the item")
+        if len(s.choices) > len(letters):
+            raise QevalInputError(f"{item} has {len(s.choices)} options but prompt.letters has "
+                                  f"{len(letters)} letters; add letters to the task's prompt.letters")
+        for i, c in enumerate(s.choices):
+            if not c.strip():
+                raise QevalInputError(f"{item}: option {letters[i]} is empty; give it its text or "
+                                      "remove the option")
+        seen: dict[str, int] = {}
+        for i, c in enumerate(s.choices):
+            first = seen.setdefault(c.strip(), i)
+            if first != i and (cloze or own):
+                why = ("cloze answers score each option's text, so the two would always tie"
+                       if cloze else "options must differ")
+                raise QevalInputError(f"{item}: options {letters[first]} and {letters[i]} have the same "
+                                      f"text ({why}); make them differ or remove the item")
+
+
 def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
                   origin: Sequence[Path] | None = None) -> Task:
     if not samples:
         raise QevalInputError(f"{path}: task {spec.id!r} has no items ({where}); add items "
                               f"(see {ITEM_SCHEMA}) or leave the task out of --tasks/--suite")
+    check_item_content(spec, samples, [str(f) for f in origin] if origin is not None else [where] * len(samples))
     seen: dict[str, int] = {}
     for n, s in enumerate(samples):
         if s.id in seen:

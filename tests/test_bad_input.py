@@ -294,10 +294,11 @@ def test_08_corrupt_or_truncated_gguf(tmp_path, tasks, models):
     # as a candidate brought with gguf=: the first bytes, then a file cut short
     good = tmp_path / "good.gguf"
     export_gguf(models / "base", good, dtype="f32", pre="gpt-2")
-    _bad(tmp_path, _tiny_args(models, f"gguf={bogus}"), f"variant 'gguf={bogus}'", "not a GGUF file")
+    _bad(tmp_path, _tiny_args(models, f"gguf={bogus}"), "variant 'gguf=broken.gguf'", str(bogus),
+         "not a GGUF file")
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    _bad(tmp_path, _tiny_args(models, f"gguf={cut}"), f"variant 'gguf={cut}'", "truncated",
+    _bad(tmp_path, _tiny_args(models, f"gguf={cut}"), "variant 'gguf=cut.gguf'", str(cut), "truncated",
          "copy or download it again")
 
 
@@ -341,7 +342,7 @@ def test_09_gguf_tokenizer_differs_from_baseline(tmp_path, tasks, models, other_
         raise AssertionError("the baseline was scored before the tokenizer check")
 
     monkeypatch.setattr(hf.HFBackend, "loglikelihood", no_scoring)
-    line = _bad(tmp_path, _tiny_args(models, f"gguf={other_gguf}"), f"variant 'gguf={other_gguf}'",
+    line = _bad(tmp_path, _tiny_args(models, f"gguf={other_gguf}"), "variant 'gguf=other.gguf'", str(other_gguf),
                 "tokenizer", "differs from the baseline", "quantization of the baseline model")
     assert "Traceback" not in line
 
@@ -367,7 +368,7 @@ def test_11_candidate_vocabulary_differs(tmp_path, tasks, models, monkeypatch):
     import qeval.backends.hf as hf
 
     monkeypatch.setattr(hf.HFBackend, "loglikelihood", lambda *a, **k: pytest.fail("scored"))
-    _bad(tmp_path, _tiny_args(models, f"gguf={gguf}"), f"variant 'gguf={gguf}'", "vocabulary",
+    _bad(tmp_path, _tiny_args(models, f"gguf={gguf}"), "variant 'gguf=big.gguf'", str(gguf), "vocabulary",
          "384 tokens", "the baseline 320", "quantization of the baseline model")
     # A GPTQ checkpoint brought as a directory whose config has another vocabulary size.
     pytest.importorskip("gptqmodel")
@@ -376,7 +377,7 @@ def test_11_candidate_vocabulary_differs(tmp_path, tasks, models, monkeypatch):
     config = json.loads((models / "base" / "config.json").read_text())
     config.update(vocab_size=512, quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 32})
     (brought / "config.json").write_text(json.dumps(config))
-    _bad(tmp_path, _tiny_args(models, f"gptq={brought}"), f"variant 'gptq={brought}'", "vocabulary",
+    _bad(tmp_path, _tiny_args(models, f"gptq={brought}"), "variant 'gptq=gptq'", str(brought), "vocabulary",
          "512", "320")
 
 
@@ -531,3 +532,132 @@ def test_15b_out_of_memory_while_scoring_is_explained_too(tmp_path, tasks, model
 
     monkeypatch.setattr(transformers.LlamaModel, "forward", no_memory)  # the decoder stack
     _bad(tmp_path, _tiny_args(models), "fp32: out of memory while scoring on cpu", "--batch-size")
+
+
+# ------------------------------------------------------------------ issue 23: flags, files, items, order
+
+
+@pytest.mark.parametrize("args,must", [
+    (["--limit", "0"], ("'--limit'", "greater than or equal to 1", "qeval compare --help")),
+    (["--limit", "-3"], ("'--limit'", "greater than or equal to 1")),
+    (["--batch-size", "0"], ("'--batch-size'", "greater than or equal to 1")),
+    (["--limit", "many"], ("'--limit'", "valid integer", "qeval compare --help")),
+    (["--limt", "5"], ("--limt", "--limit")),
+])
+def test_16_bad_flag_values_are_one_line(tmp_path, tasks, args, must):
+    """click's range and type errors are one `qeval: error:` line, not its usage block."""
+    _bad(tmp_path, ["--tasks", "mini", *args], *must)
+
+
+def test_17_tasks_flag_naming_no_task(tmp_path, tasks):
+    _bad(tmp_path, ["--tasks", ","], "--tasks ','", "names no task", "qeval tasks")
+
+
+def test_18_directories_where_a_gguf_file_is_expected(tmp_path, tasks, models):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "model-q4.gguf").write_bytes(b"GGUF")
+    _bad(tmp_path, _tiny_args(models, f"gguf={folder}"), "variant 'gguf=weights'", str(folder),
+         "is a directory, not a GGUF file", "model-q4.gguf", "the .gguf file itself")
+    named = tmp_path / "x.gguf"
+    named.mkdir()
+    _bad(tmp_path, ["--model", str(named), "--tasks", "mini"], str(named),
+         "is a directory, not a GGUF file", "the .gguf file itself")
+
+
+@pytest.mark.parametrize("override,must", [
+    ({"question": ""}, ("a.yaml", "item 'm0'", "empty question")),
+    ({"question": "   "}, ("a.yaml", "item 'm0'", "empty question")),
+    ({"choices": [f"{PHI} metformin", " "]}, ("a.yaml", "item 'm0'", "option B is empty")),
+    ({"choices": [f"{PHI} a", f"{PHI} b", f"{PHI} a "]}, ("a.yaml", "item 'm0'", "options A and C have the same text")),
+])
+def test_19_item_content(tmp_path, tasks, override, must):
+    tasks(items=_items(**override))
+    _bad(tmp_path, ["--tasks", "mini", "--candidates", "bf16", "--base", "fp32"], *must)
+
+
+def _no_model_time(monkeypatch):
+    """Fail the test if any model is loaded (transformers or llama.cpp)."""
+    import qeval.backends.hf as hf
+    import qeval.backends.llamacpp as lc
+
+    def loaded(*a, **k):
+        raise AssertionError("a model was loaded before the check")
+
+    monkeypatch.setattr(hf.HFBackend, "__init__", loaded)
+    monkeypatch.setattr(lc.LlamaCppBackend, "__init__", loaded)
+
+
+@pytest.mark.parametrize("template,must", [
+    ("{question}\n{choices}\n{colour}\nAnswer:", ("mini.yaml", "unknown field {colour}", "{question}")),
+    ("{question} {}", ("mini.yaml", "unknown field {}",)),
+    ("{question}\n{choices\nAnswer:", ("mini.yaml", "not a valid template", "{{")),
+])
+def test_20_prompt_template_fields_before_model_time(tmp_path, tasks, models, monkeypatch, template, must):
+    tasks(spec={"id": "mini", "kind": "multiple_choice", "prompt": {"template": template},
+                "source": {"format": "qeval_items", "path": "items"}})
+    _no_model_time(monkeypatch)
+    _bad(tmp_path, _tiny_args(models), *must)
+
+
+def _records() -> list[Path]:
+    root = Path(os.environ["QEVAL_CACHE"]) / "records"
+    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+
+
+@pytest.mark.parametrize("last,must", [
+    ("int8:treshold=4", ("variant 'int8:treshold=4'", "unknown parameter(s) treshold", "int8 takes threshold")),
+    ("nf4", ("variant 'nf4' needs bitsandbytes", "not installed", "pip install")),
+    ("gptq:group=100", ("variant 'gptq:group=100'", "group=100 does not divide")),
+    ("gguf:q8_0,n_ctx=512", ("variant 'gguf:q8_0,n_ctx=512'", "n_ctx=512", "reference-text windows (1024 tokens)",
+                             "n_ctx=1024")),
+])
+def test_21_last_candidate_infeasible_scores_nothing(tmp_path, tasks, models, monkeypatch, last, must):
+    """Every check comes before the first model loads: a compare whose LAST candidate cannot run
+    stops with one line, no model loaded, no record stored."""
+    import qeval.backends.hf as hf
+
+    if last.startswith("gptq"):
+        pytest.importorskip("gptqmodel")
+    if last == "nf4":  # as if bitsandbytes were not installed
+        monkeypatch.setitem(hf.ENGINE_PACKAGES, hf.Method.nf4, "bitsandbytes_not_installed")
+    ref = tasks().parent / "ref"  # a reference-text task beside "mini"
+    (ref / "passages").mkdir(parents=True)
+    (ref / "ref.yaml").write_text(json.dumps({"id": "ref", "kind": "reference_text", "source": {
+        "format": "qeval_passages", "path": "passages"}}))
+    (ref / "passages" / "a.yaml").write_text(json.dumps({"style": "note", "passages": [
+        {"id": "p1", "title": "t", "specialty": "s", "text": f"{PHI} {CORPUS[0]}"}]}))
+    before = _records()
+    _no_model_time(monkeypatch)
+    _bad(tmp_path, ["--model", str(models / "base"), "--base", "fp32", "--tasks", "mini,ref",
+                    "--candidates", f"bf16,int8wo,{last}"], *must)
+    assert _records() == before
+
+
+def test_22_brought_files_have_short_names_and_the_closing_line_lists_what_was_written(tmp_path, tasks, models):
+    """A brought GGUF is named by its file name (or `name=`) in tables and records, the full
+    path and hash stay in results.json; with --no-efficiency no efficiency.json is listed."""
+    from qeval.gguf_export import export_gguf
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    export_gguf(models / "base", tmp_path / "a" / "model.gguf", dtype="f32", pre="gpt-2")
+    (tmp_path / "b" / "model.gguf").write_bytes((tmp_path / "a" / "model.gguf").read_bytes())
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    # the same file name twice: told apart with name=
+    _bad(tmp_path, ["--model", str(models / "base"), "--base", "fp32", "--tasks", "mini",
+                    "--candidates", f"gguf={a},gguf={b}"], "'gguf=model.gguf' appears twice", "name=")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["compare", "--out", str(out), "--n-boot", "200", "--no-efficiency", "--model",
+                              str(models / "base"), "--base", "fp32", "--tasks", "mini",
+                              "--candidates", f"gguf={a},gguf={b},name=mine"])
+    assert res.exit_code in (0, 1, 3), res.output
+    assert str(tmp_path) not in res.stdout.replace(str(out), ""), res.stdout  # no full paths in the tables
+    assert "gguf=model.gguf" in res.stdout and "mine" in res.stdout
+    closing = " ".join(res.stdout.split("Run directory:", 1)[1].split())  # the console wraps it
+    assert "results.json" in closing and "efficiency.json" not in res.stdout, closing
+    assert not (out / "efficiency.json").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert [c["variant"] for c in results["candidates"]] == ["gguf=model.gguf", "mine"]
+    assert [c["params"]["file"] for c in results["config"]["candidates"]] == [str(a), str(b)]
+    assert len({c["versions"]["gguf_sha256"] for c in results["candidates"]}) == 1

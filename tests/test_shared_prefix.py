@@ -184,6 +184,9 @@ def test_llama_cpp_quantized_state_reuse_is_llama_cpps_own_two_step_evaluation(t
         reqs = _mixed_requests(backend.tokenize)
         got = backend.loglikelihood(reqs)
         llm = backend.llm
+        # llama-cpp-python's own eval, every position's logits copied into llm.scores (the
+        # backend does not ask for that; its n_batch rows hold these short items)
+        llm._logits_all = True
         for r, g in zip(reqs, got):
             llm.reset()
             llm.eval(list(r.context))

@@ -23,12 +23,35 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))
 
 
+def file_sha256(path: Path) -> str:
+    path = path.expanduser().resolve()
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
 def _weights_on_disk(checkpoint: Path) -> int:
     """Bytes of a checkpoint directory's weight files (safetensors or PyTorch), or of a file."""
     if checkpoint.is_file():
         return checkpoint.stat().st_size
     files = [f for f in checkpoint.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".gguf")]
     return sum(f.stat().st_size for f in files)
+
+
+def check_context(variant: VariantSpec, tasks: list[Task]) -> None:
+    """A llama.cpp variant's n_ctx holds a reference-text window (each is one sequence)."""
+    from .llamacpp import DEFAULT_N_CTX
+
+    n_ctx = int(variant.params.get("n_ctx", DEFAULT_N_CTX))
+    for t in tasks:
+        if t.spec.kind == "reference_text" and t.spec.window_tokens > n_ctx:
+            need, what = t.spec.window_tokens, f"reference-text windows ({t.spec.window_tokens} tokens)"
+        elif t.spec.kind == "generate" and t.spec.generation is not None and t.spec.generation.max_tokens >= n_ctx:
+            need = t.spec.generation.max_tokens + 1
+            what = f"generation.max_tokens ({t.spec.generation.max_tokens}) and a prompt"
+        else:
+            continue
+        raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {t.spec.id}'s "
+                              f"{what}; pass n_ctx={need} or more, or leave the task out")
 
 
 class EngineFactory:
@@ -60,14 +83,18 @@ class EngineFactory:
         files are what they claim (readable, the baseline's vocabulary and tokenizer), GPU-only
         options have a GPU, and no calibration set overlaps the evaluated tasks."""
         from ..calibrated import check_variant, checkpoint_format, read_config, require_gptqmodel
+        from .hf import check_hf_variant
 
         config = read_config(self.model.path)
         overlaps = {}
         for v in variants:
             if v.backend == "llamacpp":
                 self._check_gguf(v)
+                check_context(v, tasks)
                 continue
             if v.method not in CALIBRATED:
+                if v.backend == "hf":
+                    check_hf_variant(v)
                 continue
             require_gptqmodel(v)
             if "path" in v.params:
@@ -188,10 +215,8 @@ class EngineFactory:
                      "versions": llamacpp_versions()}
             if "file" in variant.params:
                 # A file the user brings is known by its content, not its path.
-                path = Path(str(variant.params["file"])).expanduser().resolve()
-                st = path.stat()
                 ident["versions"] = {**ident["versions"],
-                                     "gguf_sha256": _digest(str(path), st.st_size, st.st_mtime_ns)}
+                                     "gguf_sha256": file_sha256(Path(str(variant.params["file"])))}
             return ident
         ident = self.hf.identity(variant)
         if variant.method in CALIBRATED:

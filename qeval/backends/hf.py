@@ -30,11 +30,30 @@ _DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bf
 # every sequence alone (no padding, other matmul shapes); bf16 recomputes in bfloat16.
 NUMERIC_PATHS = ("batch1", "bf16")
 HEAD_SLICE = 128  # scored positions projected onto the vocabulary at a time (≈ 25 MB of logits)
+TEXT_SLICE_BYTES = 256 << 20  # reference text: logits reduced per slice (see text_slice_rows)
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+CAPPABLE_HEAD_MODELS = frozenset({"gemma", "gemma2", "gemma3_text"})  # plain unless soft-capped
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "accelerate")
 BROKEN = ("the model or its quantization is numerically broken (weights that overflow in this "
           "dtype, or a bad quantization); check the checkpoint's weights, or try another variant "
           "or dtype")
+
+
+def plain_head(config) -> bool:
+    """Whether the logits are exactly lm_head(final hidden state): Llama-like heads, and Gemma's
+    when it does not soft-cap them (Gemma-3 does not; Gemma-2 does)."""
+    kind = getattr(config, "model_type", "")
+    return kind in PLAIN_HEAD_MODELS or (
+        kind in CAPPABLE_HEAD_MODELS and getattr(config, "final_logit_softcapping", None) is None)
+
+
+def text_slice_rows(config) -> int:
+    """Positions projected onto the vocabulary at a time for reference text: about 256 MB of
+    float32 logits (256 rows at Gemma-3's 262k tokens; at most 1024, a whole default window).
+    Fewer rows would stream the head's weights (671 MB in float32 at 262k × 640) from memory
+    once per few positions."""
+    vocab = int(getattr(config, "vocab_size", 0) or getattr(getattr(config, "text_config", None), "vocab_size", 0) or 50_000)
+    return max(16, min(1024, TEXT_SLICE_BYTES // (4 * vocab)))
 
 
 def library_versions() -> dict[str, str]:
@@ -83,8 +102,15 @@ def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: st
     return DtypeChoice(compute, compute, ())
 
 
-def _quantization_config(variant: VariantSpec, compute_dtype):
-    from transformers import BitsAndBytesConfig, TorchAoConfig
+# The package each transformers quantization needs, and its pip extra.
+ENGINE_PACKAGES = {Method.int8: "bitsandbytes", Method.nf4: "bitsandbytes", Method.int8wo: "torchao"}
+
+
+def check_hf_variant(variant: VariantSpec) -> None:
+    """A transformers variant's parameters are ones it takes, and the package that quantizes it
+    is installed: checked before any model loads (not when this variant's turn comes, after the
+    baseline and earlier candidates have been scored)."""
+    import importlib.util
 
     p = variant.params
     path = {"numeric_path"}
@@ -100,6 +126,22 @@ def _quantization_config(variant: VariantSpec, compute_dtype):
                 f"variant {variant.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
                 f"{variant.method.value} takes {', '.join(sorted(known[variant.method])) or 'none'}"
             )
+    for key in ("threshold",):
+        if key in p and (isinstance(p[key], bool) or not isinstance(p[key], (int, float)) or p[key] <= 0):
+            raise QevalInputError(f"variant {variant.name!r}: {key} must be a positive number, e.g. {key}=6")
+    if "double_quant" in p and not isinstance(p["double_quant"], bool):
+        raise QevalInputError(f"variant {variant.name!r}: double_quant must be true or false")
+    package = ENGINE_PACKAGES.get(variant.method)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise QevalInputError(f"variant {variant.name!r} needs {package}, which is not installed; "
+                              "pip install -e '.[int8]' (see README) or leave this candidate out")
+
+
+def _quantization_config(variant: VariantSpec, compute_dtype):
+    from transformers import BitsAndBytesConfig, TorchAoConfig
+
+    p = variant.params
+    check_hf_variant(variant)
     if variant.method == Method.int8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(p.get("threshold", 6.0)))
     if variant.method == Method.nf4:
@@ -326,7 +368,7 @@ class HFBackend:
         # SDPA takes a boolean mask (a little faster here than the additive one eager needs).
         self._bool_mask = getattr(self.model.config, "_attn_implementation", "") == "sdpa"
         # Architectures whose logits are exactly lm_head(final hidden state): no scaling or capping.
-        self._plain_head = getattr(self.model.config, "model_type", "") in PLAIN_HEAD_MODELS
+        self._plain_head = plain_head(self.model.config)
         bad = _non_finite_weights(self.model)
         if bad:
             source = checkpoint or model.path
@@ -587,14 +629,32 @@ class HFBackend:
             t2 = time.perf_counter()
         return ForwardTiming(t1 - t0, t2 - t1)
 
+    def logit_slices(self, tokens: Sequence[int]):
+        """(first position, float32 logits) for the positions that predict tokens[1:], a slice
+        of rows at a time: the decoder runs once over the window, the vocabulary projection
+        slice by slice, so the (positions × vocabulary) table never exists at once (1 GB for a
+        1024-token window at Gemma-3's 262k vocabulary). A slice is on the CPU and valid until
+        the next one is asked for."""
+        import torch
+
+        n = len(tokens) - 1
+        rows = text_slice_rows(self.model.config)
+        with self._memory("scoring reference text"), torch.inference_mode():
+            ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+            if self._plain_head:
+                hidden = self.model.base_model(input_ids=ids).last_hidden_state[0, :n]
+                head = self.model.get_output_embeddings()
+                for s in range(0, n, rows):
+                    yield s, head(hidden[s:s + rows]).float().cpu()
+                return
+            logits = self.model(input_ids=ids).logits[0, :n]  # a head that scales or caps
+            for s in range(0, n, rows):
+                yield s, logits[s:s + rows].float().cpu()
+
     def token_logprobs(self, tokens: Sequence[int]):
         import torch
 
-        with self._memory("scoring reference text"), torch.inference_mode():
-            ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=ids).logits[0, :-1].float()
-            lp = torch.log_softmax(logits, dim=-1)
-        out = lp.cpu().numpy()
+        out = torch.cat([torch.log_softmax(x, dim=-1) for _, x in self.logit_slices(tokens)]).numpy()
         if not np.isfinite(out).all():
             raise NonFiniteScores(f"{self.info.variant}: non-finite log-probs on reference text; {BROKEN}")
         return out

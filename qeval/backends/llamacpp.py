@@ -26,6 +26,8 @@ from .base import (
 )
 
 PARAMS = {"type", "file", "threads", "n_ctx", "gpu_layers"}
+DEFAULT_N_CTX = 2048
+LOGIT_ROWS_BYTES = 256 << 20  # llama.cpp's logits buffer when every position is scored
 BROKEN = ("the GGUF's weights or its quantization are numerically broken; check the file, or try "
           "another GGUF type")
 
@@ -203,6 +205,15 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
 
 
+def _brought_hash(params: dict, path: Path) -> dict[str, str]:
+    """A brought file is named by its file name in tables; its record keeps what it was."""
+    if "file" not in params:
+        return {}
+    from .engines import file_sha256
+
+    return {"gguf_sha256": file_sha256(path)}
+
+
 class LlamaCppBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, cache: Path,
                  progress=None):
@@ -216,19 +227,26 @@ class LlamaCppBackend:
             qtype = str(p.get("type", "q4_k_m")).lower()
             path = gguf_artefact(model.path, model.fingerprint, qtype, cache, progress)
         threads = int(p.get("threads", os.cpu_count() or 1))
-        # logits_all keeps an (n_ctx × vocabulary) float32 array: 2048 × 49k ≈ 400 MB.
-        n_ctx = int(p.get("n_ctx", 2048))
+        n_ctx = int(p.get("n_ctx", DEFAULT_N_CTX))
         gpu_layers = int(p.get("gpu_layers", 0))
         extra, notes = safe_buffer_setting(path, threads, gpu_layers)
         try:
+            # Not logits_all: llama-cpp-python would keep an (n_ctx × vocabulary) float32 copy
+            # of every position's logits (2 GB at Gemma-3's 262k vocabulary). Positions whose
+            # logits are needed are asked for batch by batch (_decode), and read from llama.cpp's
+            # own output buffer, which holds one batch's.
             with quiet_stderr(), _extra_buffer_types(enabled=extra):
                 self.llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_ubatch=min(512, n_ctx),
-                    n_threads=threads, n_threads_batch=threads, logits_all=True, n_gpu_layers=gpu_layers,
+                    n_threads=threads, n_threads_batch=threads, logits_all=False, n_gpu_layers=gpu_layers,
                     verbose=False, seed=0)
         except (ValueError, RuntimeError) as exc:
             raise QevalInputError(f"llama.cpp could not load {path}: {exc}") from None
         self.n_ctx = n_ctx
+        self.n_vocab = self.llm.n_vocab()
+        # Positions per decode when every position's logits are kept: llama.cpp's output buffer
+        # (rows × vocabulary float32) stays near LOGIT_ROWS_BYTES.
+        self.logit_rows = max(16, min(self.llm.n_batch, LOGIT_ROWS_BYTES // (4 * self.n_vocab)))
         self.path = path
         self.checkpoint = model.path  # the baseline's checkpoint: its tokenizer and generation config
         if qtype == "user file":
@@ -250,7 +268,8 @@ class LlamaCppBackend:
             variant=variant.name, backend="llamacpp", device="cuda" if gpu_layers else "cpu",
             requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}, {bpw:.2f} bits per weight",
             kernel=f"llama.cpp ggml kernels ({mix_text}; {threads} threads)",
-            weight_bytes=path.stat().st_size, versions=llamacpp_versions(), notes=tuple(notes),
+            weight_bytes=path.stat().st_size, versions={**llamacpp_versions(), **_brought_hash(p, path)},
+            notes=tuple(notes),
         )
 
     def tokenize(self, text: str) -> list[int]:
@@ -261,28 +280,45 @@ class LlamaCppBackend:
             raise QevalInputError(f"{self.info.variant}: a sequence of {n_tokens} tokens exceeds "
                                   f"n_ctx={self.n_ctx}; pass the variant parameter n_ctx=")
 
-    def _logits(self, tokens: Sequence[int]) -> np.ndarray:
-        self._check_fits(len(tokens))
-        self.llm.reset()
-        with quiet_stderr():
-            self.llm.eval(list(tokens))
-        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
-
-    @contextlib.contextmanager
-    def _logits_kept(self, every_position: bool):
-        """llama-cpp-python 0.3.36's own switch (`_logits_all`): every position's logits into
-        `scores`, or only the last position's, left in llama.cpp's buffer (no lm_head over the
-        context's other positions, no copy of their rows)."""
-        keep = self.llm._logits_all
-        self.llm._logits_all = every_position
-        try:
-            yield
-        finally:
-            self.llm._logits_all = keep
+    def _decode(self, tokens: Sequence[int], every: bool):
+        """Evaluate `tokens` after the KV cache's first n_tokens (the rest is dropped), as
+        llama-cpp-python's eval does, and yield llama.cpp's logits after each decode: of every
+        position of that batch (`every`, `logit_rows` positions per decode) or of its last
+        position only. Each array is a view of llama.cpp's buffer, valid until the next decode."""
+        llm = self.llm
+        self._check_fits(llm.n_tokens + len(tokens))
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        step = self.logit_rows if every else llm.n_batch
+        for i in range(0, len(tokens), step):
+            batch = list(tokens[i:i + step])
+            llm._batch.set_batch(batch=batch, n_past=llm.n_tokens, logits_all=every)
+            with quiet_stderr():
+                llm._ctx.decode(llm._batch)
+            llm.input_ids[llm.n_tokens:llm.n_tokens + len(batch)] = batch
+            llm.n_tokens += len(batch)
+            rows = len(batch) if every else 1
+            yield np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(rows, self.n_vocab))
 
     def _last_logits(self) -> np.ndarray:
-        return np.array(np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)),
+        return np.array(np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,)),
                         dtype=np.float32)
+
+    def _eval_last(self, tokens: Sequence[int]) -> np.ndarray:
+        """Evaluate `tokens` after the cache's first n_tokens; a copy of the last logits."""
+        for _ in self._decode(tokens, every=False):
+            pass
+        return self._last_logits()
+
+    def logit_slices(self, tokens: Sequence[int]):
+        """(first position, float32 logits) for the positions that predict tokens[1:], one decode
+        of `logit_rows` positions at a time (see HFBackend.logit_slices)."""
+        import torch
+
+        self.llm.reset()
+        at = 0
+        for logits in self._decode(tokens[:-1], every=True):
+            yield at, torch.from_numpy(logits)
+            at += logits.shape[0]
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
                       advance: Progress | None = None) -> list[float]:
@@ -294,18 +330,18 @@ class LlamaCppBackend:
             c = len(job.context)
             self._check_fits(c + max(len(b) for b in job.branches))
             self.llm.reset()
-            with quiet_stderr(), self._logits_kept(False):
-                self.llm.eval(list(job.context))
-            first = _log_softmax(self._last_logits()[None, :])[0]
+            first = _log_softmax(self._eval_last(job.context)[None, :])[0]
             for branch, i in zip(job.branches, job.members):
                 r = requests[i]
                 lp = float(first[r.continuation[0]])
                 if branch:
-                    self.llm.n_tokens = c  # eval() drops the cache beyond n_tokens first
-                    with quiet_stderr(), self._logits_kept(True):
-                        self.llm.eval(list(branch))
-                    rows = _log_softmax(np.asarray(self.llm.scores[c: c + len(branch)], dtype=np.float32))
-                    lp += float(rows[np.arange(len(branch)), list(r.continuation[1:])].sum())
+                    self.llm.n_tokens = c  # _decode drops the cache beyond n_tokens first
+                    targets = list(r.continuation[1:])
+                    at = 0
+                    for logits in self._decode(branch, every=True):
+                        rows = _log_softmax(logits)
+                        lp += float(rows[np.arange(len(rows)), targets[at:at + len(rows)]].sum())
+                        at += len(rows)
                 if not math.isfinite(lp):
                     raise NonFiniteScores(f"{self.info.variant}: non-finite log-prob for item "
                                           f"{r.sample_id} choice {r.choice}; {BROKEN}")
@@ -348,9 +384,7 @@ class LlamaCppBackend:
             self.llm.reset()
             step = list(r.prompt)
             while True:
-                with quiet_stderr():
-                    self.llm.eval(step)
-                logits = self.llm.scores[self.llm.n_tokens - 1]
+                logits = self._eval_last(step)
                 if not np.isfinite(logits).all():
                     raise NonFiniteScores(f"{self.info.variant}: non-finite logits while generating "
                                           f"item {r.sample_id}; {BROKEN}")
@@ -376,22 +410,19 @@ class LlamaCppBackend:
         # Timed the server's way: logits of the last position only.
         try:
             self.llm.reset()
-            with quiet_stderr(), self._logits_kept(False):
-                t0 = time.perf_counter()
-                self.llm.eval(prompt)
-                token = int(np.argmax(self._last_logits()))
-                t1 = time.perf_counter()
-                for _ in range(new_tokens):
-                    self.llm.eval([token])
-                    token = int(np.argmax(self._last_logits()))
-                t2 = time.perf_counter()
+            t0 = time.perf_counter()
+            token = int(np.argmax(self._eval_last(prompt)))
+            t1 = time.perf_counter()
+            for _ in range(new_tokens):
+                token = int(np.argmax(self._eval_last([token])))
+            t2 = time.perf_counter()
         finally:
             self.llm.reset()
         return ForwardTiming(t1 - t0, t2 - t1)
 
     def token_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
         """Log-softmax over the vocabulary at every position that predicts tokens[1:]."""
-        return _log_softmax(self._logits(tokens)[:-1]).astype(np.float32)
+        return np.concatenate([_log_softmax(x.numpy()) for _, x in self.logit_slices(tokens)]).astype(np.float32)
 
     def close(self) -> None:
         self.llm.close()
