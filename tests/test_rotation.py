@@ -229,3 +229,38 @@ def test_llama_cpp_scores_every_rotation_as_its_own_prompt(tiny_llama):
         _check_against_unrotated(_rotated_task(4, 4), backend)
     finally:
         backend.close()
+
+
+def test_an_items_prompts_share_their_beginning_in_one_job():
+    """across_prompts: an item's contexts become one job — their common beginning once, each
+    prompt's rest a branch (its lead) — and a member's first token is read at its lead's end."""
+    from qeval.backends.base import shared_prefix_jobs
+
+    reqs = [LoglikelihoodRequest((1, 2, 3, 4), (9,), "x", 0), LoglikelihoodRequest((1, 2, 3, 4), (8,), "x", 1),
+            LoglikelihoodRequest((1, 2, 5), (9,), "x", 1), LoglikelihoodRequest((1, 2, 5), (7, 6), "x", 0),
+            LoglikelihoodRequest((1, 2, 3, 7), (9,), "y", 0)]
+    separate = shared_prefix_jobs(reqs)
+    assert len(separate) == 3 and all(not j.leads for j in separate)
+    jobs = shared_prefix_jobs(reqs, across_prompts=True)
+    assert len(jobs) == 2
+    x = next(j for j in jobs if 0 in j.members)
+    assert x.context == (1, 2) and x.members == (0, 1, 2, 3)
+    assert x.branches == ((3, 4), (5,), (5, 7)) and x.leads == (2, 1, 1)
+    assert x.member_branch == (0, 0, 1, 2)
+    assert x.tokens == (1, 2, 3, 4, 5, 5, 7) and x.positions() == [0, 1, 2, 3, 2, 2, 3]
+    assert x.reads(0, 1) == [3] and x.reads(1, 1) == [3]  # the end of (3, 4)
+    assert x.reads(2, 1) == [4]  # the end of (5,)
+    assert x.reads(3, 2) == [5, 6]  # (5, 7): read at 5, then at 7 for the second token
+    y = next(j for j in jobs if 4 in j.members)
+    assert y.context == (1, 2, 3, 7) and not y.leads  # one prompt: the plain job
+
+
+def test_a_context_that_is_the_shared_beginning_keeps_one_token_of_lead():
+    """When one prompt is a prefix of another, the shared part stops a token short, so every
+    branch has a lead whose last position gives the first continuation token."""
+    from qeval.backends.base import shared_prefix_jobs
+
+    reqs = [LoglikelihoodRequest((1, 2), (9,), "x", 0), LoglikelihoodRequest((1, 2, 3), (9,), "x", 1)]
+    (job,) = shared_prefix_jobs(reqs, across_prompts=True)
+    assert job.context == (1,) and job.branches == ((2,), (2, 3)) and job.leads == (1, 2)
+    assert job.reads(0, 1) == [1] and job.reads(1, 1) == [3]

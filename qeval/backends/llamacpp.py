@@ -243,6 +243,9 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError) as exc:
             raise QevalInputError(f"llama.cpp could not load {path}: {exc}") from None
         self.n_ctx = n_ctx
+        # An item's several prompts (rotated options) share their beginning in the KV cache;
+        # False: each prompt from scratch (benchmarks/rotation_cost.py measures both).
+        self.across_prompts = True
         self.n_vocab = self.llm.n_vocab()
         # Positions per decode when every position's logits are kept: llama.cpp's output buffer
         # (rows × vocabulary float32) stays near LOGIT_ROWS_BYTES.
@@ -326,11 +329,16 @@ class LlamaCppBackend:
         each multi-token continuation then runs from that KV-cache state (the cache is cut back to
         the context before each choice), with logits at its own positions."""
         out = [0.0] * len(requests)
-        for job in shared_prefix_jobs(requests):
+        for job in shared_prefix_jobs(requests, across_prompts=self.across_prompts):
             c = len(job.context)
             self._check_fits(c + max(len(b) for b in job.branches))
             self.llm.reset()
             first = _log_softmax(self._eval_last(job.context)[None, :])[0]
+            if job.leads:  # an item's several prompts (rotated options): their beginning once
+                self._score_leads(job, requests, first, out)
+                if advance:
+                    advance(len(job.members))
+                continue
             for branch, i in zip(job.branches, job.members):
                 r = requests[i]
                 lp = float(first[r.continuation[0]])
@@ -349,6 +357,38 @@ class LlamaCppBackend:
             if advance:
                 advance(len(job.members))
         return out
+
+    def _score_leads(self, job, requests: Sequence[LoglikelihoodRequest], first: np.ndarray,
+                     out: list[float]) -> None:
+        """A job whose branches finish different prompts after a shared beginning (the context,
+        already in the cache): each branch from that state; one-token continuations read at the
+        end of their branch's lead (last logits only), longer ones at every position after it."""
+        c = len(job.context)
+        starts = job.branch_starts()
+        members = {}
+        for m, i in enumerate(job.members):
+            members.setdefault(job.branch_of(m), []).append((m, i))
+        for b, branch in enumerate(job.branches):
+            owned = members.get(b, [])
+            rows: dict[int, np.ndarray] = {}  # position in `tokens` → log-softmax of its logits
+            if branch:
+                self.llm.n_tokens = c  # _decode drops the cache beyond n_tokens first
+                if all(len(requests[i].continuation) == 1 for _, i in owned):
+                    rows[starts[b] + len(branch) - 1] = _log_softmax(self._eval_last(branch)[None, :])[0]
+                else:
+                    at = starts[b]
+                    for logits in self._decode(branch, every=True):
+                        for row in _log_softmax(logits):
+                            rows[at] = row
+                            at += 1
+            for m, i in owned:
+                r = requests[i]
+                reads = job.reads(m, len(r.continuation))
+                lp = float(sum((first if p == c - 1 else rows[p])[t] for p, t in zip(reads, r.continuation)))
+                if not math.isfinite(lp):
+                    raise NonFiniteScores(f"{self.info.variant}: non-finite log-prob for item "
+                                          f"{r.sample_id} choice {r.choice}; {BROKEN}")
+                out[i] = lp
 
     @functools.cached_property
     def eos_ids(self) -> frozenset[int]:
