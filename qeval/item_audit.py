@@ -365,7 +365,7 @@ def audit_lines(a: ItemAudit) -> list[str]:
     lines.append(f"numeric-option items: {nm.items}; not ascending {len(nm.not_ascending)}; key the single "
                  f"out-of-order value {nm.key_out_of_order}; key at an extreme {nm.key_extreme} "
                  f"(random placement {nm.expected_key_extreme:.1f}; exact p = {nm.p_extreme_fewer:.2g} "
-                 "for so few: a middle value then gives the key away)")
+                 "that random placement gives so few: a low p means a middle value gives the key away)")
     lines += ["", "limits:"]
     lines += [f"  {'pass' if c.passed else 'FAIL'}  {c.text}" for c in a.checks]
     return lines
