@@ -14,11 +14,12 @@ Measured per task (items with two or more options):
 - numeric-option items (every option a value: it starts with a number, or the options differ
   only in their numbers): options out of ascending order, the key as the single out-of-order
   value, and the key at an extreme (smallest or largest) against what random placement gives;
-- reverse cues of an over-corrected bank, reported but not limited: "not the longest option",
-  and "a middle value (numeric items), else not the longest".
+- reverse cues of an over-corrected bank (keys kept off the longest option and off the numeric
+  extremes): "not the longest option", and "a middle value (numeric items), else not the longest".
 
 Limits (the built-in banks must meet them; tests/test_item_audit.py; for a task a user brings,
-`qeval compare` prints a one-line warning): every heuristic's accuracy ≤ chance + 3 pp (chance =
+`qeval compare` prints a one-line warning): every heuristic's accuracy, the reverse ones included,
+≤ chance + 3 pp (chance =
 the mean of 1/k over items); the key-is-longest share ≤ its random-placement share + 5 pp (1/k per
 item, |tied longest|/k with ties); numeric options ascending; no keyed letter above 1/k + 5 pp
 among the k-option items (option counts with at least 20 items); cue words only in the key, and
@@ -100,8 +101,9 @@ def _pick_middle_value(s: Sample) -> list[int]:
     return [i for i in range(len(values)) if i not in ends] or list(range(len(values)))
 
 
-# Reverse cues (an over-corrected bank: keys never the longest, never the extreme value): reported
-# by the audit, not limited and not used by the gate.
+# Reverse cues (an over-corrected bank: keys never the longest, never the extreme value): limited
+# by the audit like the others; not used by the gate's chance guard (a model that reads them would
+# have to be told the bank's writing rules).
 REVERSE_HEURISTICS: dict[str, Callable[[Sample], list[int]]] = {
     "not the longest option": _pick_not_longest,
     "a middle value, else not the longest": _pick_middle_value,
@@ -187,7 +189,7 @@ class ItemAudit(Strict):
     key_longest_expected: float  # the share random key placement gives (1/k, or ties/k)
     key_longest_ratio: float | None  # mean key length / longest distractor, where the key is longest
     heuristics: tuple[HeuristicResult, ...]
-    reverse_heuristics: tuple[HeuristicResult, ...]  # reported, not limited (REVERSE_HEURISTICS)
+    reverse_heuristics: tuple[HeuristicResult, ...]  # limited too; not in the gate (REVERSE_HEURISTICS)
     key_letters: dict[int, dict[str, int]]  # option count → letter → items keyed there
     qualifiers: CueWords
     urgency: CueWords
@@ -307,7 +309,7 @@ def audit_samples(task: str, samples: Sequence[Sample], letters: str = "ABCDEFGH
     checks = [Check(name=f"heuristic: {h.name}", passed=h.accuracy.estimate <= h.limit,
                     text=f"'{h.name}' scores {_pct(h.accuracy.estimate)} (95% CI {_pct(h.accuracy.low)}–"
                          f"{_pct(h.accuracy.high)}) vs chance {_pct(chance)}; limit {_pct(h.limit)}")
-              for h in heuristics]
+              for h in heuristics + reverse]
     share, limit = longest / n, longest_expected + LONGEST_MARGIN
     checks.append(Check(name="key is the longest option", passed=share <= limit,
                         text=f"key is the longest option in {longest}/{n} items ({_pct(share)}; random "
@@ -350,8 +352,7 @@ def audit_lines(a: ItemAudit) -> list[str]:
     lines.append(f"{'heuristic':<36} {'accuracy':>9} {'95% CI (exact)':>16} {'limit':>10}")
     for h in a.heuristics + a.reverse_heuristics:
         ci = f"{_pct(h.accuracy.low)}–{_pct(h.accuracy.high)}"
-        limit = _pct(h.limit) if h in a.heuristics else "(reported)"
-        lines.append(f"{h.name:<36} {_pct(h.accuracy.estimate):>9} {ci:>16} {limit:>10}")
+        lines.append(f"{h.name:<36} {_pct(h.accuracy.estimate):>9} {ci:>16} {_pct(h.limit):>10}")
     ratio = f"; key / longest distractor length {a.key_longest_ratio:.2f} on average there" \
         if a.key_longest_ratio is not None else ""
     lines += ["", f"key is the longest option: {a.key_longest}/{a.n} ({_pct(a.key_longest / a.n)}){ratio}"]
@@ -364,7 +365,7 @@ def audit_lines(a: ItemAudit) -> list[str]:
     lines.append(f"numeric-option items: {nm.items}; not ascending {len(nm.not_ascending)}; key the single "
                  f"out-of-order value {nm.key_out_of_order}; key at an extreme {nm.key_extreme} "
                  f"(random placement {nm.expected_key_extreme:.1f}; exact p = {nm.p_extreme_fewer:.2g} "
-                 "for so few: a middle value then gives the key away)")
+                 "that random placement gives so few: a low p means a middle value gives the key away)")
     lines += ["", "limits:"]
     lines += [f"  {'pass' if c.passed else 'FAIL'}  {c.text}" for c in a.checks]
     return lines

@@ -249,7 +249,7 @@ def test_key_never_at_a_numeric_extreme_is_reported_as_a_middle_value_cue():
     assert "p = " in next(x for x in audit_lines(audit) if x.startswith("numeric-option items"))
 
 
-def test_reverse_cues_are_reported_not_limited():
+def test_reverse_cues_are_limited_like_the_other_heuristics():
     # keys never the longest and never a numeric extreme: the reverse heuristics see it
     values = ["5 mg", "10 mg", "20 mg", "40 mg"]
     items = ([_item(i, [c + (" and a longer tail" if j == 3 else "") for j, c in enumerate(PLAIN[:4])], i % 3)
@@ -259,5 +259,32 @@ def test_reverse_cues_are_reported_not_limited():
     # ("5 mg" is the one shorter value: "not the longest" takes it, and it is never the key)
     assert reverse["not the longest option"] == pytest.approx((60 / 3 + 0) / 90)
     assert reverse["a middle value, else not the longest"] == pytest.approx((60 / 3 + 30 / 2) / 90)
-    assert not any("not the longest" in c.name or "middle" in c.name for c in audit.checks)
-    assert any("(reported)" in x for x in audit_lines(audit))
+    assert all(h.limit == pytest.approx(audit.chance + 0.03) for h in audit.reverse_heuristics)
+    assert {"heuristic: a middle value, else not the longest"} <= {c.name for c in audit.failed()}
+    assert not any("(reported)" in x for x in audit_lines(audit))
+
+
+def test_key_never_the_longest_text_option_fails_not_the_longest():
+    # text items only: the key is never the longest (a longer distractor at a rotating letter)
+    items = [_item(i, [c + (" and a longer tail" if j == (i + 1) % 4 else "") for j, c in enumerate(PLAIN[:4])],
+                   i % 4) for i in range(80)]
+    audit = audit_samples("t", items)
+    failed = {c.name for c in audit.failed()}
+    assert audit.key_longest == 0 and audit.numeric.items == 0
+    assert {"heuristic: not the longest option", "heuristic: a middle value, else not the longest"} <= failed
+    assert "key letters (4 options)" not in failed and "heuristic: last option" not in failed
+
+
+def test_key_never_at_a_numeric_extreme_fails_the_middle_value_heuristic_alone():
+    # text items balanced (key the longest in 1/4 of them); numeric keys always a middle value
+    values = ["5 mg", "10 mg", "20 mg", "40 mg"]
+    text = [_item(i, [c + (" and a longer tail" if j == i % 4 else "") for j, c in enumerate(PLAIN[:4])],
+                  (i + i // 4) % 4) for i in range(80)]
+    numeric = [_item(100 + i, values, 1 + i % 2) for i in range(40)]
+    audit = audit_samples("t", text + numeric)
+    failed = {c.name for c in audit.failed()}
+    assert "heuristic: a middle value, else not the longest" in failed
+    assert "heuristic: not the longest option" not in failed
+    # the same numeric items with the key at an extreme in half of them pass
+    spread = [_item(100 + i, values, (0, 1, 2, 3)[i % 4]) for i in range(40)]
+    assert "heuristic: a middle value, else not the longest" not in _failed(text + spread)
