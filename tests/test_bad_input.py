@@ -24,6 +24,16 @@ The 15 cases of the issue, one test each (some parametrized over variants of the
                                           under a real address-space limit);
                                           test_15b_out_of_memory_while_scoring_is_explained_too
 
+Issue 23 (the right words, and everything before model time):
+16. a flag out of range or not a number . test_16_bad_flag_values_are_one_line
+17. --tasks naming no task ............... test_17_tasks_flag_naming_no_task
+18. a directory where a GGUF is expected . test_18_directories_where_a_gguf_file_is_expected
+19. empty question or option, duplicates . test_19_item_content
+20. unknown prompt-template field ........ test_20_prompt_template_fields_before_model_time
+21. the LAST candidate infeasible ........ test_21_last_candidate_infeasible_scores_nothing
+22. short names for brought files, the closing line with --no-efficiency
+                                          test_22_brought_files_have_short_names_and_...
+
 Other bad-input tests stay where they are (tests/test_cli.py, tests/test_tasks.py,
 tests/test_sources.py, tests/test_gguf.py, tests/test_gptq_awq.py); these are the issue's list in
 one place, each through the command line as a user meets it.
