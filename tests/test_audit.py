@@ -58,7 +58,8 @@ def test_two_runs_append_two_lines_with_ids_and_hashes(log, tmp_path):
             ("candidate", "nf4", "hf:nf4:double_quant=False")]
         tasks = {t["id"]: t for t in e["tasks"]}
         assert {k: (t["n"], t["version"], t["kind"]) for k, t in tasks.items()} == {
-            "clinical_core": (5, 1, "multiple_choice"), "clinical_reference": (5, 1, "reference_text")}
+            "clinical_core": (5, _version("clinical_core"), "multiple_choice"),
+            "clinical_reference": (5, _version("clinical_reference"), "reference_text")}
         assert all(len(t["item_set_sha256"]) == 64 and len(t["content_hash"]) == 64 for t in tasks.values())
     assert first["item_set_sha256"] == second["item_set_sha256"]
     assert first["tasks"] == second["tasks"]
@@ -152,3 +153,10 @@ def test_concurrent_writers_append_whole_lines(tmp_path):
     assert len(lines) == 200
     assert sorted((e["writer"], e["i"]) for e in lines) == sorted((str(w), i) for w in range(4) for i in range(50))
     assert path.stat().st_mode & 0o077 == 0  # readable by its owner only
+
+
+def _version(task_id: str) -> int:
+    from qeval.config import project_dir
+    from qeval.tasks import TaskRegistry
+
+    return TaskRegistry([project_dir("tasks")]).load(task_id).spec.version
