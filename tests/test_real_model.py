@@ -189,11 +189,13 @@ def test_gguf_f32_on_llama_cpp_matches_the_hf_baseline_on_reference_text(tmp_pat
 
 
 def test_default_suite_with_gguf_candidates_gives_verdicts(tmp_path):
-    # The default suite (both MC formats and the reference text), cut to a few items each.
+    # The default suite (both MC formats, the dose calculations and the reference text), cut to a
+    # few items each.
     proc, results = _compare(tmp_path / "suite", "--candidates", "gguf:q8_0,gguf:q2_k", tasks="",
                              limit="8", efficiency=True)
     got = {(c["task"], c["candidate"]) for c in results["comparisons"]}
-    assert got == {(t, c) for t in ("clinical_core", "clinical_core_cloze", "clinical_reference")
+    assert got == {(t, c) for t in ("clinical_core", "clinical_core_cloze", "clinical_dose_calc",
+                                    "clinical_reference")
                    for c in ("gguf:q8_0", "gguf:q2_k")}
     assert set(results["per_candidate"]) == {"gguf:q8_0", "gguf:q2_k"}
     assert f"Verdict: {results['verdict']}" in proc.stdout
