@@ -641,7 +641,9 @@ class HFBackend:
         rows = text_slice_rows(self.model.config)
         with self._memory("scoring reference text"), torch.inference_mode():
             ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-            if self._plain_head:
+            # Quantized checkpoints (compressed-tensors, GPTQ/AWQ) run through the whole model:
+            # their packages hook its forward (compressed-tensors onloads weights there).
+            if self._plain_head and getattr(self.model.config, "quantization_config", None) is None:
                 hidden = self.model.base_model(input_ids=ids).last_hidden_state[0, :n]
                 head = self.model.get_output_embeddings()
                 for s in range(0, n, rows):
