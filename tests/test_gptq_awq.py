@@ -193,6 +193,15 @@ def test_llm_compressor_checkpoint_is_scored_as_brought(tiny, tmp_path):
     info, lp = _score(factory, variant, ids)
     assert "compressed_tensors.Linear[w4, group 32]" in info.kernel
     assert 0 < _kl(ref, lp) < 0.25
+    # Multiple-choice scoring takes the same whole-model path (compressed-tensors' forward hook).
+    from qeval.backends.base import LoglikelihoodRequest
+
+    backend = factory.open(variant, "float32")
+    try:
+        (got,) = backend.loglikelihood([LoglikelihoodRequest(tuple(ids[:10]), tuple(ids[10:12]), "x", 0)])
+    finally:
+        backend.close()
+    assert np.isclose(got, lp[9, ids[10]] + lp[10, ids[11]], atol=1e-4)
 
 
 def test_record_keys_follow_the_artefact_recipe(tiny, monkeypatch):

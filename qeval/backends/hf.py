@@ -368,7 +368,11 @@ class HFBackend:
         # SDPA takes a boolean mask (a little faster here than the additive one eager needs).
         self._bool_mask = getattr(self.model.config, "_attn_implementation", "") == "sdpa"
         # Architectures whose logits are exactly lm_head(final hidden state): no scaling or capping.
-        self._plain_head = plain_head(self.model.config)
+        # Quantized checkpoints (compressed-tensors, GPTQ/AWQ) run through the whole model, on
+        # every scoring path: their packages hook its forward (compressed-tensors onloads the
+        # weights there), which the decoder-then-head shortcut would bypass.
+        self._plain_head = (plain_head(self.model.config)
+                            and getattr(self.model.config, "quantization_config", None) is None)
         bad = _non_finite_weights(self.model)
         if bad:
             source = checkpoint or model.path
@@ -641,9 +645,7 @@ class HFBackend:
         rows = text_slice_rows(self.model.config)
         with self._memory("scoring reference text"), torch.inference_mode():
             ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-            # Quantized checkpoints (compressed-tensors, GPTQ/AWQ) run through the whole model:
-            # their packages hook its forward (compressed-tensors onloads weights there).
-            if self._plain_head and getattr(self.model.config, "quantization_config", None) is None:
+            if self._plain_head:
                 hidden = self.model.base_model(input_ids=ids).last_hidden_state[0, :n]
                 head = self.model.get_output_embeddings()
                 for s in range(0, n, rows):
