@@ -1,7 +1,7 @@
 """Scoring speed: qeval against lm-eval's `hf` backend, same run, same model, dtype and data.
 
 Both sides load the default model (SmolLM2-135M-Instruct, materialised as an HF checkpoint by
-`qeval.models.resolve_model`) in the same dtype and batch size, in this one process (so with the
+`qeval.model_source.resolve_model`) in the same dtype and batch size, in this one process (so with the
 same torch threads), and score the same items of the original benchmark files in two prompt
 formats:
 
@@ -14,7 +14,7 @@ formats:
 
 lm-eval reads a temporary JSONL converted from the original file (lmeval_side_by_side.py's
 converters and config swap: only the dataset changes); qeval reads the file through its task
-(tasks/open_medical, qeval/sources.py) with `prompt.template` / `prompt.continuation` changed in
+(tasks/open_medical, qeval/tasks/sources.py) with `prompt.template` / `prompt.continuation` changed in
 memory to the format. Prompts (context and continuation strings) and token ids are checked to be
 identical item by item.
 
@@ -74,11 +74,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lmeval_side_by_side import MMLU_SUBJECTS, converter, lmeval_config, qeval_task  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from qeval.config import PROJECT_ROOT, data_dir_from  # noqa: E402
+from qeval.run.config import PROJECT_ROOT, data_dir_from  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
-from qeval.models import DEFAULT_MODEL, resolve_model  # noqa: E402
-from qeval.runner import ItemRequests, build_requests, render_prompt, score_items  # noqa: E402
-from qeval.tasks import first_n  # noqa: E402
+from qeval.model_source import DEFAULT_MODEL, resolve_model  # noqa: E402
+from qeval.run.store import ItemRequests, build_requests, render_prompt, score_items  # noqa: E402
+from qeval.tasks.registry import first_n  # noqa: E402
 from qeval.types import ItemRecord, Method, Task, VariantSpec  # noqa: E402
 
 Format = Literal["letter", "cloze"]
@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from qeval.backends.hf import HFFactory
+    from qeval.engines.hf import HFFactory
 
     datasets.disable_progress_bars()  # one bar per converted file would drown the progress lines
     torch.manual_seed(0)

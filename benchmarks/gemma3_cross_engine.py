@@ -134,10 +134,10 @@ def outlier_norms(model, factor: float = 30.0, channels: int = 4) -> None:
 def measure(arch: str, variant: str, root: Path, rng: np.random.Generator) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
-    from qeval.backends.llamacpp import LlamaCppBackend
-    from qeval.config import parse_variant
-    from qeval.gguf_export import gguf_artefact
-    from qeval.models import ResolvedModel, _materialise_gguf, fingerprint_dir
+    from qeval.engines.llamacpp import LlamaCppBackend
+    from qeval.run.config import parse_variant
+    from qeval.quantize.gguf import gguf_artefact
+    from qeval.model_source import ResolvedModel, _materialise_gguf, fingerprint_dir
 
     ckpt = root / f"{arch}-{variant}" / "ckpt"
     extra = dict(sliding_window=WINDOW) if arch == "gemma3" else {}

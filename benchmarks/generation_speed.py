@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from qeval.backends.base import GenerationRequest
-from qeval.backends.engines import EngineFactory
-from qeval.config import parse_variant, project_dir
-from qeval.generation import build_generation_items
-from qeval.models import cache_dir, resolve_model
-from qeval.tasks import TaskRegistry, first_n
+from qeval.engines.base import GenerationRequest
+from qeval.engines.factory import EngineFactory
+from qeval.run.config import parse_variant, project_dir
+from qeval.kinds.generate import build_generation_items
+from qeval.model_source import cache_dir, resolve_model
+from qeval.tasks.registry import TaskRegistry, first_n
 
 
 def timed(backend, requests):

@@ -78,7 +78,7 @@ def build(work: Path) -> tuple[Path, Path]:
     import torch
     import transformers
 
-    from qeval.gguf_export import export_gguf
+    from qeval.quantize.gguf import export_gguf
 
     synthetic_tokenizer(ckpt)
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, tie_word_embeddings=True, rms_norm_eps=1e-6,
@@ -97,9 +97,9 @@ def rss() -> tuple[int, int]:
 
 
 def passages(tokenize, n: int):
-    from qeval import reference_text as rt
-    from qeval.config import project_dir
-    from qeval.tasks import load_task
+    from qeval.kinds import reference_text as rt
+    from qeval.run.config import project_dir
+    from qeval.tasks.registry import load_task
 
     task = load_task(project_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
     return task, rt.tokenize_passages(task.spec, task.passages[:n], tokenize)
@@ -136,21 +136,21 @@ def worker(engine: str, work: Path, n_passages: int, out: Path, repeats: int = 1
     import numpy as np
     import torch
 
-    from qeval import reference_text as rt
-    from qeval.config import parse_variant
-    from qeval.models import resolve_model
+    from qeval.kinds import reference_text as rt
+    from qeval.run.config import parse_variant
+    from qeval.model_source import resolve_model
 
     torch.manual_seed(0)
     ckpt, gguf_file = build(work)
     model = resolve_model(str(ckpt))
     before_load = rss()[0]
     if engine == "hf":
-        from qeval.backends.hf import HFFactory
+        from qeval.engines.hf import HFFactory
 
         backend = HFFactory(model, device="cpu", batch_size=8).open(parse_variant("fp32"), None)
         ceiling = _ceiling_hf
     else:
-        from qeval.backends.llamacpp import LlamaCppBackend
+        from qeval.engines.llamacpp import LlamaCppBackend
 
         backend = LlamaCppBackend(model, parse_variant(f"gguf={gguf_file}"), cache=work / "cache")
         ceiling = _ceiling_llamacpp

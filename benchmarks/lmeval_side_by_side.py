@@ -2,7 +2,7 @@
 
 lm-eval runs its own `hf` model class (HFLM, float32, CPU) on its registered task config with only
 the dataset swapped to a temporary JSONL converted from the original benchmark file; qeval runs
-its fp32 HF backend on its own task (tasks/open_medical, read by qeval/sources.py from the same
+its fp32 HF backend on its own task (tasks/open_medical, read by qeval/tasks/sources.py from the same
 file). Items are paired by id (the converter gives each lm-eval document qeval's sample id).
 Reported per task: items, prompts identical (lm-eval's request strings vs qeval's rendering),
 token ids identical (lm-eval's `_encode_pair` vs qeval's split), chosen-answer agreement, the
@@ -36,11 +36,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pydantic import BaseModel, ConfigDict  # noqa: E402
 
-from qeval.config import PROJECT_ROOT, project_dir  # noqa: E402
+from qeval.run.config import PROJECT_ROOT, project_dir  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
-from qeval.models import resolve_model  # noqa: E402
-from qeval.runner import build_requests, render_prompt, score_items  # noqa: E402
-from qeval.tasks import TaskRegistry, first_n  # noqa: E402
+from qeval.model_source import resolve_model  # noqa: E402
+from qeval.run.store import build_requests, render_prompt, score_items  # noqa: E402
+from qeval.tasks.registry import TaskRegistry, first_n  # noqa: E402
 from qeval.types import ItemRecord, Method, Task, VariantSpec  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results_lmeval_side_by_side.md")
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from qeval.backends.hf import HFFactory
+    from qeval.engines.hf import HFFactory
 
     torch.manual_seed(0)
     model = resolve_model(opts.model)

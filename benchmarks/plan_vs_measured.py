@@ -15,10 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from qeval.backends.engines import EngineFactory
-from qeval.config import parse_variant
-from qeval.models import cache_dir, resolve_model
-from qeval.plan import load_shape, plan
+from qeval.engines.factory import EngineFactory
+from qeval.run.config import parse_variant
+from qeval.model_source import cache_dir, resolve_model
+from qeval.vram import load_shape, plan
 
 # qeval variant → the planner's format for it
 VARIANTS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "int8wo": "int8", "nf4": "nf4",

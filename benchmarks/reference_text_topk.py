@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-from qeval import reference_text as rt
-from qeval.backends.engines import EngineFactory
-from qeval.config import parse_variant, project_dir
-from qeval.models import cache_dir, resolve_model
-from qeval.tasks import load_task
+from qeval.kinds import reference_text as rt
+from qeval.engines.factory import EngineFactory
+from qeval.run.config import parse_variant, project_dir
+from qeval.model_source import cache_dir, resolve_model
+from qeval.tasks.registry import load_task
 
 KS = (8, 16, 32, 64, 128, 256)
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qeval.backends.base import shared_prefix_jobs  # noqa: E402
-from qeval.config import project_dir  # noqa: E402
-from qeval.models import DEFAULT_MODEL, resolve_model  # noqa: E402
-from qeval.runner import build_requests, score_items  # noqa: E402
-from qeval.tasks import TaskRegistry  # noqa: E402
+from qeval.engines.base import shared_prefix_jobs  # noqa: E402
+from qeval.run.config import project_dir  # noqa: E402
+from qeval.model_source import DEFAULT_MODEL, resolve_model  # noqa: E402
+from qeval.run.store import build_requests, score_items  # noqa: E402
+from qeval.tasks.registry import TaskRegistry  # noqa: E402
 from qeval.types import Method, Task, VariantSpec  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     opts = ap.parse_args(argv)
 
-    from qeval.backends.hf import HFFactory
+    from qeval.engines.hf import HFFactory
 
     full = TaskRegistry([project_dir("tasks")]).load("clinical_core")
     rotated = full.model_copy(update={"samples": full.samples[:opts.limit]})
@@ -85,10 +85,10 @@ def main(argv=None) -> int:
     finally:
         backend.close()
     if opts.llamacpp:
-        from qeval.backends.llamacpp import LlamaCppBackend
-        from qeval.config import parse_variant
+        from qeval.engines.llamacpp import LlamaCppBackend
+        from qeval.run.config import parse_variant
 
-        from qeval.models import ALIASES, alias_gguf_path
+        from qeval.model_source import ALIASES, alias_gguf_path
 
         gguf = alias_gguf_path(ALIASES[DEFAULT_MODEL])
         lc = LlamaCppBackend(model, parse_variant(f"gguf={gguf}"),

@@ -32,12 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qeval import stats  # noqa: E402
-from qeval.backends.fake import FakeFactory  # noqa: E402
-from qeval.compare import compare_task  # noqa: E402
-from qeval.config import RunConfig, project_dir  # noqa: E402
-from qeval.console import QuietUI  # noqa: E402
+from qeval.engines.fake import FakeFactory  # noqa: E402
+from qeval.pairing import compare_task  # noqa: E402
+from qeval.run.config import RunConfig, project_dir  # noqa: E402
+from qeval.report.terminal import QuietUI  # noqa: E402
 from qeval.gate import GatePolicy, TaskRules, judge  # noqa: E402
-from qeval.pipeline import run_variant  # noqa: E402
+from qeval.run.pipeline import run_variant  # noqa: E402
 from qeval.types import Decision, Method, Risk, Sample, SourceSpec, Task, TaskSpec, VariantSpec  # noqa: E402
 
 POOL = 20_000
@@ -174,14 +174,14 @@ def print_sim(rows: list[dict], trials: int) -> None:
 
 
 def real_model() -> None:
-    from qeval.backends.hf import HFFactory
-    from qeval.config import parse_variant, suite_tasks
-    from qeval.console import RichUI
-    from qeval.models import cache_dir, resolve_model
-    from qeval.pipeline import run_compare
+    from qeval.engines.hf import HFFactory
+    from qeval.run.config import parse_variant, suite_tasks
+    from qeval.report.terminal import RichUI
+    from qeval.model_source import cache_dir, resolve_model
+    from qeval.run.pipeline import run_compare
     from qeval.power import discordance_history
-    from qeval.runner import RecordStore
-    from qeval.tasks import TaskRegistry
+    from qeval.run.store import RecordStore
+    from qeval.tasks.registry import TaskRegistry
     from rich.console import Console
 
     console = Console(stderr=True)

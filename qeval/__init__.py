@@ -7,7 +7,7 @@ def __getattr__(name: str):
     # `qeval.load_run` (the public way to read a run directory), imported on first use so that
     # `import qeval` stays light and free of import cycles.
     if name == "load_run":
-        from .rundir import load_run
+        from qeval.rundir.read import load_run
 
         return load_run
     raise AttributeError(f"module 'qeval' has no attribute {name!r}")

@@ -19,12 +19,12 @@ try:
 except ImportError:  # an older typer, on the click package
     import click
 
-from .audit import audited
-from .backends.base import NonFiniteScores
-from .compare import PairingError, PromptMismatch
-from .errors import QevalInputError
-from .publish import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
-from .types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
+from qeval.audit_log import audited
+from qeval.engines.base import NonFiniteScores
+from qeval.pairing import PairingError, PromptMismatch
+from qeval.errors import QevalInputError
+from qeval.publish.targets import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
+from qeval.types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
 
 err_console = Console(stderr=True)
 
@@ -133,7 +133,7 @@ def compare(
     console = Console()
     started = time.perf_counter()
     try:
-        from .config import include_dirs
+        from qeval.run.config import include_dirs
 
         cfg = _run_config(model=model, base=base, candidates=candidates, suite=suite, tasks=tasks,
                           policy=policy, device=device, strict_dtype=strict_dtype,
@@ -176,7 +176,7 @@ def _existing_dir(path: Path | None, flag: str) -> str | None:
 
 
 def _task_ids(tasks: str | None, suite: str, include: tuple[str, ...] = ()) -> tuple[str, ...]:
-    from .config import suite_tasks
+    from qeval.run.config import suite_tasks
 
     if tasks is None:
         return suite_tasks(suite, include)
@@ -189,7 +189,7 @@ def _task_ids(tasks: str | None, suite: str, include: tuple[str, ...] = ()) -> t
 
 def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: str | None,
                 data_dir: Path | None = None, **rest):
-    from .config import RunConfig, check_roles, data_dir_from, known_variants, parse_variant, split_variants
+    from qeval.run.config import RunConfig, check_roles, data_dir_from, known_variants, parse_variant, split_variants
 
     known = known_variants()
     task_ids = _task_ids(tasks, suite, rest.get("include", ()))
@@ -207,10 +207,10 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     """config → tasks + variants → runner → compare → gate → report, written atomically.
     `extra(res, factory)` returns more files (name → text) for the run directory; `trail`
     (audit.Trail) collects what the audit log records, as it becomes known."""
-    from .audit import Trail
-    from .config import policy_path, task_roots
-    from .gate import GatePolicy
-    from .tasks import load_tasks
+    from qeval.audit_log import Trail
+    from qeval.run.config import policy_path, task_roots
+    from qeval.gate import GatePolicy
+    from qeval.tasks.registry import load_tasks
 
     trail = trail if trail is not None else Trail("", cfg, [])
     gate_file = policy_path(cfg.policy)
@@ -232,21 +232,21 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
         _warn(f"--log-text: prompt, option, passage and output text (PHI) will be written to "
               f"{run_dir / 'texts'}{os.sep} and nowhere else; protect or delete that folder")
     if cfg.keep_distributions:
-        from .models import cache_dir
+        from qeval.model_source import cache_dir
 
         _warn(f"--keep-distributions: the baseline's reference-text distributions (top-k token ids, "
               f"which reveal the passages' text) will be stored in {cache_dir() / 'records'}"
               f"{os.sep}*.dists.npz; protect or delete them")
 
-    from .backends.engines import EngineFactory
-    from .backends.hf import resolve_device
-    from .config import project_dir
-    from .console import RichUI
-    from .models import cache_dir, resolve_model
-    from .pipeline import run_compare
-    from .power import discordance_history
-    from .report import print_summary, results_dict, time_breakdown, write_run
-    from .runner import RecordStore
+    from qeval.engines.factory import EngineFactory
+    from qeval.engines.hf import resolve_device
+    from qeval.run.config import project_dir
+    from qeval.report.terminal import RichUI
+    from qeval.model_source import cache_dir, resolve_model
+    from qeval.run.pipeline import run_compare
+    from qeval.power import discordance_history
+    from qeval.report.markdown import print_summary, results_dict, time_breakdown, write_run
+    from qeval.run.store import RecordStore
 
     resolve_device(cfg.device)  # a GPU-only option fails before minutes of model preparation
     ui = RichUI(console)
@@ -284,8 +284,8 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
 
 
 def _efficiency(res, cfg, resolved) -> dict:
-    from .efficiency import efficiency_table
-    from .plan import load_shape
+    from qeval.efficiency import efficiency_table
+    from qeval.vram import load_shape
 
     try:
         shape = load_shape(str(resolved.path))
@@ -325,7 +325,7 @@ def calibrate(
     console = Console()
     started = time.perf_counter()
     try:
-        from .calibrate import Arm, markdown, plot_svg, summarise
+        from qeval.run.calibrate import Arm, markdown, plot_svg, summarise
 
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         set_list = [x.strip() for x in sets.split(",") if x.strip()]
@@ -414,7 +414,7 @@ def calibration_summary(factory, overlaps: dict) -> dict:
 
 
 def _noise_path(value: str | None) -> str | None:
-    from .backends.hf import NUMERIC_PATHS
+    from qeval.engines.hf import NUMERIC_PATHS
 
     if value is None or value in NUMERIC_PATHS:
         return value
@@ -434,11 +434,11 @@ def power(
     lm_eval_include: Annotated[Optional[Path], typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
 ) -> None:
     """Print the smallest accuracy drop each task can detect, and the items a margin needs."""
-    from .config import data_dir_from, include_dirs, policy_path, split_variants, task_roots
-    from .console import RichUI
-    from .gate import GatePolicy
-    from .power import discordance_history, power_table
-    from .tasks import load_tasks
+    from qeval.run.config import data_dir_from, include_dirs, policy_path, split_variants, task_roots
+    from qeval.report.terminal import RichUI
+    from qeval.gate import GatePolicy
+    from qeval.power import discordance_history, power_table
+    from qeval.tasks.registry import load_tasks
 
     console = Console()
     try:
@@ -480,7 +480,7 @@ def plan(
 ) -> None:
     """How much GPU memory a deployment needs: weights + KV cache + CUDA overhead + 15% headroom,
     the GPUs and tensor-parallel size, gpu_memory_utilization, and how many sequences fit."""
-    from .plan import GiB, ModelShape, load_shape, plan as make_plan
+    from qeval.vram import GiB, ModelShape, load_shape, plan as make_plan
 
     console = Console()
     try:
@@ -520,8 +520,8 @@ def list_tasks(
     include: Include = None,
 ) -> None:
     """List the tasks in tasks/ and the suites in configs/suites/ (and in included folders)."""
-    from .config import data_dir_from, include_dirs, suite_dirs, suite_tasks, task_roots
-    from .tasks import MissingData, TaskRegistry
+    from qeval.run.config import data_dir_from, include_dirs, suite_dirs, suite_tasks, task_roots
+    from qeval.tasks.registry import MissingData, TaskRegistry
 
     console = Console()
     try:
@@ -545,7 +545,7 @@ def list_tasks(
 @app.command("variants")
 def list_variants() -> None:
     """List the variants in configs/variants/ (usable as --base / --candidates)."""
-    from .config import known_variants
+    from qeval.run.config import known_variants
 
     console = Console()
     try:
@@ -559,8 +559,8 @@ def list_variants() -> None:
 @app.command("calibration-sets")
 def calibration_sets() -> None:
     """List the calibration sets in calibration/ (GPTQ/AWQ `calib=`), verified against their manifests."""
-    from .calibration import builtin_sets, load_builtin
-    from .config import project_dir
+    from qeval.quantize.calibration_sets import builtin_sets, load_builtin
+    from qeval.run.config import project_dir
 
     console = Console()
     root = project_dir("calibration")
@@ -583,8 +583,8 @@ def calibration_manifest(
     model: Annotated[str, typer.Option(help="Model whose tokenizer counts the tokens.")] = "smollm2-135m",
 ) -> None:
     """Write (or rewrite) manifest.yaml for a calibration set folder: counts and sha256."""
-    from .calibration import write_manifest
-    from .models import resolve_model
+    from qeval.quantize.calibration_sets import write_manifest
+    from qeval.model_source import resolve_model
 
     console = Console()
     try:
@@ -615,9 +615,9 @@ def report(
 ) -> None:
     """Print the verdict table of an earlier run and render its report.html again; exits with that
     run's exit code."""
-    from .html_report import write_html
-    from .report import print_summary
-    from .rundir import load_run
+    from qeval.report.html import write_html
+    from qeval.report.markdown import print_summary
+    from qeval.rundir.read import load_run
 
     try:
         publish = Publish.checked(junit_xml=junit_xml, inconclusive_fails=inconclusive_fails, mlflow=mlflow,
@@ -641,7 +641,7 @@ def prepare(
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
 ) -> None:
     """Materialise a model into the qeval cache and print its fingerprint."""
-    from .models import cache_dir, resolve_model
+    from qeval.model_source import cache_dir, resolve_model
 
     console = Console()
     try:
@@ -655,7 +655,7 @@ def prepare(
 
 def _cue_warnings(loaded) -> list[str]:
     """One line per task whose options give answers away beyond the item-writing limits."""
-    from .item_audit import audit_samples, has_options, warning_line
+    from qeval.tasks.item_audit import audit_samples, has_options, warning_line
 
     lines = []
     for t in loaded:
@@ -673,9 +673,9 @@ def audit_items(
 ) -> None:
     """Answer-cue audit of a multiple-choice task: can the key be found from the options alone
     (longest option, last option, …)? Exit code 0 when the items meet the limits, 1 when not."""
-    from .config import data_dir_from, project_dir
-    from .item_audit import audit_lines, audit_samples, has_options
-    from .tasks import load_tasks
+    from qeval.run.config import data_dir_from, project_dir
+    from qeval.tasks.item_audit import audit_lines, audit_samples, has_options
+    from qeval.tasks.registry import load_tasks
 
     try:
         (loaded,), _ = load_tasks([task], roots=[project_dir("tasks")], data_dir=data_dir_from(data_dir))
@@ -694,7 +694,7 @@ def audit_items(
     raise typer.Exit(0 if audit.passed else 1)
 
 
-from .release_cli import gate, init  # noqa: E402 - the release-gate commands
+from qeval.release_cli import gate, init  # noqa: E402 - the release-gate commands
 
 app.command()(gate)
 app.command()(init)

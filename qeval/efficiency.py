@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .types import (
+from qeval.types import (
     Artefact, Decision, Efficiency, EfficiencyProbe, Method, SpeedPoint, TaskVerdict, VariantSpec,
 )
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .plan import ModelShape
+    from qeval.engines.base import Backend
+    from qeval.vram import ModelShape
 
 # Neutral, non-clinical filler: the probe's token ids must never come from a task (PHI).
 PROBE_TEXT = (
@@ -216,7 +216,7 @@ def plan_format(variant: VariantSpec, compute_dtype: str = "") -> str | None:
     if variant.method in (Method.gptq, Method.awq):
         if "path" in p:
             return None
-        from .calibrated import settings
+        from qeval.quantize.gptq_awq import settings
 
         s = settings(variant)
         return f"{variant.method.value}:bits={s['bits']},group={s['group']}"
@@ -230,8 +230,8 @@ def predicted_weight_bytes(variant: VariantSpec, shape: ModelShape | None, compu
     fmt = plan_format(variant, compute_dtype)
     if fmt is None or shape is None:
         return None
-    from .errors import QevalInputError
-    from .plan import plan
+    from qeval.errors import QevalInputError
+    from qeval.vram import plan
 
     try:
         return plan(shape, fmt=fmt, context=1, gpu_bytes=1).lines[0].bytes

@@ -25,9 +25,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import stats
-from .errors import QevalInputError
-from .types import (
+from qeval import stats
+from qeval.errors import QevalInputError
+from qeval.types import (
     Decision, GenerationComparison, PairedItems, RuleResult, TaskComparison, TaskVerdict,
     TextComparison, Verdict,
 )

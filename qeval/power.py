@@ -20,10 +20,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import stats
-from .compare import cluster_label
-from .gate import GatePolicy
-from .types import PowerRow, Risk, Sample, Task
+from qeval import stats
+from qeval.pairing import cluster_label
+from qeval.gate import GatePolicy
+from qeval.types import PowerRow, Risk, Sample, Task
 
 
 def discordance_history(runs_root: Path) -> dict[tuple[str, str], tuple[float, str]]:

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import QevalInputError
-from .publish import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
+from qeval.errors import QevalInputError
+from qeval.publish.targets import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
 
 def _check_gate_out(out_dir: Path) -> None:
     """A gate output folder may replace an earlier gate output, never anything else."""
@@ -28,7 +28,7 @@ def _check_gate_out(out_dir: Path) -> None:
 
 
 def _fail(message: str) -> None:
-    from .cli import _fail as fail  # one error format for every command
+    from qeval.cli import _fail as fail  # one error format for every command
 
     fail(message)
 
@@ -46,11 +46,11 @@ def gate(
 ) -> None:
     """Judge a stored run again under another policy, without a model: same statistics, new
     verdicts. Exit code: 0 GO, 1 NO_GO, 3 INCONCLUSIVE, 2 bad input."""
-    from .config import policy_path
-    from .gate import GatePolicy
-    from .rejudge import rejudge, write_rejudged
-    from .report import print_summary
-    from .rundir import load_run
+    from qeval.run.config import policy_path
+    from qeval.gate import GatePolicy
+    from qeval.run.rejudge import rejudge, write_rejudged
+    from qeval.report.markdown import print_summary
+    from qeval.rundir.read import load_run
 
     console = Console()
     try:
@@ -99,8 +99,8 @@ def init(
 ) -> None:
     """Write a starter policy (qeval-gate.yaml, every limit commented), a suite
     (suites/my-suite.yaml) and an example task (tasks/my_task/) to start a release gate from."""
-    from .config import project_dir
-    from .fileio import atomic_write_text
+    from qeval.run.config import project_dir
+    from qeval.util.fileio import atomic_write_text
 
     console = Console()
     template = project_dir("configs") / "init"

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .types import Interval
+from qeval.types import Interval
 
 DEFAULT_BOOTSTRAP = 10_000
 DEFAULT_SEED = 20261122

@@ -123,7 +123,7 @@ BENCHMARK_FORMATS = ("mmlu_csv", "medqa_jsonl", "medmcqa_jsonl", "pubmedqa_json"
 
 class SourceSpec(Strict):
     """Where the samples come from. `qeval_items` / `qeval_passages`: YAML files of this
-    project's schemas, `path` relative to the task file. A benchmark format (see qeval/sources.py)
+    project's schemas, `path` relative to the task file. A benchmark format (see qeval/tasks/sources.py)
     reads the published file, `path` relative to the data directory (--data-dir)."""
 
     format: Literal["qeval_items", "qeval_passages", "mmlu_csv", "medqa_jsonl", "medmcqa_jsonl",
@@ -464,7 +464,7 @@ class TaskComparison(Strict):
     top1_agreement: Interval  # share of items where both pick the same choice, Wilson CI
     baseline_chance: float  # expected accuracy of random guessing
     baseline_above_chance_p: float  # one-sided exact test that baseline accuracy > chance
-    # The best answer-cue heuristic (qeval/item_audit.py: longest option, last option, ...) on
+    # The best answer-cue heuristic (qeval/tasks/item_audit.py: longest option, last option, ...) on
     # these items, its accuracy, and the one-sided exact binomial p that the baseline beats it.
     # None for items without options. The gate's chance guard needs both p-values significant.
     cue_heuristic: str | None = None

@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
 # llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf.py, its conversion package and gguf-py),
 # unpacked from the pinned llama-cpp-python sdist (sha256-checked): the same llama.cpp commit as
 # the engine just built. gguf:<type> variants export with it.
-.venv/bin/python -m qeval.converter install
+.venv/bin/python -m qeval.quantize.converter install
 # Debian's chromium and chromedriver: tests/test_html_report.py renders report.html in a real
 # headless browser. The packages, never a browser download (Selenium is pointed at the driver).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from qeval.config import RunConfig
+from qeval.run.config import RunConfig
 from qeval.types import Method, Risk, Sample, Task, TaskSpec, SourceSpec, VariantSpec
 
 

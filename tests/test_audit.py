@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from qeval import audit
+from qeval import audit_log as audit
 from qeval.cli import app
 
 runner = CliRunner()
@@ -91,13 +91,13 @@ def test_calibrate_runs_are_audited(log, tmp_path):
 
 
 def test_a_failed_run_records_the_error_class_never_its_message(log, monkeypatch, tmp_path):
-    import qeval.tasks
+    import qeval.tasks.registry
 
     def boom(*a, **k):
         question = f"Does {SECRET} take warfarin?"
         raise ValueError(f"cannot parse {question!r}")
 
-    monkeypatch.setattr(qeval.tasks, "load_tasks", boom)
+    monkeypatch.setattr(qeval.tasks.registry, "load_tasks", boom)
     res = runner.invoke(app, ["compare", "--tasks", "clinical_core", "--out", str(tmp_path / "r")])
     assert isinstance(res.exception, ValueError)  # a bug, not bad input: main() reports it
     (e,) = _lines(log)
@@ -137,7 +137,7 @@ def test_an_unwritable_audit_log_warns_and_keeps_the_outcome(monkeypatch, tmp_pa
 
 _WRITER = """
 import sys
-from qeval import audit
+from qeval import audit_log as audit
 path, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for i in range(n):
     audit.append({"writer": who, "i": i, "pad": "x" * 5000}, path=__import__("pathlib").Path(path))
@@ -156,7 +156,7 @@ def test_concurrent_writers_append_whole_lines(tmp_path):
 
 
 def _version(task_id: str) -> int:
-    from qeval.config import project_dir
-    from qeval.tasks import TaskRegistry
+    from qeval.run.config import project_dir
+    from qeval.tasks.registry import TaskRegistry
 
     return TaskRegistry([project_dir("tasks")]).load(task_id).spec.version

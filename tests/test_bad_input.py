@@ -125,14 +125,14 @@ def _task_dir(root: Path, items: list[dict] | str | None = None, spec: dict | st
 def tasks(tmp_path, monkeypatch):
     """Point qeval at a tasks directory of this test (as tests/test_generate.py does); returns a
     function that writes the task and gives back its directory."""
-    import qeval.config
+    import qeval.run.config
 
-    real = qeval.config.project_dir
+    real = qeval.run.config.project_dir
     root = tmp_path / "project"
 
     def make(items=None, spec=None, task_id="mini"):
         folder = _task_dir(root, items, spec, task_id)
-        monkeypatch.setattr(qeval.config, "project_dir",
+        monkeypatch.setattr(qeval.run.config, "project_dir",
                             lambda name: folder if name == "tasks" else real(name))
         return folder / task_id
 
@@ -291,7 +291,7 @@ def test_07_missing_data_file(tmp_path, monkeypatch):
 
 
 def test_08_corrupt_or_truncated_gguf(tmp_path, tasks, models):
-    from qeval.gguf_export import export_gguf
+    from qeval.quantize.gguf import export_gguf
 
     bogus = tmp_path / "broken.gguf"
     bogus.write_bytes(b"NOPE" + b"\0" * 64)
@@ -318,7 +318,7 @@ def test_08b_gguf_export_of_an_architecture_the_converter_does_not_know(tmp_path
     baseline and the other candidates were scored)."""
     import shutil
 
-    from qeval.backends.engines import EngineFactory
+    from qeval.engines.factory import EngineFactory
 
     def no_model(*a, **k):
         raise AssertionError("a model was prepared or loaded before the export check")
@@ -336,7 +336,7 @@ def test_08b_gguf_export_of_an_architecture_the_converter_does_not_know(tmp_path
 @pytest.fixture(scope="module")
 def other_gguf(models):
     """A GGUF exported from ANOTHER tiny checkpoint: same size, other tokenizer."""
-    from qeval.gguf_export import export_gguf
+    from qeval.quantize.gguf import export_gguf
 
     tok, _ = _checkpoint(models / "other", OTHER_CORPUS)
     assert len(tok) == 320  # the same vocabulary size as the baseline: only the tokens differ
@@ -346,7 +346,7 @@ def other_gguf(models):
 
 
 def test_09_gguf_tokenizer_differs_from_baseline(tmp_path, tasks, models, other_gguf, monkeypatch):
-    import qeval.backends.hf as hf
+    import qeval.engines.hf as hf
 
     def no_scoring(*a, **k):  # the check must come before any scoring time is spent
         raise AssertionError("the baseline was scored before the tokenizer check")
@@ -367,7 +367,7 @@ def test_10_model_path_does_not_exist(tmp_path, tasks):
 
 
 def test_11_candidate_vocabulary_differs(tmp_path, tasks, models, monkeypatch):
-    from qeval.gguf_export import export_gguf
+    from qeval.quantize.gguf import export_gguf
 
     # A GGUF whose vocabulary has another size than the baseline's embedding rows.
     big = models / "bigvocab"
@@ -375,7 +375,7 @@ def test_11_candidate_vocabulary_differs(tmp_path, tasks, models, monkeypatch):
         _checkpoint(big, CORPUS + OTHER_CORPUS, vocab=384)
     gguf = tmp_path / "big.gguf"
     export_gguf(big, gguf, dtype="f32", pre="gpt-2")
-    import qeval.backends.hf as hf
+    import qeval.engines.hf as hf
 
     monkeypatch.setattr(hf.HFBackend, "loglikelihood", lambda *a, **k: pytest.fail("scored"))
     _bad(tmp_path, _tiny_args(models, f"gguf={gguf}"), "variant 'gguf=big.gguf'", str(gguf), "vocabulary",
@@ -588,8 +588,8 @@ def test_19_item_content(tmp_path, tasks, override, must):
 
 def _no_model_time(monkeypatch):
     """Fail the test if any model is loaded (transformers or llama.cpp)."""
-    import qeval.backends.hf as hf
-    import qeval.backends.llamacpp as lc
+    import qeval.engines.hf as hf
+    import qeval.engines.llamacpp as lc
 
     def loaded(*a, **k):
         raise AssertionError("a model was loaded before the check")
@@ -625,7 +625,7 @@ def _records() -> list[Path]:
 def test_21_last_candidate_infeasible_scores_nothing(tmp_path, tasks, models, monkeypatch, last, must):
     """Every check comes before the first model loads: a compare whose LAST candidate cannot run
     stops with one line, no model loaded, no record stored."""
-    import qeval.backends.hf as hf
+    import qeval.engines.hf as hf
 
     if last.startswith("gptq"):
         pytest.importorskip("gptqmodel")
@@ -647,7 +647,7 @@ def test_21_last_candidate_infeasible_scores_nothing(tmp_path, tasks, models, mo
 def test_22_brought_files_have_short_names_and_the_closing_line_lists_what_was_written(tmp_path, tasks, models):
     """A brought GGUF is named by its file name (or `name=`) in tables and records, the full
     path and hash stay in results.json; with --no-efficiency no efficiency.json is listed."""
-    from qeval.gguf_export import export_gguf
+    from qeval.quantize.gguf import export_gguf
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -10,13 +10,13 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from qeval.calibrate import Arm, plot_svg, summarise
-from qeval.calibrated import calibration_windows, check_variant, layer_widths, valid_groups
-from qeval.calibration import (
+from qeval.run.calibrate import Arm, plot_svg, summarise
+from qeval.quantize.gptq_awq import calibration_windows, check_variant, layer_widths, valid_groups
+from qeval.quantize.calibration_sets import (
     NGRAM, CalibrationSet, builtin_sets, check_contamination, contamination, load_builtin,
     load_calibration, texts_sha256,
 )
-from qeval.config import parse_variant, project_dir, split_variants
+from qeval.run.config import parse_variant, project_dir, split_variants
 from qeval.errors import QevalInputError
 from qeval.stats import seeds_units_bootstrap
 from qeval.types import ItemRecord, Passage, Risk, Task, TaskSpec, TextRecord
@@ -109,7 +109,7 @@ def test_contamination_counts_items_sharing_a_13_word_sequence():
 
 
 def test_builtin_sets_do_not_overlap_the_builtin_tasks():
-    from qeval.tasks import TaskRegistry
+    from qeval.tasks.registry import TaskRegistry
 
     # The benchmark tasks read our own fixture files in the published formats.
     reg = TaskRegistry([project_dir("tasks")], Path(__file__).parent / "fixtures" / "benchmarks")
@@ -239,7 +239,7 @@ def test_summarise_ranks_the_set_with_less_damage_first():
 
 
 def test_scoring_kernel_isolates_the_weights_on_cpu_unless_asked():
-    from qeval.calibrated import scoring_kernel
+    from qeval.quantize.gptq_awq import scoring_kernel
 
     assert scoring_kernel(parse_variant("gptq"), "cpu") == "torch"  # float32 dequantize
     assert scoring_kernel(parse_variant("gptq"), "cuda") is None  # gptqmodel's fast kernel

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.config import project_dir
+from qeval.run.config import project_dir
 
 pytestmark = pytest.mark.model
 
@@ -33,7 +33,7 @@ SCRIPT = project_dir("examples") / "ci" / "qeval-gate.sh"
 
 def test_the_workflow_gate_step_runs_qeval_init_output_as_is(tmp_path, monkeypatch):
     junitparser = pytest.importorskip("junitparser")
-    from qeval.models import ALIASES, alias_gguf_path
+    from qeval.model_source import ALIASES, alias_gguf_path
 
     team = tmp_path / "team-repo"
     team.mkdir()

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.config import project_dir
+from qeval.run.config import project_dir
 from qeval.gate import GatePolicy
 
 runner = CliRunner()
@@ -80,7 +80,7 @@ def test_power_prints_the_detectable_drop_without_a_model(tmp_path):
     # clinical_core's detectable drop at 10% discordance (on its effective items when clustered),
     # and its high-risk items' row
     from qeval.power import power_table
-    from qeval.tasks import TaskRegistry
+    from qeval.tasks.registry import TaskRegistry
 
     task = TaskRegistry([project_dir("tasks")]).load("clinical_core")
     policy = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")

@@ -12,16 +12,16 @@ import yaml
 from pydantic import ValidationError
 
 from conftest import fake_config, fake_variant
-from qeval.backends.fake import FakeFactory
-from qeval.compare import same_answer_of
-from qeval.config import project_dir
-from qeval.console import QuietUI
+from qeval.engines.fake import FakeFactory
+from qeval.pairing import same_answer_of
+from qeval.run.config import project_dir
+from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy
-from qeval.generation import extract_answer, grade
-from qeval.numeric import first_number, format_number, numbers
-from qeval.pipeline import run_compare
-from qeval.tasks import TaskRegistry
+from qeval.kinds.generate import extract_answer, grade
+from qeval.util.numeric import first_number, format_number, numbers
+from qeval.run.pipeline import run_compare
+from qeval.tasks.registry import TaskRegistry
 from qeval.types import Decision, GenerationRecord, GenerationSpec, NumericAnswer, Risk, Sample, SourceSpec, Task, TaskSpec
 
 POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")

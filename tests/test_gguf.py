@@ -13,12 +13,12 @@ llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from qeval.backends.base import LoglikelihoodRequest  # noqa: E402
-from qeval.backends.llamacpp import LlamaCppBackend, _extra_buffer_types  # noqa: E402
-from qeval.config import parse_variant  # noqa: E402
+from qeval.engines.base import LoglikelihoodRequest  # noqa: E402
+from qeval.engines.llamacpp import LlamaCppBackend, _extra_buffer_types  # noqa: E402
+from qeval.run.config import parse_variant  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
-from qeval.gguf_export import export_gguf, gguf_artefact, sha256_file  # noqa: E402
-from qeval.models import ResolvedModel, fingerprint_dir  # noqa: E402
+from qeval.quantize.gguf import export_gguf, gguf_artefact, sha256_file  # noqa: E402
+from qeval.model_source import ResolvedModel, fingerprint_dir  # noqa: E402
 
 from tiny_models import CORPUS, tiny_checkpoint as _tiny_checkpoint  # noqa: E402
 
@@ -82,7 +82,7 @@ def test_gemma3_gguf_read_back_by_transformers_computes_what_llama_cpp_computes(
     file carries no query_pre_attn_scalar: transformers assumed 256, llama.cpp uses head_dim
     (64 here), which made the same weights disagree across engines by ~0.013 nats per token
     (issue 23). Read back, the F32 file must compute what the original checkpoint computes."""
-    from qeval.models import _materialise_gguf
+    from qeval.model_source import _materialise_gguf
 
     monkeypatch.setenv("QEVAL_CACHE", str(tmp_path))
     resolved, tok, ids, ref, cache = made("gemma3")
@@ -117,7 +117,7 @@ def test_scoring_through_the_shared_prefix_path_matches_transformers(made):
 
 
 def test_an_architecture_the_converter_does_not_know_is_one_line(tmp_path):
-    from qeval.converter import check_exportable
+    from qeval.quantize.converter import check_exportable
 
     _tiny_checkpoint(tmp_path / "ckpt", "llama")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
@@ -128,18 +128,18 @@ def test_an_architecture_the_converter_does_not_know_is_one_line(tmp_path):
 
 
 def test_a_missing_converter_names_the_fix(tmp_path, monkeypatch):
-    from qeval.converter import check_exportable
+    from qeval.quantize.converter import check_exportable
 
     _tiny_checkpoint(tmp_path / "ckpt", "llama")
     monkeypatch.setenv("QEVAL_LLAMACPP_CONVERTER", str(tmp_path / "none"))
-    with pytest.raises(QevalInputError, match=r"converter is not installed .*python -m qeval.converter install"):
+    with pytest.raises(QevalInputError, match=r"converter is not installed .*python -m qeval.quantize.converter install"):
         check_exportable(tmp_path / "ckpt", "gguf:q8_0")
 
 
 def test_converter_install_refuses_an_sdist_that_is_not_the_pinned_one(tmp_path):
     import tarfile
 
-    from qeval.converter import install
+    from qeval.quantize.converter import install
 
     fake = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
     with tarfile.open(fake, "w:gz"):
@@ -202,7 +202,7 @@ def test_bad_gguf_variants_are_one_clear_error(text, match):
     (" int8 , ,nf4", ["int8", "nf4"]),
 ])
 def test_candidate_lists_keep_parameters_with_their_variant(text, expected):
-    from qeval.config import split_variants
+    from qeval.run.config import split_variants
 
     assert split_variants(text) == expected
 
@@ -210,7 +210,7 @@ def test_candidate_lists_keep_parameters_with_their_variant(text, expected):
 def test_a_crashing_llama_cpp_becomes_one_clear_error_not_a_segfault(tmp_path, monkeypatch):
     """A native crash inside llama.cpp (seen: AMX matmul path; a toolchain fault in
     llama_model::print_info on one Xeon image) happens in a probe child, never in qeval."""
-    import qeval.backends.llamacpp as lc
+    import qeval.engines.llamacpp as lc
 
     _tiny_checkpoint(tmp_path / "ckpt", "llama")
     path = tmp_path / "m.gguf"
@@ -224,7 +224,7 @@ def test_a_crashing_llama_cpp_becomes_one_clear_error_not_a_segfault(tmp_path, m
 
 
 def test_a_crash_with_extra_buffer_types_retries_without_them(tmp_path, monkeypatch):
-    import qeval.backends.llamacpp as lc
+    import qeval.engines.llamacpp as lc
 
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUF")
@@ -245,8 +245,7 @@ def test_quantization_ladder_is_monotone_where_k_quants_apply(tmp_path):
     """On a model whose rows are multiples of 256 (so every type means what its name says) and
     whose weights are not already on a quantization grid, mean KL to the F32 file grows down the
     ladder. (The default model meets neither condition: see the README and issue 4's note.)"""
-    from qeval import reference_text as rt
-
+    from qeval.kinds import reference_text as rt
     tok, _ = _tiny_checkpoint(tmp_path / "ckpt", "llama", hidden=256, intermediate=512,
                               initializer_range=0.08)
     fp = fingerprint_dir(tmp_path / "ckpt")

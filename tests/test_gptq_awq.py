@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gptqmodel")
 
-from qeval.backends.engines import EngineFactory  # noqa: E402
-from qeval.calibration import texts_sha256  # noqa: E402
-from qeval.config import parse_variant  # noqa: E402
+from qeval.engines.factory import EngineFactory  # noqa: E402
+from qeval.quantize.calibration_sets import texts_sha256  # noqa: E402
+from qeval.run.config import parse_variant  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
-from qeval.models import ResolvedModel, fingerprint_dir  # noqa: E402
+from qeval.model_source import ResolvedModel, fingerprint_dir  # noqa: E402
 
 from tiny_models import CORPUS, tiny_checkpoint  # noqa: E402
 
@@ -98,7 +98,7 @@ def test_quantized_artefact_is_made_cached_scored_and_brought_back(tiny, method,
     # Its identity is its content: another calibration seed makes another artefact.
     other = parse_variant(f"{method}:{SMALL},calib={calib},seed=1")
     assert again.identity(other)["versions"]["calib_sha256"] == again.identity(variant)["versions"]["calib_sha256"]
-    from qeval.calibrated import artefact_key
+    from qeval.quantize.gptq_awq import artefact_key
 
     c = again.calibration(variant)
     assert artefact_key(resolved.fingerprint, other, c) != artefact_key(resolved.fingerprint, variant, c)
@@ -194,7 +194,7 @@ def test_llm_compressor_checkpoint_is_scored_as_brought(tiny, tmp_path):
     assert "compressed_tensors.Linear[w4, group 32]" in info.kernel
     assert 0 < _kl(ref, lp) < 0.25
     # Multiple-choice scoring takes the same whole-model path (compressed-tensors' forward hook).
-    from qeval.backends.base import LoglikelihoodRequest
+    from qeval.engines.base import LoglikelihoodRequest
 
     backend = factory.open(variant, "float32")
     try:
@@ -206,7 +206,7 @@ def test_llm_compressor_checkpoint_is_scored_as_brought(tiny, tmp_path):
 
 def test_record_keys_follow_the_artefact_recipe(tiny, monkeypatch):
     """Records scored on an artefact made another way (a new recipe) are never reused."""
-    import qeval.calibrated as cal
+    import qeval.quantize.gptq_awq as cal
 
     resolved, root, _, _, calib = tiny
     factory = _factory(resolved, root)

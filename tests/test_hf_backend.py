@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from qeval.backends.base import LoglikelihoodRequest
-from qeval.backends.hf import HFBackend, HFFactory, choose_dtype
+from qeval.engines.base import LoglikelihoodRequest
+from qeval.engines.hf import HFBackend, HFFactory, choose_dtype
 from qeval.errors import QevalInputError
-from qeval.models import resolve_model
+from qeval.model_source import resolve_model
 from qeval.types import Method, VariantSpec
 from tiny_models import naive_loglikelihood
 
@@ -112,7 +112,7 @@ def test_gpu_only_device_on_cpu_machine_is_bad_input(tiny_model_dir):
 
 
 def test_nan_log_probs_are_refused_with_the_item_id(tiny_model_dir):
-    from qeval.backends.base import NonFiniteScores
+    from qeval.engines.base import NonFiniteScores
 
     backend = HFBackend(resolve_model(str(tiny_model_dir)), VariantSpec(name="fp32", method=Method.fp32), device="cpu")
     with torch.no_grad():

@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 
 from conftest import fake_variant
-from qeval import load_run, plots
-from qeval.backends.fake import FakeFactory
-from qeval.config import RunConfig, project_dir
-from qeval.console import QuietUI
+from qeval import load_run
+from qeval.report import plots
+from qeval.engines.fake import FakeFactory
+from qeval.run.config import RunConfig, project_dir
+from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
-from qeval.html_report import REPORT_FILE, write_html
-from qeval.pipeline import CompareResult, run_compare
-from qeval.report import EFFICIENCY_COLUMNS, _safe, efficiency_rows, results_dict, write_run
+from qeval.report.html import REPORT_FILE, write_html
+from qeval.run.pipeline import CompareResult, run_compare
+from qeval.report.markdown import EFFICIENCY_COLUMNS, _safe, efficiency_rows, results_dict, write_run
 from qeval.types import (
     GenerationSpec, ItemRecord, Passage, Risk, Sample, SourceSpec, Task, TaskSpec, TextRecord,
 )

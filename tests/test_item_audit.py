@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_config, fake_variant
-from qeval.backends.fake import FakeFactory
-from qeval.config import project_dir
-from qeval.console import QuietUI
+from qeval.engines.fake import FakeFactory
+from qeval.run.config import project_dir
+from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy, TaskRules
-from qeval.item_audit import audit_lines, audit_samples, best_cue, heuristic_credits, warning_line
-from qeval.pipeline import run_compare
-from qeval.tasks import MissingData, TaskRegistry
+from qeval.tasks.item_audit import audit_lines, audit_samples, best_cue, heuristic_credits, warning_line
+from qeval.run.pipeline import run_compare
+from qeval.tasks.registry import MissingData, TaskRegistry
 from qeval.types import Decision, Sample, SourceSpec, Task, TaskSpec
 
 # Distractors of equal length, no cue words: a bank that passes when keys are spread evenly.
@@ -168,14 +168,14 @@ def _user_task(root: Path, samples) -> Path:
 def test_audit_items_command_and_the_compare_warning(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import qeval.config
+    import qeval.run.config
     from qeval.cli import app
 
     items = [_item(i, [c + (" and a longer tail" if j == i % 4 else "") for j, c in enumerate(PLAIN[:4])], i % 4)
              for i in range(40)]
     tasks = _user_task(tmp_path / "tasks", items)
-    real = qeval.config.project_dir
-    monkeypatch.setattr(qeval.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    real = qeval.run.config.project_dir
+    monkeypatch.setattr(qeval.run.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
     runner = CliRunner()
     res = runner.invoke(app, ["audit-items", "cuey"])
     assert res.exit_code == 1 and "FAIL  'longest option' scores 100.0%" in res.output
@@ -234,7 +234,7 @@ def test_chance_guard_needs_the_baseline_above_the_best_cue_heuristic():
     strong = run(0.95)
     assert strong.comparisons[0].baseline_above_cue_p < 1e-6
     assert strong.verdict.decision == Decision.GO
-    from qeval.report import markdown_report, results_dict
+    from qeval.report.markdown import markdown_report, results_dict
 
     results = results_dict(middling, model={"spec": "fake", "source": "fake", "fingerprint": "0" * 64}, policy={})
     assert results["comparisons"][0]["cue_accuracy"] == pytest.approx(0.7)

@@ -17,10 +17,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 lm_eval = pytest.importorskip("lm_eval")
 yaml = pytest.importorskip("yaml")
 
-from qeval.backends.fake import FakeBackend  # noqa: E402
+from qeval.engines.fake import FakeBackend  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
-from qeval.lmeval_bridge import _task_manager, load_lmeval_task  # noqa: E402
-from qeval.runner import build_requests, score_items  # noqa: E402
+from qeval.tasks.lmeval import _task_manager, load_lmeval_task  # noqa: E402
+from qeval.run.store import build_requests, score_items  # noqa: E402
 from qeval.types import Method, VariantSpec  # noqa: E402
 
 ITEMS = [

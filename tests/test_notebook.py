@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from qeval import plots
+from qeval.report import plots
 from test_html_report import MARKER, make_small_run
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "explore_run.ipynb"

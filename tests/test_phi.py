@@ -36,15 +36,15 @@ ENTRY = textwrap.dedent("""
     import os
     from pathlib import Path
 
-    import qeval.config
+    import qeval.run.config
 
-    _real = qeval.config.project_dir
-    qeval.config.project_dir = lambda name: Path(os.environ["PHI_TEST_TASKS"]) if name == "tasks" else _real(name)
+    _real = qeval.run.config.project_dir
+    qeval.run.config.project_dir = lambda name: Path(os.environ["PHI_TEST_TASKS"]) if name == "tasks" else _real(name)
 
     if os.environ.get("PHI_TEST_FAIL"):
-        import qeval.pipeline
+        import qeval.run.pipeline
 
-        _run_variant = qeval.pipeline.run_variant
+        _run_variant = qeval.run.pipeline.run_variant
 
         def run_variant(variant, tasks, **kw):
             if kw.get("baseline") is not None:  # the baseline is scored and stored by now
@@ -52,7 +52,7 @@ ENTRY = textwrap.dedent("""
                 raise RuntimeError(f"could not score {question!r}")
             return _run_variant(variant, tasks, **kw)
 
-        qeval.pipeline.run_variant = run_variant
+        qeval.run.pipeline.run_variant = run_variant
 
     from qeval.cli import main
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from qeval.cli import app
 from qeval.errors import QevalInputError
-from qeval.plan import GPUS, PRESETS, GiB, bits_per_weight, kv_bytes_per_token, load_shape, plan, shape_from_config
+from qeval.vram import GPUS, PRESETS, GiB, bits_per_weight, kv_bytes_per_token, load_shape, plan, shape_from_config
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_task
 from qeval import stats
-from qeval.config import project_dir
+from qeval.run.config import project_dir
 from qeval.gate import GatePolicy, TaskRules
 from qeval.power import discordance_history, power_table
 from qeval.types import Risk

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qeval.config import project_dir
-from qeval.tasks import TaskRegistry
+from qeval.run.config import project_dir
+from qeval.tasks.registry import TaskRegistry
 
 pytestmark = pytest.mark.model
 
@@ -215,7 +215,7 @@ def test_gptq_on_the_default_model_and_the_same_checkpoint_brought_back(tmp_path
     verdict with gptqmodel's kernel in the record; the artefact passed back as gptq=PATH scores
     identically."""
     pytest.importorskip("gptqmodel")
-    from qeval.models import cache_dir
+    from qeval.model_source import cache_dir
 
     variant = "gptq:samples=8,seqlen=128,calib=generic"
     proc, results = _compare(tmp_path / "made", "--candidates", variant, tasks="clinical_core", limit="12")

@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qeval import reference_text as rt
+from qeval.kinds import reference_text as rt
 from qeval import stats
-from qeval.backends.fake import FakeFactory
-from qeval.compare import compare_text
-from qeval.config import RunConfig, project_dir
-from qeval.console import QuietUI
+from qeval.engines.fake import FakeFactory
+from qeval.pairing import compare_text
+from qeval.run.config import RunConfig, project_dir
+from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules, judge, nogo_alpha_for
-from qeval.pipeline import run_compare
-from qeval.runner import RecordStore
-from qeval.tasks import load_task
+from qeval.run.pipeline import run_compare
+from qeval.run.store import RecordStore
+from qeval.tasks.registry import load_task
 from qeval.types import Decision, Passage, SourceSpec, Task, TaskSpec
 
 from conftest import fake_variant

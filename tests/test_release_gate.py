@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.config import project_dir
+from qeval.run.config import project_dir
 from test_html_report import DAMAGED, GEN_TASK, MARKER, MC_TASK, SAME, TEXT_TASK, make_small_run
 
 runner = CliRunner()
@@ -130,15 +130,15 @@ def test_gate_under_the_runs_own_policy_reproduces_its_verdicts(run_dir, tmp_pat
 
 
 def test_gate_changing_the_accuracy_margin_flips_a_verdict_without_scoring(run_dir, tmp_path, monkeypatch):
-    import qeval.compare
-    import qeval.pipeline
+    import qeval.pairing
+    import qeval.run.pipeline
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("qeval gate must not score or compare records")
 
-    for module, name in [(qeval.pipeline, "run_variant"), (qeval.pipeline, "run_compare"),
-                         (qeval.compare, "compare_task"), (qeval.compare, "compare_generation"),
-                         (qeval.compare, "compare_text")]:
+    for module, name in [(qeval.run.pipeline, "run_variant"), (qeval.run.pipeline, "run_compare"),
+                         (qeval.pairing, "compare_task"), (qeval.pairing, "compare_generation"),
+                         (qeval.pairing, "compare_text")]:
         monkeypatch.setattr(module, name, no_scoring)
     stored = {(c["candidate"], c["task"]): c["verdict"] for c in _results(run_dir)["comparisons"]}
     assert stored[(SAME, GEN_TASK)] == "INCONCLUSIVE"  # bounds −8.8 pp … straddle −5 pp
@@ -236,7 +236,7 @@ def test_mlflow_store_that_cannot_be_reached_is_bad_input_before_anything_runs(t
 def test_mlflow_default_store_is_made_when_the_run_is_logged_not_before(run_dir, tmp_path):
     pytest.importorskip("mlflow")
     from qeval.errors import QevalInputError
-    from qeval.mlflow_log import log_run, preflight
+    from qeval.publish.mlflow_log import log_run, preflight
 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     preflight(uri, None)  # the folder does not exist yet: nothing is made, nothing refused
@@ -314,9 +314,9 @@ def test_mlflow_live_server_run_and_model_version_tag(run_dir, mlflow_server):
 
 
 def test_init_writes_a_policy_suite_and_task_that_load(tmp_path, monkeypatch):
-    from qeval.config import include_dirs, suite_tasks, task_roots
+    from qeval.run.config import include_dirs, suite_tasks, task_roots
     from qeval.gate import GatePolicy
-    from qeval.tasks import load_tasks
+    from qeval.tasks.registry import load_tasks
 
     res = runner.invoke(app, ["init", str(tmp_path)])
     assert res.exit_code == 0, res.output

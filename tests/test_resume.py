@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_config, fake_variant, make_task
-from qeval.backends.fake import FakeFactory
-from qeval.config import RunConfig, project_dir
-from qeval.console import QuietUI
-from qeval.fileio import atomic_write_text
+from qeval.engines.fake import FakeFactory
+from qeval.run.config import RunConfig, project_dir
+from qeval.report.terminal import QuietUI
+from qeval.util.fileio import atomic_write_text
 from qeval.gate import GatePolicy
-from qeval.pipeline import run_compare, run_variant
-from qeval.runner import (
+from qeval.run.pipeline import run_compare, run_variant
+from qeval.run.store import (
     CHUNK_ITEMS, Journal, RecordStore, build_requests, chunk_items, resumable_count, score_in_chunks,
     score_items,
 )
@@ -217,8 +217,8 @@ def test_tiny_transformers_model_resumed_is_bit_identical_to_uninterrupted(tmp_p
     task scored in one go and in chunks); fp32 on the CPU happens not to move at all."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from qeval.backends.hf import HFFactory
-    from qeval.models import resolve_model
+    from qeval.engines.hf import HFFactory
+    from qeval.model_source import resolve_model
     from qeval.types import Artefact, Method, PromptSpec, VariantSpec
     from tiny_models import tiny_checkpoint
 
@@ -274,12 +274,12 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import fake_config, fake_variant, make_task
-from qeval.backends.fake import FakeFactory
-from qeval.config import project_dir
-from qeval.console import QuietUI
+from qeval.engines.fake import FakeFactory
+from qeval.run.config import project_dir
+from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy
-from qeval.pipeline import run_compare
-from qeval.runner import RecordStore
+from qeval.run.pipeline import run_compare
+from qeval.run.store import RecordStore
 
 store_dir, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 task = make_task({n})

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import fake_config, fake_variant, make_task
-from qeval.backends.base import LoglikelihoodRequest
-from qeval.compare import compare_task, rotation_stats
-from qeval.runner import ItemRequests, build_requests, item_record, rotated, score_items
+from qeval.engines.base import LoglikelihoodRequest
+from qeval.pairing import compare_task, rotation_stats
+from qeval.run.store import ItemRequests, build_requests, item_record, rotated, score_items
 from qeval.types import ItemRecord, PromptSpec, Risk, Sample, Task, TaskSpec
 
 LETTERS = PromptSpec(template="{question}\n{choices}\nAnswer:", continuation="letter")
@@ -147,10 +147,10 @@ def test_paired_rotation_comparison_sees_a_candidate_turn_position_biased():
 def test_rotated_compare_on_a_position_blind_scorer_matches_the_unrotated_one():
     """The fake backend scores options by their identity, not their position: rotating changes no
     prediction and no choice distribution, and every item is consistent."""
-    from qeval.backends.fake import FakeFactory
-    from qeval.console import QuietUI
+    from qeval.engines.fake import FakeFactory
+    from qeval.report.terminal import QuietUI
     from qeval.gate import GatePolicy
-    from qeval.pipeline import run_compare
+    from qeval.run.pipeline import run_compare
 
     base, cand = fake_variant("base", skill=0.7), fake_variant("cand", skill=0.7, damage=0.1)
     out = {}
@@ -195,7 +195,7 @@ def _check_against_unrotated(task: Task, backend) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from qeval.models import resolve_model
+    from qeval.model_source import resolve_model
     from tiny_models import tiny_checkpoint
 
     path = tmp_path_factory.mktemp("tiny-rot")
@@ -204,7 +204,7 @@ def tiny_llama(tmp_path_factory):
 
 
 def test_transformers_scores_every_rotation_as_its_own_prompt(tiny_llama):
-    from qeval.backends.hf import HFBackend
+    from qeval.engines.hf import HFBackend
     from qeval.types import Method, VariantSpec
 
     _, resolved = tiny_llama
@@ -218,9 +218,9 @@ def test_transformers_scores_every_rotation_as_its_own_prompt(tiny_llama):
 
 def test_llama_cpp_scores_every_rotation_as_its_own_prompt(tiny_llama):
     pytest.importorskip("llama_cpp")
-    from qeval.backends.llamacpp import LlamaCppBackend
-    from qeval.config import parse_variant
-    from qeval.gguf_export import export_gguf
+    from qeval.engines.llamacpp import LlamaCppBackend
+    from qeval.run.config import parse_variant
+    from qeval.quantize.gguf import export_gguf
 
     path, resolved = tiny_llama
     export_gguf(path / "ckpt", path / "m.gguf", dtype="f32", pre="gpt-2")
@@ -234,7 +234,7 @@ def test_llama_cpp_scores_every_rotation_as_its_own_prompt(tiny_llama):
 def test_an_items_prompts_share_their_beginning_in_one_job():
     """across_prompts: an item's contexts become one job — their common beginning once, each
     prompt's rest a branch (its lead) — and a member's first token is read at its lead's end."""
-    from qeval.backends.base import shared_prefix_jobs
+    from qeval.engines.base import shared_prefix_jobs
 
     reqs = [LoglikelihoodRequest((1, 2, 3, 4), (9,), "x", 0), LoglikelihoodRequest((1, 2, 3, 4), (8,), "x", 1),
             LoglikelihoodRequest((1, 2, 5), (9,), "x", 1), LoglikelihoodRequest((1, 2, 5), (7, 6), "x", 0),
@@ -258,7 +258,7 @@ def test_an_items_prompts_share_their_beginning_in_one_job():
 def test_a_context_that_is_the_shared_beginning_keeps_one_token_of_lead():
     """When one prompt is a prefix of another, the shared part stops a token short, so every
     branch has a lead whose last position gives the first continuation token."""
-    from qeval.backends.base import shared_prefix_jobs
+    from qeval.engines.base import shared_prefix_jobs
 
     reqs = [LoglikelihoodRequest((1, 2), (9,), "x", 0), LoglikelihoodRequest((1, 2, 3), (9,), "x", 1)]
     (job,) = shared_prefix_jobs(reqs, across_prompts=True)

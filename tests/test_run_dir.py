@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from conftest import fake_config, fake_variant, make_task
-from qeval import html_report
-from qeval.backends.fake import FakeFactory
-from qeval.console import QuietUI
+from qeval.report import html as html_report
+from qeval.engines.fake import FakeFactory
+from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy
-from qeval.pipeline import run_compare
-from qeval.report import results_dict, write_run
+from qeval.run.pipeline import run_compare
+from qeval.report.markdown import results_dict, write_run
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_timings_say_where_each_variants_time_went(tmp_path):
-    from qeval.report import time_breakdown
+    from qeval.report.markdown import time_breakdown
 
     task = make_task(40)
     cfg = fake_config(fake_variant("base"), fake_variant("c", damage=0.2))
@@ -55,7 +55,7 @@ def test_timings_say_where_each_variants_time_went(tmp_path):
 
 
 def test_adding_a_candidate_spends_no_time_on_the_baseline(tmp_path):
-    from qeval.runner import RecordStore
+    from qeval.run.store import RecordStore
 
     task = make_task(40)
     store = RecordStore(tmp_path / "records")

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import make_task
-from qeval.backends.base import LoglikelihoodRequest, shared_prefix_jobs
-from qeval.backends.hf import HFBackend
-from qeval.models import ResolvedModel, fingerprint_dir, resolve_model
-from qeval.runner import build_requests, score_items
+from qeval.engines.base import LoglikelihoodRequest, shared_prefix_jobs
+from qeval.engines.hf import HFBackend
+from qeval.model_source import ResolvedModel, fingerprint_dir, resolve_model
+from qeval.run.store import build_requests, score_items
 from qeval.types import Method, PromptSpec, VariantSpec
 
 from tiny_models import CORPUS, naive_loglikelihood, tiny_checkpoint
@@ -148,9 +148,9 @@ def test_bf16_packed_scoring_stays_close_to_naive_bf16(tiny):
 
 def test_llama_cpp_state_reuse_equals_full_passes(tmp_path):
     pytest.importorskip("llama_cpp")
-    from qeval.backends.llamacpp import LlamaCppBackend
-    from qeval.config import parse_variant
-    from qeval.gguf_export import export_gguf
+    from qeval.engines.llamacpp import LlamaCppBackend
+    from qeval.run.config import parse_variant
+    from qeval.quantize.gguf import export_gguf
 
     tiny_checkpoint(tmp_path / "ckpt", "llama")
     export_gguf(tmp_path / "ckpt", tmp_path / "m.gguf", dtype="f32", pre="gpt-2")
@@ -174,8 +174,8 @@ def test_llama_cpp_quantized_state_reuse_is_llama_cpps_own_two_step_evaluation(t
     pass (llama.cpp's kernels round differently for another batch split); it must equal llama.cpp
     evaluating the same sequence in those two steps, so the cache holds exactly the context."""
     pytest.importorskip("llama_cpp")
-    from qeval.backends.llamacpp import LlamaCppBackend, _log_softmax
-    from qeval.config import parse_variant
+    from qeval.engines.llamacpp import LlamaCppBackend, _log_softmax
+    from qeval.run.config import parse_variant
 
     tiny_checkpoint(tmp_path / "ckpt", "llama")
     resolved = ResolvedModel("tiny", tmp_path / "ckpt", fingerprint_dir(tmp_path / "ckpt"), "tiny")

@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.config import data_dir_from, project_dir, suite_tasks
+from qeval.run.config import data_dir_from, project_dir, suite_tasks
 from qeval.errors import QevalInputError
-from qeval.runner import render_prompt
-from qeval.sources import (
+from qeval.run.store import render_prompt
+from qeval.tasks.sources import (
     read_headqa_json, read_medmcqa_jsonl, read_medqa_jsonl, read_mmlu_csv, read_pubmedqa_json,
 )
-from qeval.tasks import MissingData, TaskRegistry, load_tasks
+from qeval.tasks.registry import MissingData, TaskRegistry, load_tasks
 
 DATA = Path(__file__).parent / "fixtures" / "benchmarks"
 runner = CliRunner()
@@ -313,7 +313,7 @@ def _same_items(a, b):
 def test_hub_copies_convert_back_to_the_original_formats(tmp_path):
     """--from-hub rows (in each hub copy's own schema, built here from the fixtures) become the
     published format again and read to the same samples as the local file."""
-    from qeval.sources import FROM_HUB
+    from qeval.tasks.sources import FROM_HUB
 
     def roundtrip(fmt, rows, name, reader, **kw):
         f = tmp_path / name
@@ -342,7 +342,7 @@ def test_hub_copies_convert_back_to_the_original_formats(tmp_path):
 
 
 def test_without_from_hub_nothing_is_fetched(tmp_path, monkeypatch):
-    import qeval.sources as sources
+    import qeval.tasks.sources as sources
 
     def no_network(*a, **k):
         raise AssertionError("fetched from the hub without --from-hub")

@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from qeval import stats
-
-
 @pytest.mark.parametrize("down,up", [(0, 0), (0, 5), (3, 9), (10, 10), (1, 20), (17, 4),
                                      (600, 700), (2500, 2600)])
 def test_mcnemar_matches_scipy_binomtest(down, up):

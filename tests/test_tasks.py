@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qeval.config import project_dir, suite_tasks
+from qeval.run.config import project_dir, suite_tasks
 from qeval.errors import QevalInputError
-from qeval.runner import build_requests, render_prompt
-from qeval.tasks import TaskRegistry, first_n
+from qeval.run.store import build_requests, render_prompt
+from qeval.tasks.registry import TaskRegistry, first_n
 
 ITEM = """  - id: {id}
     question: "Which is right?"
@@ -125,7 +125,7 @@ CLUSTERED = """  - id: {id}
 
 
 def test_with_cluster_by_an_item_without_a_cluster_is_a_cluster_of_its_own(tmp_path):
-    from qeval.compare import task_clusters
+    from qeval.pairing import task_clusters
 
     items = (CLUSTERED.format(id="x1", cluster="case1") + ITEM.format(id="x2", answer="B")
              + CLUSTERED.format(id="x3", cluster="case1") + ITEM.format(id="x4", answer="C"))

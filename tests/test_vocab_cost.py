@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qeval import reference_text as rt
-
+from qeval.kinds import reference_text as rt
 from tiny_models import tiny_checkpoint
 
 torch = pytest.importorskip("torch")
@@ -42,9 +41,9 @@ def _reference_dist(lp: np.ndarray, window, k: int) -> rt.BaselineDist:
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_hf_slices_give_the_whole_tables_numbers(tmp_path, monkeypatch, arch):
-    from qeval.backends import hf
-    from qeval.config import parse_variant
-    from qeval.models import resolve_model
+    from qeval.engines import hf
+    from qeval.run.config import parse_variant
+    from qeval.model_source import resolve_model
 
     if arch == "llama":
         tiny_checkpoint(tmp_path / "m", "llama")
@@ -78,10 +77,10 @@ def test_llama_cpp_keeps_one_decode_of_logits_not_the_context(tmp_path):
     in full, and every position's logits come a bounded number of rows at a time, equal to what
     llama-cpp-python's own eval with logits_all gives."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from qeval.backends import llamacpp as lc
-    from qeval.config import parse_variant
-    from qeval.gguf_export import export_gguf
-    from qeval.models import resolve_model
+    from qeval.engines import llamacpp as lc
+    from qeval.run.config import parse_variant
+    from qeval.quantize.gguf import export_gguf
+    from qeval.model_source import resolve_model
 
     tiny_checkpoint(tmp_path / "m", "llama")
     export_gguf(tmp_path / "m", tmp_path / "m.gguf", dtype="f32", pre="gpt-2")

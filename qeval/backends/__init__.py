@@ -1,1 +1,0 @@
-"""Backends: one module each, all behind the `Backend` protocol in base.py."""

@@ -1,0 +1,245 @@
+"""`qeval calibrate`: which calibration text gives the least clinical degradation?
+
+Methods × calibration sets × seeds are quantized and scored against one baseline (one compare
+run). Per arm (method, set) and task, each metric is given per seed, with the spread across seeds
+and a pooled interval from a two-level bootstrap (items or passages paired across arms, seeds
+resampled within an arm), so a set only "wins" when the difference exceeds both item sampling
+and seed-to-seed noise. Pure functions: records in, numbers out.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qeval.stats import choice_kl, seeds_units_bootstrap
+from qeval.types import Interval, ItemRecord, Strict, Task, TextRecord
+
+# Lower is better for every metric but accuracy change, where higher is better.
+METRICS = {
+    "multiple_choice": ("delta_accuracy", "choice_kl"),
+    "reference_text": ("token_kld", "delta_log_ppl", "same_top"),
+    "generate": ("delta_accuracy", "answer_disagreement"),
+}
+HIGHER_IS_BETTER = {"delta_accuracy", "same_top"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    method: str
+    calib: str
+    seeds: tuple[int, ...]
+    candidates: tuple[str, ...]  # variant names, one per seed, in seed order
+
+
+class SeedStat(Strict):
+    metric: str
+    per_seed: tuple[float, ...]
+    seed_sd: float  # spread across seeds (0 with one seed)
+    pooled: Interval  # over seeds and units, two-level bootstrap
+
+
+class ArmTask(Strict):
+    method: str
+    calib: str
+    task: str
+    kind: str
+    n_units: int
+    stats: tuple[SeedStat, ...]
+
+    def stat(self, metric: str) -> SeedStat:
+        return next(s for s in self.stats if s.metric == metric)
+
+
+class SetContrast(Strict):
+    method: str
+    task: str
+    metric: str
+    a: str
+    b: str
+    difference: Interval  # a − b
+    p: float
+    distinguishable: bool  # the interval excludes 0
+    better: str | None  # which set, when distinguishable
+
+
+class CalibrateSummary(Strict):
+    arms: tuple[ArmTask, ...]
+    contrasts: tuple[SetContrast, ...]
+    ranking: dict[str, tuple[str, ...]]  # method → sets, best first, by the primary metric
+    primary: dict[str, str]  # method → "task/metric" used to rank
+    quantize_seconds: dict[str, float]  # candidate → seconds to make its artefact
+
+
+def unit_matrices(task: Task, base_records, runs: Sequence[dict], metric: str
+                  ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(seeds × units) numerators and per-unit denominators for one metric of one arm."""
+    if task.spec.kind == "reference_text":
+        first = {r.sample_id: r for r in runs[0][task.spec.id]}
+        ids = sorted(first)
+        den = np.array([first[i].n_tokens for i in ids], dtype=np.float64)  # same passages every seed
+        rows = []
+        for run in runs:
+            by = {r.sample_id: r for r in run[task.spec.id]}
+            recs: list[TextRecord] = [by[i] for i in ids]
+            if metric == "token_kld":
+                rows.append([float(np.sum(r.kl)) for r in recs])
+            elif metric == "delta_log_ppl":
+                rows.append([r.nll_candidate - r.nll_baseline for r in recs])
+            else:
+                rows.append([float(r.same_top) for r in recs])
+        return np.array(rows), den, ids
+    base = {r.sample_id: r for r in base_records[task.spec.id]}
+    ids = sorted(base)
+    rows = []
+    for run in runs:
+        by: dict[str, ItemRecord] = {r.sample_id: r for r in run[task.spec.id]}
+        if metric == "delta_accuracy":
+            rows.append([float(by[i].correct) - float(base[i].correct) for i in ids])
+        elif metric == "answer_disagreement":  # generate: the extracted answer changed
+            rows.append([float(by[i].answer_hash != base[i].answer_hash) for i in ids])
+        else:
+            rows.append([choice_kl(base[i].choice_scores, by[i].choice_scores) for i in ids])
+    return np.array(rows), None, ids
+
+
+def _per_seed(m: np.ndarray, den: np.ndarray | None) -> tuple[float, ...]:
+    d = den.sum() if den is not None else m.shape[1]
+    return tuple(float(x) for x in m.sum(axis=1) / d)
+
+
+def summarise(tasks: Sequence[Task], base_records: dict, records: dict[str, dict], arms: Sequence[Arm],
+              quantize_seconds: dict[str, float], *, n_boot: int = 2000, seed: int = 0) -> CalibrateSummary:
+    """`records[candidate][task_id]` → that candidate's ItemRecords or TextRecords."""
+    rows: list[ArmTask] = []
+    mats: dict[tuple[str, str, str, str], tuple[np.ndarray, np.ndarray | None]] = {}
+    for arm in arms:
+        runs = [records[c] for c in arm.candidates]
+        for t in tasks:
+            stats = []
+            for metric in METRICS[t.spec.kind]:
+                m, den, ids = unit_matrices(t, base_records, runs, metric)
+                mats[(arm.method, arm.calib, t.spec.id, metric)] = (m, den)
+                per = _per_seed(m, den)
+                pooled, _ = seeds_units_bootstrap(m, den=den, n_boot=n_boot, seed=seed)
+                stats.append(SeedStat(metric=metric, per_seed=per,
+                                      seed_sd=float(np.std(per, ddof=1)) if len(per) > 1 else 0.0,
+                                      pooled=pooled))
+            rows.append(ArmTask(method=arm.method, calib=arm.calib, task=t.spec.id, kind=t.spec.kind,
+                                n_units=len(ids), stats=tuple(stats)))
+    contrasts = []
+    methods = sorted({a.method for a in arms})
+    for method in methods:
+        sets = [a.calib for a in arms if a.method == method]
+        for a, b in itertools.combinations(sets, 2):
+            for t in tasks:
+                for metric in METRICS[t.spec.kind]:
+                    ma, den = mats[(method, a, t.spec.id, metric)]
+                    mb, _ = mats[(method, b, t.spec.id, metric)]
+                    diff, p = seeds_units_bootstrap(ma, mb, den=den, n_boot=n_boot, seed=seed)
+                    sure = diff.low > 0 or diff.high < 0
+                    a_better = (diff.estimate > 0) == (metric in HIGHER_IS_BETTER)
+                    contrasts.append(SetContrast(method=method, task=t.spec.id, metric=metric, a=a, b=b,
+                                                 difference=diff, p=p, distinguishable=sure,
+                                                 better=(a if a_better else b) if sure else None))
+    ranking, primary = {}, {}
+    text = [t for t in tasks if t.spec.kind == "reference_text"]
+    for method in methods:
+        mine = [r for r in rows if r.method == method]
+        if text:
+            key = f"{text[0].spec.id}/token_kld"
+            score = {r.calib: r.stat("token_kld").pooled.estimate for r in mine if r.task == text[0].spec.id}
+        else:  # label-free still: the mean choice-KL (or answer disagreement) over the tasks
+            metric = "choice_kl" if any(r.kind == "multiple_choice" for r in mine) else "answer_disagreement"
+            key = f"mean over tasks/{metric}"
+            score = {}
+            for r in mine:
+                if metric in METRICS[r.kind]:
+                    score.setdefault(r.calib, []).append(r.stat(metric).pooled.estimate)
+            score = {k: float(np.mean(v)) for k, v in score.items()}
+        ranking[method] = tuple(sorted(score, key=score.get))
+        primary[method] = key
+    return CalibrateSummary(arms=tuple(rows), contrasts=tuple(contrasts), ranking=ranking,
+                            primary=primary, quantize_seconds=quantize_seconds)
+
+
+# ---------------------------------------------------------------- plot (SVG, no dependencies)
+
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def plot_svg(summary: CalibrateSummary, metrics: Sequence[tuple[str, str]]) -> str:
+    """One panel per (task, metric): a row per arm, each seed a dot, the pooled 95% interval a
+    bar, the pooled estimate a tick."""
+    arms = sorted({(r.method, r.calib) for r in summary.arms})
+    sets = sorted({c for _, c in arms})
+    colour = {s: _COLOURS[i % len(_COLOURS)] for i, s in enumerate(sets)}
+    row_h, top, left, width = 26, 46, 150, 420
+    panel_h = top + row_h * len(arms) + 34
+    parts = []
+    for p, (task, metric) in enumerate(metrics):
+        rows = {(r.method, r.calib): r.stat(metric) for r in summary.arms if r.task == task}
+        if not rows:
+            continue
+        values = [v for s in rows.values() for v in (*s.per_seed, s.pooled.low, s.pooled.high)]
+        lo, hi = min(values + [0.0]), max(values + [0.0])
+        pad = (hi - lo) * 0.08 or 1e-6
+        lo, hi = lo - pad, hi + pad
+
+        def x(v):
+            return left + (v - lo) / (hi - lo) * width
+
+        y0 = p * panel_h
+        parts.append(f'<text x="10" y="{y0 + 22}" font-size="14" font-weight="bold">{task}: {metric}'
+                     f'{" (higher is better)" if metric in HIGHER_IS_BETTER else " (lower is better)"}</text>')
+        parts.append(f'<line x1="{x(0):.1f}" y1="{y0 + top - 10}" x2="{x(0):.1f}" '
+                     f'y2="{y0 + top + row_h * len(arms)}" stroke="#999" stroke-dasharray="3,3"/>')
+        for i, key in enumerate(arms):
+            if key not in rows:
+                continue
+            s, y = rows[key], y0 + top + i * row_h + row_h / 2
+            c = colour[key[1]]
+            parts.append(f'<text x="10" y="{y + 4:.1f}" font-size="12">{key[0]} · {key[1]}</text>')
+            parts.append(f'<line x1="{x(s.pooled.low):.1f}" y1="{y:.1f}" x2="{x(s.pooled.high):.1f}" '
+                         f'y2="{y:.1f}" stroke="{c}" stroke-width="3"/>')
+            parts.append(f'<line x1="{x(s.pooled.estimate):.1f}" y1="{y - 8:.1f}" '
+                         f'x2="{x(s.pooled.estimate):.1f}" y2="{y + 8:.1f}" stroke="{c}" stroke-width="2"/>')
+            for v in s.per_seed:
+                parts.append(f'<circle cx="{x(v):.1f}" cy="{y:.1f}" r="4" fill="white" stroke="{c}"/>')
+        ya = y0 + top + row_h * len(arms) + 16
+        for v in np.linspace(lo, hi, 5):
+            parts.append(f'<text x="{x(v):.1f}" y="{ya:.1f}" font-size="10" text-anchor="middle">{v:.3g}</text>')
+    height = panel_h * max(1, len(metrics))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{height}" '
+            f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
+            + "".join(parts) + "</svg>\n")
+
+
+def markdown(summary: CalibrateSummary, plot_file: str | None) -> str:
+    lines = ["# qeval calibrate", ""]
+    for method, order in summary.ranking.items():
+        lines.append(f"**{method}**: ranking by {summary.primary[method]} (lower is better): "
+                     + " < ".join(order))
+    lines += ["", "## Per arm (method · set) and task", "",
+              "| method | set | task | metric | per seed | seed SD | pooled (95% CI, items/passages × seeds) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in summary.arms:
+        for s in r.stats:
+            per = ", ".join(f"{v:.4f}" for v in s.per_seed)
+            lines.append(f"| {r.method} | {r.calib} | {r.task} | {s.metric} | {per} | {s.seed_sd:.4f} | "
+                         f"{s.pooled.estimate:.4f} [{s.pooled.low:.4f}, {s.pooled.high:.4f}] |")
+    lines += ["", "## Are the sets distinguishable?", "",
+              "| method | task | metric | a − b | difference (95% CI) | p | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in summary.contrasts:
+        verdict = f"{c.better} better" if c.distinguishable else "not distinguishable"
+        lines.append(f"| {c.method} | {c.task} | {c.metric} | {c.a} − {c.b} | {c.difference.estimate:+.4f} "
+                     f"[{c.difference.low:+.4f}, {c.difference.high:+.4f}] | {c.p:.3f} | {verdict} |")
+    if summary.quantize_seconds:
+        lines += ["", "## Quantization time", "", "| candidate | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in summary.quantize_seconds.items()]
+    if plot_file:
+        lines += ["", f"![per-seed values and pooled intervals]({plot_file})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,460 @@
+"""The compare flow: tasks + variants → records (reused when stored) → comparisons → verdict."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qeval import pairing as cmp
+from qeval import efficiency as eff
+from qeval.engines.base import Backend
+from qeval.run.config import RunConfig, floor_replica
+from qeval.gate import GatePolicy, judge
+from qeval.tasks.item_audit import heuristic_credits
+from qeval.power import power_table
+from qeval.kinds import generate as gen
+from qeval.kinds import reference_text as rt
+from qeval.run.store import (
+    CHUNK_PASSAGES, ItemRequests, Journal, RecordStore, build_requests, check_same_prompts, chunk_items,
+    opened, score_in_chunks, score_items,
+)
+from qeval.errors import QevalInputError
+from qeval.types import (
+    Artefact, BackendInfo, Efficiency, EngineFloor, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task,
+    TaskComparison, TextComparison, TextRecord, VariantSpec, Verdict,
+)
+
+Comparison = TaskComparison | TextComparison | GenerationComparison
+
+
+class BackendFactory(Protocol):
+    def identity(self, variant: VariantSpec) -> dict:
+        """What, besides the variant, changes a backend's numbers (device, versions, ...)."""
+        ...
+
+    def prepare(self, variant: VariantSpec) -> Artefact:
+        """Make the variant's artefact if needed (not timed as loading); say what is on disk."""
+        ...
+
+    def open(self, variant: VariantSpec, baseline_compute: str | None) -> Backend: ...
+
+
+class UI(Protocol):
+    def status(self, message: str) -> None: ...
+
+    def power(self, rows: Sequence[PowerRow]) -> None: ...
+
+    def bar(self, description: str, total: int): ...  # context manager yielding advance(n)
+
+
+@dataclass
+class VariantRun:
+    spec: VariantSpec
+    info: BackendInfo
+    records: dict[str, list[ItemRecord] | list[GenerationRecord]]  # multiple_choice and generate tasks
+    text: dict[str, list[TextRecord]] = field(default_factory=dict)  # reference_text (candidates)
+    keys: dict[str, str] = field(default_factory=dict)  # record-store key per task
+    reused_tasks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    # Baseline only: bounded next-token distributions per reference_text task, with each
+    # passage's token hash. In memory for this run only (token ids are text).
+    dists: dict[str, tuple[dict[str, str], dict[str, list[rt.BaselineDist]]]] = field(
+        default_factory=dict, repr=False)
+    # generate tasks, only when the user opted in to text logging: task → sample id → output text.
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    efficiency: Efficiency | None = None  # measured in this run (None: not asked for)
+    # task → items taken from the journal of a run that was killed mid-task (not scored again).
+    resumed: dict[str, int] = field(default_factory=dict)
+    # Where this variant's time went, in seconds: prepare (quantize or export the artefact, or
+    # find it cached), load, tokenize (and check prompts), score, probe (speed measurement).
+    stages: dict[str, float] = field(default_factory=dict)
+    # Seconds spent on each task scored here (0 for reused records): a CI test case's time.
+    task_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CompareResult:
+    config: RunConfig
+    tasks: list[Task]
+    baseline: VariantRun
+    candidates: list[VariantRun]
+    comparisons: list[Comparison]
+    verdict: Verdict
+    # Seconds per stage; "stages_s": variant → stage → seconds; "resumed_items": variant → task →
+    # items taken from a journal.
+    timings: dict[str, float | dict[str, dict[str, float]]]
+    power: list[PowerRow] = field(default_factory=list)
+    floor: VariantRun | None = None
+    floors: dict[str, Comparison] = field(default_factory=dict)
+    engine_floor: VariantRun | None = None  # the F32 GGUF on llama.cpp, when GGUF candidates ran
+
+
+def is_text(task: Task) -> bool:
+    return task.spec.kind == "reference_text"
+
+
+def is_generate(task: Task) -> bool:
+    return task.spec.kind == "generate"
+
+
+def _record_type(task: Task) -> type:
+    return {"reference_text": TextRecord, "generate": GenerationRecord}.get(task.spec.kind, ItemRecord)
+
+
+def store_keys(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
+               model_fingerprint: str, cfg: RunConfig, baseline_keys: dict[str, str] | None = None
+               ) -> dict[str, str]:
+    """Record-store keys; a candidate's reference_text records also depend on the baseline's."""
+    ident = factory.identity(variant)
+    return {t.spec.id: RecordStore.key(
+        model_fingerprint=model_fingerprint, variant=variant, device=ident.get("device", ""),
+        strict_dtype=cfg.strict_dtype, versions=ident.get("versions", {}),
+        batch_size=cfg.batch_size, task=t,
+        against=baseline_keys[t.spec.id] if baseline_keys is not None and is_text(t) else None)
+        for t in tasks}
+
+
+def stored_records(store: RecordStore | None, key: str, t: Task, variant: VariantSpec, cfg: RunConfig
+                   ) -> tuple[list, BackendInfo] | None:
+    """Stored records this run may reuse for `t`, or None."""
+    if store is None or not cfg.reuse_records:
+        return None
+    if is_generate(t) and cfg.log_text:
+        return None  # stored records hold no text: regenerate so the opted-in outputs exist
+    return store.load(key, variant.name, _record_type(t))
+
+
+@contextmanager
+def exclusive(store: RecordStore | None, key: str, ui: UI, what: str) -> Iterator[None]:
+    """One process at a time scores a key; another waits, then finds the records stored."""
+    if store is None:
+        yield
+        return
+    with store.locked(key, on_wait=lambda: ui.status(f"waiting for another qeval process scoring {what}")):
+        yield
+
+
+def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
+                store: RecordStore | None, model_fingerprint: str, cfg: RunConfig, ui: UI,
+                baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset(),
+                probe: bool = True) -> VariantRun:
+    """Score `variant` on `tasks`, reusing stored records and resuming journals of a run that was
+    killed. The baseline (baseline=None) also keeps the reference_text distributions of the tasks
+    in `dists_for`, for candidates to score against. `probe=False`: no speed measurement."""
+    start = time.perf_counter()
+    keys = store_keys(variant, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg,
+                      baseline_keys=baseline.keys if baseline else None)
+    records: dict[str, list[ItemRecord] | list[GenerationRecord]] = {}
+    text: dict[str, list[TextRecord]] = {}
+    outputs: dict[str, dict[str, str]] = {}
+    info: BackendInfo | None = None
+    reused = []
+    resumed: dict[str, int] = {}
+    dists = {}
+    for t in tasks:
+        hit = stored_records(store, keys[t.spec.id], t, variant, cfg)
+        if hit is None:
+            continue
+        if is_text(t) and baseline is None:
+            # The baseline keeps no text records, only a marker of what scored it; its
+            # distributions only when the user opted in to keeping them.
+            kept = (store.load_distributions(keys[t.spec.id])
+                    if t.spec.id in dists_for and cfg.keep_distributions else None)
+            if kept is not None:
+                dists[t.spec.id] = kept
+            if t.spec.id not in dists_for or kept is not None:
+                info = hit[1]
+                reused.append(t.spec.id)
+            continue
+        (text if is_text(t) else records)[t.spec.id], info = hit
+        reused.append(t.spec.id)
+    todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
+            and not (baseline is None and is_text(t) and t.spec.id in reused)]
+    measure = probe and cfg.efficiency is not None and not variant.params.get("numeric_path")
+    efficiency = None
+    stages: dict[str, float] = {}
+    task_seconds: dict[str, float] = {}
+    if todo or measure:
+        clock = time.perf_counter()
+        artefact = factory.prepare(variant)
+        stages["prepare"] = time.perf_counter() - clock
+        ui.status(f"Loading {variant.name}" + ("" if todo else " (records reused; speed probe only)"))
+        base_compute = baseline.info.compute_dtype if baseline else None
+        ident = factory.identity(variant)
+        meter = eff.Measurement(eff.meter_for(variant.backend, str(ident.get("device", ""))), artefact)
+        clock = time.perf_counter()
+        with opened(lambda: factory.open(variant, base_compute)) as backend:
+            meter.loaded()
+            stages["load"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            info = backend.info
+            # Tokenise and check every task first: a prompt that differs from the baseline's
+            # stops the run before any model time is spent.
+            prepared = []
+            for t in todo:
+                if is_text(t):
+                    passages = rt.tokenize_passages(t.spec, t.passages, backend.tokenize)
+                    if baseline is not None:
+                        rt.check_same_tokens(t.spec.id, passages, baseline.dists[t.spec.id][0],
+                                             variant.name)
+                    prepared.append((t, passages))
+                elif is_generate(t):
+                    gen_items = gen.build_generation_items(t, backend.tokenize)
+                    if baseline is not None:
+                        check_same_prompts(t, baseline.records[t.spec.id], gen_items, variant.name)
+                    prepared.append((t, gen_items))
+                else:
+                    items = build_requests(t, backend.tokenize)
+                    if baseline is not None:
+                        check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
+                    prepared.append((t, items))
+            stages["tokenize"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            scored_here = False
+            marks: list[tuple[str, float]] = []
+            for t, work in prepared:
+                marks.append((t.spec.id, time.perf_counter()))
+                key = keys[t.spec.id]
+                if is_text(t) and baseline is None:
+                    # Distributions hold token ids, so they are never written, not even to a
+                    # journal: every run computes them again, a resumed one too.
+                    dists[t.spec.id] = baseline_text_distributions(t, work, backend, ui, variant.name)
+                    scored_here = True
+                    if store is not None:
+                        if cfg.keep_distributions:
+                            store.save_distributions(key, *dists[t.spec.id])
+                        store.save(key, [], info)
+                    continue
+                with exclusive(store, key, ui, f"{variant.name} · {t.spec.id}"):
+                    # Again under the lock: another process may have scored it meanwhile.
+                    hit = stored_records(store, key, t, variant, cfg)
+                    if hit is not None:
+                        (text if is_text(t) else records)[t.spec.id] = hit[0]
+                        reused.append(t.spec.id)
+                        continue
+                    journal = store.journal(key, _record_type(t)) if store is not None else None
+                    # --no-reuse recomputes everything; opted-in output texts are not journaled.
+                    resume = cfg.reuse_records and not (is_generate(t) and cfg.log_text)
+                    chunked = ChunkedScoring(journal, variant.name if resume else None, cfg.batch_size)
+                    if is_text(t):
+                        recs, n_resumed = score_text_task(t, work, baseline.dists[t.spec.id][1], backend,
+                                                          ui, variant.name, chunked)
+                        text[t.spec.id] = recs
+                    elif is_generate(t):
+                        recs, n_resumed, texts = score_generate_task(t, work, backend, ui, variant.name,
+                                                                     chunked)
+                        records[t.spec.id] = recs
+                        if cfg.log_text:
+                            outputs[t.spec.id] = texts
+                    else:
+                        recs, n_resumed = score_choice_task(t, work, backend, ui, variant.name, chunked)
+                        records[t.spec.id] = recs
+                    scored_here = True
+                    if n_resumed:
+                        resumed[t.spec.id] = n_resumed
+                    if store is not None:
+                        store.save(key, recs, info)
+                        journal.discard()
+            stages["score"] = time.perf_counter() - clock
+            marks.append(("", time.perf_counter()))
+            task_seconds = {tid: end - begin for (tid, begin), (_, end) in zip(marks, marks[1:])}
+            if measure:
+                clock = time.perf_counter()
+                ui.status(f"Measuring {variant.name}: prefill and decode speed")
+                efficiency = meter.finish(eff.measure_speed(backend, cfg.efficiency), scored_here=scored_here)
+                stages["probe"] = time.perf_counter() - clock
+    assert info is not None
+    return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
+                      outputs, efficiency, resumed, stages, task_seconds)
+
+
+@dataclass(frozen=True)
+class ChunkedScoring:
+    """How a task is scored: in fixed chunks, journaled when there is a store, resumed from the
+    journal under `resume_as` (the variant's name) unless None."""
+
+    journal: Journal | None
+    resume_as: str | None
+    batch_size: int
+
+    def run(self, t: Task, work: Sequence, score_chunk, *, chunk_size: int, identify, units, advance):
+        return score_in_chunks(work, score_chunk, chunk_size=chunk_size, task_id=t.spec.id,
+                               identify=identify, journal=self.journal, resume_as=self.resume_as,
+                               units=units, advance=advance)
+
+
+def baseline_text_distributions(t: Task, passages: Sequence[rt.PassageTokens], backend: Backend, ui: UI,
+                                variant_name: str) -> tuple[dict[str, str], dict[str, list[rt.BaselineDist]]]:
+    """Each passage's token hash and bounded distributions (each window scored on its own, so
+    chunks would change nothing here)."""
+    with ui.bar(f"{variant_name} · {t.spec.id} (tokens)", sum(p.n_scored for p in passages)) as advance:
+        return ({p.id: p.prompt_hash for p in passages},
+                rt.baseline_distributions(backend, passages, t.spec.baseline_top_k, advance))
+
+
+def score_text_task(t: Task, passages: Sequence[rt.PassageTokens], base_dists: dict[str, list[rt.BaselineDist]],
+                    backend: Backend, ui: UI, variant_name: str, chunked: ChunkedScoring
+                    ) -> tuple[list[TextRecord], int]:
+    with ui.bar(f"{variant_name} · {t.spec.id} (tokens)", sum(p.n_scored for p in passages)) as advance:
+        return chunked.run(
+            t, passages, lambda chunk: rt.score_passages(t.spec.id, chunk, base_dists, backend, advance),
+            chunk_size=CHUNK_PASSAGES, identify=lambda p: (p.id, p.prompt_hash),
+            units=lambda p: p.n_scored, advance=advance)
+
+
+def score_generate_task(t: Task, items: Sequence[gen.GenerationItem], backend: Backend, ui: UI,
+                        variant_name: str, chunked: ChunkedScoring
+                        ) -> tuple[list[GenerationRecord], int, dict[str, str]]:
+    """Records, how many came from a journal, and the output text of each item generated here
+    (kept by the caller only when the user opted in to text logging)."""
+    texts: dict[str, str] = {}
+
+    def score_chunk(chunk: Sequence[gen.GenerationItem]) -> list[GenerationRecord]:
+        recs, outs = gen.score_generation(t, chunk, backend, advance)
+        texts.update((it.sample.id, o) for it, o in zip(chunk, outs))
+        return recs
+
+    with ui.bar(f"{variant_name} · {t.spec.id} (generating)", len(items)) as advance:
+        recs, n_resumed = chunked.run(t, items, score_chunk, chunk_size=chunk_items(chunked.batch_size),
+                                      identify=lambda it: (it.sample.id, it.prompt_hash),
+                                      units=lambda it: 1, advance=advance)
+    return recs, n_resumed, texts
+
+
+def score_choice_task(t: Task, items: Sequence[ItemRequests], backend: Backend, ui: UI, variant_name: str,
+                      chunked: ChunkedScoring) -> tuple[list[ItemRecord], int]:
+    with ui.bar(f"{variant_name} · {t.spec.id}", sum(len(it.requests) for it in items)) as advance:
+        return chunked.run(t, items, lambda chunk: score_items(t, chunk, backend, advance),
+                           chunk_size=chunk_items(chunked.batch_size),
+                           identify=lambda it: (it.sample.id, it.prompt_hash),
+                           units=lambda it: len(it.requests), advance=advance)
+
+
+def text_tasks_to_score(variants: Sequence[VariantSpec], tasks: Sequence[Task], base_keys: dict[str, str],
+                        *, store: RecordStore | None, cfg: RunConfig, **common) -> frozenset[str]:
+    """reference_text tasks some variant has no stored records for: the baseline must keep its
+    distributions for them."""
+    wanted = set()
+    for v in variants:
+        keys = store_keys(v, tasks, baseline_keys=base_keys, cfg=cfg, **common)
+        for t in tasks:
+            if is_text(t) and (store is None or not cfg.reuse_records
+                               or store.load(keys[t.spec.id], v.name, TextRecord) is None):
+                wanted.add(t.spec.id)
+    return frozenset(wanted)
+
+
+def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
+                cfg: RunConfig) -> list[Comparison]:
+    out: list[Comparison] = []
+    for t in tasks:
+        if is_text(t):
+            out.append(cmp.compare_text(other.text[t.spec.id], top_k=t.spec.baseline_top_k,
+                                        cluster_by=t.spec.cluster_by, n_boot=cfg.n_boot, seed=cfg.seed))
+            continue
+        chance = [t.spec.chance_level] * len(t.samples) if t.spec.chance_level is not None else None
+        cues = heuristic_credits(t.samples)  # the chance guard's answer-cue heuristics
+        if is_generate(t):
+            out.append(cmp.compare_generation(
+                base.records[t.spec.id], other.records[t.spec.id], chance=chance,
+                clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
+                tolerances=gen.answer_keys(t)))
+            continue
+        out.append(cmp.compare_task(
+            base.records[t.spec.id], other.records[t.spec.id], chance=chance,
+            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
+            n_boot=cfg.n_boot, seed=cfg.seed))
+    return out
+
+
+ENGINE_PARAMS = ("threads", "n_ctx", "gpu_layers")
+
+
+def engine_floor_variant(candidates: Sequence[VariantSpec], tasks: Sequence[Task]) -> VariantSpec | None:
+    """The unquantized (F32) GGUF of the baseline on llama.cpp, with the GGUF candidates' engine
+    settings, when some GGUF candidate is scored on reference text: its KLD against the baseline
+    is the engine's floor for those candidates. A `gguf:f32` candidate is that floor itself."""
+    ggufs = [c for c in candidates if c.backend == "llamacpp"]
+    if not ggufs or not any(is_text(t) for t in tasks):
+        return None
+    from qeval.run.config import parse_variant
+
+    settings = "".join(f",{k}={ggufs[0].params[k]}" for k in ENGINE_PARAMS if k in ggufs[0].params)
+    floor = parse_variant(f"gguf:f32{settings}")
+    return next((c for c in ggufs if c.key() == floor.key()), floor)
+
+
+def run_engine_floor(spec: VariantSpec, tasks: Sequence[Task], cands: Sequence[VariantRun],
+                     base: VariantRun, common: dict) -> VariantRun | None:
+    """The engine-floor run (reused when a candidate is that variant); None, with a status line,
+    when the baseline cannot be exported (a brought GGUF of an architecture the converter does
+    not know): the GGUF candidates are then reported without a floor."""
+    same = next((r for r in cands if r.spec.key() == spec.key()), None)
+    if same is not None:
+        return same
+    common["ui"].status(f"Engine floor: {spec.name} on llama.cpp against the baseline (reference text)")
+    try:
+        return run_variant(spec, [t for t in tasks if is_text(t)], baseline=base, probe=False, **common)
+    except QevalInputError as exc:  # raised while exporting, before any scoring
+        common["ui"].status(f"no engine floor for the GGUF candidates: {exc}")
+        return None
+
+
+def with_engine_floor(comparisons: Sequence[Comparison], floor: Sequence[Comparison], floor_name: str,
+                      gguf_names: set[str]) -> list[Comparison]:
+    """Each GGUF candidate's reference-text comparison, with the engine floor on the same task."""
+    by_task = {c.task: c for c in floor if isinstance(c, TextComparison)}
+    out = []
+    for c in comparisons:
+        f = by_task.get(c.task)
+        if isinstance(c, TextComparison) and c.candidate in gguf_names and f is not None:
+            c = c.model_copy(update={"engine_floor": EngineFloor(variant=floor_name, kld_mean=f.kld_mean,
+                                                                 same_top=f.same_top)})
+        out.append(c)
+    return out
+
+
+def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactory,
+                store: RecordStore | None, model_fingerprint: str, policy: GatePolicy,
+                ui: UI, history: dict | None = None) -> CompareResult:
+    t0 = time.perf_counter()
+    gen.check_generate_tasks(tasks)
+    power = power_table(tasks, [c.name for c in cfg.candidates], policy, history)
+    ui.power(power)
+    common = dict(factory=factory, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
+    engine_spec = engine_floor_variant(cfg.candidates, tasks)
+    others = (([floor_replica(cfg.baseline, cfg.noise_floor)] if cfg.noise_floor else []) + list(cfg.candidates)
+              + ([engine_spec] if engine_spec is not None else []))
+    base_keys = store_keys(cfg.baseline, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg)
+    dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, factory=factory,
+                                    model_fingerprint=model_fingerprint)
+    if cfg.keep_distributions and store is not None:  # keep them now for the candidates of later runs
+        dists_for |= {t.spec.id for t in tasks if is_text(t) and not store.has_distributions(base_keys[t.spec.id])}
+    base = run_variant(cfg.baseline, tasks, dists_for=dists_for, **common)
+    floor = None
+    if cfg.noise_floor:
+        floor = run_variant(others[0], tasks, baseline=base, **common)
+    cands = [run_variant(c, tasks, baseline=base, **common) for c in cfg.candidates]
+    engine = run_engine_floor(engine_spec, tasks, cands, base, common) if engine_spec is not None else None
+    base.dists.clear()  # token ids: gone as soon as every candidate has been scored
+    t1 = time.perf_counter()
+    ui.status("Comparing")
+    comparisons = [c for run in cands for c in compare_all(base, run, tasks, cfg)]
+    if engine is not None:
+        comparisons = with_engine_floor(
+            comparisons, compare_all(base, engine, [t for t in tasks if is_text(t)], cfg), engine.spec.name,
+            {c.name for c in cfg.candidates if c.backend == "llamacpp"})
+    floors = {c.task: c for c in compare_all(base, floor, tasks, cfg)} if floor else {}
+    verdict = judge(comparisons, policy, floors=floors, n_boot=cfg.n_boot, seed=cfg.seed)
+    t2 = time.perf_counter()
+    runs = [base, *([floor] if floor else []), *cands, *([engine] if engine and engine not in cands else [])]
+    timings = {"scoring_s": t1 - t0, "statistics_s": t2 - t1,
+               **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
+               "stages_s": {v.spec.name: {k: round(x, 3) for k, x in v.stages.items()} for v in runs},
+               "task_s": {v.spec.name: {k: round(x, 3) for k, x in v.task_seconds.items()} for v in runs},
+               "resumed_items": {v.spec.name: v.resumed for v in runs}}
+    return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
+                         floor, floors, engine)
