@@ -77,7 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from qeval.run.config import PROJECT_ROOT, data_dir_from  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
 from qeval.model_source import DEFAULT_MODEL, resolve_model  # noqa: E402
-from qeval.run.store import ItemRequests, build_requests, render_prompt, score_items  # noqa: E402
+from qeval.kinds.choice import ItemRequests, build_requests, render_prompt, score_items  # noqa: E402
 from qeval.tasks.registry import first_n  # noqa: E402
 from qeval.types import ItemRecord, Method, Task, VariantSpec  # noqa: E402
 

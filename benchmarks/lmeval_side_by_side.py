@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict  # noqa: E402
 from qeval.run.config import PROJECT_ROOT, project_dir  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
 from qeval.model_source import resolve_model  # noqa: E402
-from qeval.run.store import build_requests, render_prompt, score_items  # noqa: E402
+from qeval.kinds.choice import build_requests, render_prompt, score_items  # noqa: E402
 from qeval.tasks.registry import TaskRegistry, first_n  # noqa: E402
 from qeval.types import ItemRecord, Method, Task, VariantSpec  # noqa: E402
 

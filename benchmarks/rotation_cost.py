@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qeval.engines.base import shared_prefix_jobs  # noqa: E402
 from qeval.run.config import project_dir  # noqa: E402
 from qeval.model_source import DEFAULT_MODEL, resolve_model  # noqa: E402
-from qeval.run.store import build_requests, score_items  # noqa: E402
+from qeval.kinds.choice import build_requests, score_items  # noqa: E402
 from qeval.tasks.registry import TaskRegistry  # noqa: E402
 from qeval.types import Method, Task, VariantSpec  # noqa: E402
 

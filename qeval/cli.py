@@ -23,6 +23,7 @@ from qeval.audit_log import audited
 from qeval.engines.base import NonFiniteScores
 from qeval.pairing import PairingError, PromptMismatch
 from qeval.errors import QevalInputError
+from qeval.kinds import kind_of
 from qeval.publish.targets import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
 from qeval.types import EXIT_BAD_INPUT, EXIT_CODES, EfficiencyProbe
 
@@ -362,10 +363,8 @@ def calibrate(
             summary = summarise(res.tasks, res.baseline.records, records, arms, seconds,
                                 n_boot=n_boot, seed=cfg.seed)
             holder["summary"] = summary
-            label_free = {"reference_text": "token_kld", "multiple_choice": "choice_kl",
-                          "generate": "answer_disagreement"}
-            panels = [(t.spec.id, label_free[t.spec.kind]) for t in res.tasks]
-            panels += [(t.spec.id, "delta_accuracy") for t in res.tasks if t.spec.kind != "reference_text"]
+            panels = [(t.spec.id, kind_of(t.spec.kind).label_free_metric) for t in res.tasks]
+            panels += [(t.spec.id, "delta_accuracy") for t in res.tasks if kind_of(t.spec.kind).has_labels]
             return {"calibrate.json": summary.model_dump_json(indent=1) + "\n",
                     "calibrate.md": markdown(summary, "calibrate.svg"),
                     "calibrate.svg": plot_svg(summary, panels)}
@@ -533,8 +532,8 @@ def list_tasks(
             except MissingData:
                 console.print(f"{tid:28} (data file not found: see --data-dir)", highlight=False)
                 continue
-            unit = "passages" if t.spec.kind == "reference_text" else "items   "
-            console.print(f"{tid:28} v{t.spec.version}  {t.size():4d} {unit}  {t.spec.description}",
+            unit = kind_of(t.spec.kind).unit
+            console.print(f"{tid:28} v{t.spec.version}  {t.size():4d} {unit:8}  {t.spec.description}",
                           highlight=False)
         for p in [p for d in suite_dirs(included) for p in sorted(d.glob("*.yaml"))]:
             console.print(f"suite {p.stem}: {', '.join(suite_tasks(p.stem, included))}")
@@ -659,7 +658,7 @@ def _cue_warnings(loaded) -> list[str]:
 
     lines = []
     for t in loaded:
-        if t.spec.kind != "reference_text" and any(has_options(s) for s in t.samples):
+        if any(has_options(s) for s in t.samples):  # (a passage task has no samples)
             line = warning_line(audit_samples(t.spec.id, t.samples, t.spec.prompt.letters))
             lines += [line] if line else []
     return lines
@@ -679,7 +678,7 @@ def audit_items(
 
     try:
         (loaded,), _ = load_tasks([task], roots=[project_dir("tasks")], data_dir=data_dir_from(data_dir))
-        if loaded.spec.kind == "reference_text" or not any(has_options(s) for s in loaded.samples):
+        if not any(has_options(s) for s in loaded.samples):  # (a passage task has no samples)
             raise QevalInputError(f"task {task!r} has no multiple-choice items to audit; give a "
                                   "multiple-choice task (or a generate task whose items have options)")
         audit = audit_samples(loaded.spec.id, loaded.samples, loaded.spec.prompt.letters)

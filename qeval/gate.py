@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qeval import stats
 from qeval.errors import QevalInputError
+from qeval.kinds import DEFAULT_KIND, kind_of
 from qeval.types import (
     Decision, GenerationComparison, PairedItems, RuleResult, TaskComparison, TaskVerdict,
     TextComparison, Verdict,
@@ -74,16 +75,10 @@ class TaskRules(BaseModel):
     # With a measured noise floor, a NO_GO needs an effect larger than numerics alone produce.
     require_above_noise_floor: bool = True
 
-    def interval_rules(self, kind: str = "multiple_choice") -> int:
+    def interval_rules(self, kind: str = DEFAULT_KIND) -> int:
         """How many rules here can say NO_GO from an interval on a task of this kind (the
         Bonferroni family size)."""
-        if kind == "reference_text":
-            limits = (self.max_token_kld_mean, self.max_ppl_ratio, self.max_top_token_disagreement)
-        elif kind == "generate":
-            limits = (self.accuracy_margin, self.high_risk_accuracy_margin, self.max_answer_disagreement)
-        else:
-            limits = (self.accuracy_margin, self.high_risk_accuracy_margin, self.max_choice_kl_mean,
-                      self.max_choice_kl_p95, self.max_top1_disagreement)
+        limits = kind_of(kind).interval_limits(self)
         return sum(x is not None for x in limits)
 
 
@@ -397,9 +392,6 @@ def judge_text(c: TextComparison, rules: TaskRules, *, go_alpha: float = 0.025,
     return TaskVerdict(task=c.task, candidate=c.candidate, decision=decision, rules=tuple(results))
 
 
-_JUDGES = {"multiple_choice": judge_task, "reference_text": judge_text, "generate": judge_generate}
-
-
 def nogo_alpha_for(policy: GatePolicy, tasks: Sequence[tuple[str, str]]) -> tuple[float, int]:
     """One-sided NO_GO error rate per test, and the family size it was corrected for.
     `tasks`: (task id, task kind) of one candidate's comparisons."""
@@ -432,9 +424,9 @@ def judge(comparisons: Sequence[TaskComparison | TextComparison | GenerationComp
     for cand in candidates:
         mine = [c for c in comparisons if c.candidate == cand]
         nogo_alpha, family = nogo_alpha_for(policy, [(c.task, c.kind) for c in mine])
-        verdicts += [_JUDGES[c.kind](c, policy.rules_for(c.task), go_alpha=go_alpha,
-                                     nogo_alpha=nogo_alpha, floor=floors.get(c.task),
-                                     n_boot=n_boot, seed=seed) for c in mine]
+        verdicts += [kind_of(c.kind).judge(c, policy.rules_for(c.task), go_alpha=go_alpha,
+                                           nogo_alpha=nogo_alpha, floor=floors.get(c.task),
+                                           n_boot=n_boot, seed=seed) for c in mine]
     per_candidate = {
         cand: worst([t.decision for t in verdicts if t.candidate == cand]) for cand in candidates
     }

@@ -23,6 +23,7 @@ from pathlib import Path
 from qeval import stats
 from qeval.pairing import cluster_label
 from qeval.gate import GatePolicy
+from qeval.kinds import kind_of
 from qeval.types import PowerRow, Risk, Sample, Task
 
 
@@ -53,8 +54,8 @@ def power_table(tasks: Sequence[Task], candidates: Sequence[str], policy: GatePo
     history = history or {}
     rows = []
     for t in tasks:
-        if t.spec.kind == "reference_text":
-            continue  # accuracy power: label-free reference text has no accuracy to detect
+        if not kind_of(t.spec.kind).has_labels:
+            continue  # accuracy power: a label-free kind (reference text) has no accuracy to detect
         rules = policy.rules_for(t.spec.id)
         rows += _rows(t, list(t.samples), "all", rules.accuracy_margin, candidates, policy, history)
         high = [s for s in t.samples if s.risk == Risk.high]

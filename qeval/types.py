@@ -153,7 +153,7 @@ class GenerationSpec(Strict):
 class TaskSpec(Strict):
     id: str
     version: int = 1
-    kind: Literal["multiple_choice", "reference_text", "generate"] = "multiple_choice"
+    kind: str = "multiple_choice"  # a name in qeval.kinds.KINDS (checked where the task is loaded)
     description: str = ""
     source: SourceSpec
     prompt: PromptSpec = PromptSpec()
@@ -185,9 +185,7 @@ class TaskSpec(Strict):
     @model_validator(mode="after")
     def _rotations_need_listed_options(self) -> "TaskSpec":
         if self.rotations != "none":
-            if self.kind != "multiple_choice":
-                raise ValueError(f"rotations: {self.rotations} applies to multiple_choice tasks, "
-                                 f"not {self.kind}; remove it")
+            # (Whether the kind scores rotations at all: qeval.kinds.check_spec.)
             if "{choices}" not in self.prompt.template:
                 raise ValueError(f"rotations: {self.rotations} needs a prompt template that lists "
                                  "the options ({choices}); without it every rotation is the same prompt")
@@ -204,7 +202,7 @@ class Task(Strict):
     passages: tuple[Passage, ...] = ()  # reference_text tasks (samples is then empty)
 
     def size(self) -> int:
-        return len(self.passages) if self.spec.kind == "reference_text" else len(self.samples)
+        return len(self.passages) if self.passages else len(self.samples)  # one of them is empty
 
 
 # ---------------------------------------------------------------- variants

@@ -20,7 +20,7 @@ yaml = pytest.importorskip("yaml")
 from qeval.engines.fake import FakeBackend  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402
 from qeval.tasks.lmeval import _task_manager, load_lmeval_task  # noqa: E402
-from qeval.run.store import build_requests, score_items  # noqa: E402
+from qeval.kinds.choice import build_requests, score_items  # noqa: E402
 from qeval.types import Method, VariantSpec  # noqa: E402
 
 ITEMS = [

@@ -22,10 +22,8 @@ from qeval.report.terminal import QuietUI
 from qeval.util.fileio import atomic_write_text
 from qeval.gate import GatePolicy
 from qeval.run.pipeline import run_compare, run_variant
-from qeval.run.store import (
-    CHUNK_ITEMS, Journal, RecordStore, build_requests, chunk_items, resumable_count, score_in_chunks,
-    score_items,
-)
+from qeval.kinds.choice import build_requests, score_items
+from qeval.run.store import CHUNK_ITEMS, Journal, RecordStore, chunk_items, resumable_count, score_in_chunks
 from qeval.types import ItemRecord, TextRecord
 from test_generate import gen_task
 from test_reference_text import make_text_task

@@ -13,7 +13,9 @@ import pytest
 from conftest import fake_config, fake_variant, make_task
 from qeval.engines.base import LoglikelihoodRequest
 from qeval.pairing import compare_task, rotation_stats
-from qeval.run.store import ItemRequests, build_requests, item_record, rotated, score_items
+from qeval.kinds.choice import ItemRequests, build_requests, item_record, rotated, score_items
+from qeval.errors import QevalInputError
+from qeval.kinds import check_spec
 from qeval.types import ItemRecord, PromptSpec, Risk, Sample, Task, TaskSpec
 
 LETTERS = PromptSpec(template="{question}\n{choices}\nAnswer:", continuation="letter")
@@ -69,8 +71,8 @@ def test_rotations_need_a_multiple_choice_template_that_lists_the_options():
         TaskSpec(id="t", source={"path": "."}, prompt=PromptSpec(template="Q: {question}\nA:",
                                                                    continuation="choice_text"),
                  rotations="cyclic")
-    with pytest.raises(ValueError, match="multiple_choice"):
-        TaskSpec(id="t", kind="generate", source={"path": "."}, rotations="cyclic")
+    with pytest.raises(QevalInputError, match="applies to multiple_choice tasks, not generate"):
+        check_spec(TaskSpec(id="t", kind="generate", source={"path": "."}, rotations="cyclic"))
 
 
 # ------------------------------------------------------------------ records from log-probs (pure)

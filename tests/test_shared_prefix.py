@@ -16,7 +16,7 @@ from conftest import make_task
 from qeval.engines.base import LoglikelihoodRequest, shared_prefix_jobs
 from qeval.engines.hf import HFBackend
 from qeval.model_source import ResolvedModel, fingerprint_dir, resolve_model
-from qeval.run.store import build_requests, score_items
+from qeval.kinds.choice import build_requests, score_items
 from qeval.types import Method, PromptSpec, VariantSpec
 
 from tiny_models import CORPUS, naive_loglikelihood, tiny_checkpoint

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from qeval.cli import app
 from qeval.run.config import data_dir_from, project_dir, suite_tasks
 from qeval.errors import QevalInputError
-from qeval.run.store import render_prompt
+from qeval.kinds.choice import render_prompt
 from qeval.tasks.sources import (
     read_headqa_json, read_medmcqa_jsonl, read_medqa_jsonl, read_mmlu_csv, read_pubmedqa_json,
 )

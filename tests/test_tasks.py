@@ -9,7 +9,7 @@ import pytest
 
 from qeval.run.config import project_dir, suite_tasks
 from qeval.errors import QevalInputError
-from qeval.run.store import build_requests, render_prompt
+from qeval.kinds.choice import build_requests, render_prompt
 from qeval.tasks.registry import TaskRegistry, first_n
 
 ITEM = """  - id: {id}

@@ -38,18 +38,17 @@ def _weights_on_disk(checkpoint: Path) -> int:
 
 
 def check_context(variant: VariantSpec, tasks: list[Task]) -> None:
-    """A llama.cpp variant's n_ctx holds a reference-text window (each is one sequence)."""
+    """A llama.cpp variant's n_ctx holds one sequence of every task (a reference-text window, a
+    prompt and its generation: what the task's kind says it needs)."""
     from qeval.engines.llamacpp import DEFAULT_N_CTX
+    from qeval.kinds import kind_of
 
     n_ctx = int(variant.params.get("n_ctx", DEFAULT_N_CTX))
     for t in tasks:
-        if t.spec.kind == "reference_text" and t.spec.window_tokens > n_ctx:
-            need, what = t.spec.window_tokens, f"reference-text windows ({t.spec.window_tokens} tokens)"
-        elif t.spec.kind == "generate" and t.spec.generation is not None and t.spec.generation.max_tokens >= n_ctx:
-            need = t.spec.generation.max_tokens + 1
-            what = f"generation.max_tokens ({t.spec.generation.max_tokens}) and a prompt"
-        else:
+        needed = kind_of(t.spec.kind).context_needed(t.spec)
+        if needed is None or needed[0] <= n_ctx:
             continue
+        need, what = needed
         raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {t.spec.id}'s "
                               f"{what}; pass n_ctx={need} or more, or leave the task out")
 

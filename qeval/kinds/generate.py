@@ -14,14 +14,20 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from qeval import gate
+from qeval import pairing as cmp
 from qeval.engines.base import Backend, GenerationRequest, Progress
 from qeval.errors import QevalInputError
+from qeval.kinds.base import accuracy_change, check_same_prompts, item_rows, labelled_limits
+from qeval.kinds.choice import chance_levels, render_prompt
+from qeval.tasks.item_audit import heuristic_credits
 from qeval.util.numeric import first_number, format_number
-from qeval.run.store import render_prompt
-from qeval.types import GenerationRecord, GenerationSpec, NumericAnswer, Sample, Task, TaskSpec
+from qeval.types import (
+    GenerationComparison, GenerationRecord, GenerationSpec, NumericAnswer, PairedItems, Sample, Task, TaskSpec,
+)
 
 
 def sha256_text(text: str) -> str:
@@ -55,17 +61,14 @@ def compiled_pattern(spec: TaskSpec) -> re.Pattern[str] | None:
                               f"regular expression ({exc}); fix it in the task file") from None
 
 
-def check_generate_tasks(tasks: Sequence[Task]) -> None:
-    """Before any model time: every generate task has a usable pattern and gradable items."""
-    for t in tasks:
-        if t.spec.kind != "generate":
-            continue
-        generation_spec(t)
-        compiled_pattern(t.spec)
-        ungradable = [s.id for s in t.samples if not s.choices and not s.answers and s.numeric is None]
-        if ungradable:
-            raise QevalInputError(f"task {t.spec.id}: item {ungradable[0]!r} has neither choices nor "
-                                  "accepted answers; give it `answers` or choices with a key")
+def check_generate_task(t: Task) -> None:
+    """Before any model time: a generate task has a usable pattern and gradable items."""
+    generation_spec(t)
+    compiled_pattern(t.spec)
+    ungradable = [s.id for s in t.samples if not s.choices and not s.answers and s.numeric is None]
+    if ungradable:
+        raise QevalInputError(f"task {t.spec.id}: item {ungradable[0]!r} has neither choices nor "
+                              "accepted answers; give it `answers` or choices with a key")
 
 
 def answer_keys(task: Task) -> dict[str, NumericAnswer]:
@@ -158,3 +161,78 @@ def score_generation(task: Task, items: Sequence[GenerationItem], backend: Backe
             category=it.sample.category, risk=it.sample.risk, cluster=it.sample.cluster,
         ))
     return records, [r.text for r in results]
+
+
+class GenerateKind:
+    name = "generate"
+    record_type = GenerationRecord
+    comparison_type = GenerationComparison
+    paired_part = "items"
+    paired_type = PairedItems
+    unit = "items"
+    source_format = "qeval_items"
+    has_labels = True
+    relative = False
+    generates = True
+    rotates = False
+    hash_drops: frozenset[str] = frozenset()
+    fixed_chunk = None
+    bar_suffix = " (generating)"
+    label_free_metric = "answer_disagreement"
+    calibrate_metrics = ("delta_accuracy", "answer_disagreement")
+    rank_priority = 2
+    rank_per_task = False
+
+    def check_spec(self, path: object, spec: TaskSpec) -> None:
+        if spec.generation is None:
+            raise QevalInputError(f"{path}: a generate task needs a `generation:` block "
+                                  "(max_tokens, stop, answer_pattern)")
+
+    def check_task(self, task: Task) -> None:
+        check_generate_task(task)
+
+    def context_needed(self, spec: TaskSpec) -> tuple[int, str] | None:
+        if spec.generation is None:
+            return None
+        return (spec.generation.max_tokens + 1,
+                f"generation.max_tokens ({spec.generation.max_tokens}) and a prompt")
+
+    def prepare(self, task: Task, tokenize: Callable[[str], list[int]]) -> list[GenerationItem]:
+        return build_generation_items(task, tokenize)
+
+    def identify(self, work: GenerationItem) -> tuple[str, str]:
+        return work.sample.id, work.prompt_hash
+
+    def units(self, work: GenerationItem) -> int:
+        return 1
+
+    def check_same(self, task: Task, expected: Mapping[str, str], work: Sequence[GenerationItem],
+                   variant: str) -> None:
+        check_same_prompts(task, expected, work, variant)
+
+    def reference(self, task, work, backend, advance):
+        return None
+
+    def score_chunk(self, task: Task, chunk: Sequence[GenerationItem], backend: Backend,
+                    advance: Progress | None, reference: object) -> tuple[list[GenerationRecord], list[str]]:
+        return score_generation(task, chunk, backend, advance)
+
+    def compare(self, task: Task, baseline, candidate, *, n_boot: int, seed: int) -> GenerationComparison:
+        return cmp.compare_generation(baseline, candidate, chance=chance_levels(task),
+                                      clusters=cmp.task_clusters(task), cluster_by=task.spec.cluster_by,
+                                      cues=heuristic_credits(task.samples), tolerances=answer_keys(task))
+
+    def interval_limits(self, rules) -> tuple:
+        return (*labelled_limits(rules), rules.max_answer_disagreement)
+
+    def judge(self, comparison, rules, **kw):
+        return gate.judge_generate(comparison, rules, **kw)
+
+    def calibrate_rows(self, task: Task, base_records, runs, metric: str):
+        if metric == "delta_accuracy":
+            return item_rows(base_records, runs, accuracy_change)
+        # the extracted answer changed
+        return item_rows(base_records, runs, lambda b, c: float(c.answer_hash != b.answer_hash))
+
+
+KIND = GenerateKind()

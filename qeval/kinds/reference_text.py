@@ -19,9 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qeval.engines.base import Backend, NonFiniteScores
+from qeval import gate
+from qeval import pairing as cmp
+from qeval.engines.base import Backend, NonFiniteScores, Progress
 from qeval.errors import QevalInputError
-from qeval.types import TaskSpec, TextRecord
+from qeval.types import Task, TaskSpec, TextComparison, TextRecord, TextUnits
+
+# Reference passages per journal chunk: each window is scored on its own, so this sets only how
+# much work a kill can lose (a passage is hundreds of tokens), never a number.
+CHUNK_PASSAGES = 8
 
 # Positions whose logits are reduced together when a backend hands over whole log-prob tables
 # (fake and test backends; the real engines hand over slices of their own size).
@@ -238,3 +244,89 @@ def score_passages(task_id: str, passages: Sequence[PassageTokens],
         if advance:
             advance(p.n_scored)
     return records
+
+
+class ReferenceTextKind:
+    """Label-free, per token: the baseline keeps bounded distributions (`reference`), each
+    candidate's records are its KL against them; no baseline records, nothing to pair after."""
+
+    name = "reference_text"
+    record_type = TextRecord
+    comparison_type = TextComparison
+    paired_part = "units"
+    paired_type = TextUnits
+    unit = "passages"
+    source_format = "qeval_passages"
+    has_labels = False
+    relative = True
+    generates = False
+    rotates = False
+    hash_drops: frozenset[str] = frozenset()
+    fixed_chunk = CHUNK_PASSAGES
+    bar_suffix = " (tokens)"
+    label_free_metric = "token_kld"
+    calibrate_metrics = ("token_kld", "delta_log_ppl", "same_top")
+    rank_priority = 0
+    rank_per_task = True
+
+    def check_spec(self, path: object, spec: TaskSpec) -> None:
+        pass
+
+    def check_task(self, task: Task) -> None:
+        pass
+
+    def context_needed(self, spec: TaskSpec) -> tuple[int, str] | None:
+        return spec.window_tokens, f"reference-text windows ({spec.window_tokens} tokens)"
+
+    def prepare(self, task: Task, tokenize: Callable[[str], list[int]]) -> list[PassageTokens]:
+        return tokenize_passages(task.spec, task.passages, tokenize)
+
+    def identify(self, work: PassageTokens) -> tuple[str, str]:
+        return work.id, work.prompt_hash
+
+    def units(self, work: PassageTokens) -> int:
+        return work.n_scored
+
+    def check_same(self, task: Task, expected, work: Sequence[PassageTokens], variant: str) -> None:
+        check_same_tokens(task.spec.id, work, expected, variant)
+
+    def reference(self, task: Task, work: Sequence[PassageTokens], backend: Backend, advance: Progress | None
+                  ) -> tuple[dict[str, str], dict[str, list[BaselineDist]]]:
+        """Each passage's token hash and bounded distributions (each window scored on its own, so
+        chunks would change nothing here)."""
+        return ({p.id: p.prompt_hash for p in work},
+                baseline_distributions(backend, work, task.spec.baseline_top_k, advance))
+
+    def score_chunk(self, task: Task, chunk: Sequence[PassageTokens], backend: Backend,
+                    advance: Progress | None, reference: dict[str, list[BaselineDist]]
+                    ) -> tuple[list[TextRecord], None]:
+        return score_passages(task.spec.id, chunk, reference, backend, advance), None
+
+    def compare(self, task: Task, baseline, candidate, *, n_boot: int, seed: int) -> TextComparison:
+        return cmp.compare_text(candidate, top_k=task.spec.baseline_top_k, cluster_by=task.spec.cluster_by,
+                                n_boot=n_boot, seed=seed)
+
+    def interval_limits(self, rules) -> tuple:
+        return rules.max_token_kld_mean, rules.max_ppl_ratio, rules.max_top_token_disagreement
+
+    def judge(self, comparison, rules, **kw):
+        return gate.judge_text(comparison, rules, **kw)
+
+    def calibrate_rows(self, task: Task, base_records, runs, metric: str):
+        first = {r.sample_id: r for r in runs[0]}
+        ids = sorted(first)
+        den = np.array([first[i].n_tokens for i in ids], dtype=np.float64)  # same passages every seed
+        rows = []
+        for run in runs:
+            by = {r.sample_id: r for r in run}
+            recs: list[TextRecord] = [by[i] for i in ids]
+            if metric == "token_kld":
+                rows.append([float(np.sum(r.kl)) for r in recs])
+            elif metric == "delta_log_ppl":
+                rows.append([r.nll_candidate - r.nll_baseline for r in recs])
+            else:
+                rows.append([float(r.same_top) for r in recs])
+        return np.array(rows), den, ids
+
+
+KIND = ReferenceTextKind()

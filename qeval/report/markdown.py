@@ -162,7 +162,7 @@ def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: boo
     for name, text in (extra_files or {}).items():
         atomic_write_text(tmp / name, text)
     if log_text:
-        from qeval.run.store import render_prompt
+        from qeval.kinds.choice import render_prompt
 
         lines = []
         for t in res.tasks:

@@ -15,15 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qeval.stats import choice_kl, seeds_units_bootstrap
-from qeval.types import Interval, ItemRecord, Strict, Task, TextRecord
+from qeval.kinds import kind_of
+from qeval.stats import seeds_units_bootstrap
+from qeval.types import Interval, Strict, Task
 
-# Lower is better for every metric but accuracy change, where higher is better.
-METRICS = {
-    "multiple_choice": ("delta_accuracy", "choice_kl"),
-    "reference_text": ("token_kld", "delta_log_ppl", "same_top"),
-    "generate": ("delta_accuracy", "answer_disagreement"),
-}
+# Each kind's metrics: qeval/kinds/ (`calibrate_metrics`). Lower is better for every metric but
+# accuracy change, where higher is better.
 HIGHER_IS_BETTER = {"delta_accuracy", "same_top"}
 
 
@@ -77,33 +74,9 @@ class CalibrateSummary(Strict):
 def unit_matrices(task: Task, base_records, runs: Sequence[dict], metric: str
                   ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(seeds × units) numerators and per-unit denominators for one metric of one arm."""
-    if task.spec.kind == "reference_text":
-        first = {r.sample_id: r for r in runs[0][task.spec.id]}
-        ids = sorted(first)
-        den = np.array([first[i].n_tokens for i in ids], dtype=np.float64)  # same passages every seed
-        rows = []
-        for run in runs:
-            by = {r.sample_id: r for r in run[task.spec.id]}
-            recs: list[TextRecord] = [by[i] for i in ids]
-            if metric == "token_kld":
-                rows.append([float(np.sum(r.kl)) for r in recs])
-            elif metric == "delta_log_ppl":
-                rows.append([r.nll_candidate - r.nll_baseline for r in recs])
-            else:
-                rows.append([float(r.same_top) for r in recs])
-        return np.array(rows), den, ids
-    base = {r.sample_id: r for r in base_records[task.spec.id]}
-    ids = sorted(base)
-    rows = []
-    for run in runs:
-        by: dict[str, ItemRecord] = {r.sample_id: r for r in run[task.spec.id]}
-        if metric == "delta_accuracy":
-            rows.append([float(by[i].correct) - float(base[i].correct) for i in ids])
-        elif metric == "answer_disagreement":  # generate: the extracted answer changed
-            rows.append([float(by[i].answer_hash != base[i].answer_hash) for i in ids])
-        else:
-            rows.append([choice_kl(base[i].choice_scores, by[i].choice_scores) for i in ids])
-    return np.array(rows), None, ids
+    kind = kind_of(task.spec.kind)
+    base = None if kind.relative else base_records[task.spec.id]
+    return kind.calibrate_rows(task, base, [run[task.spec.id] for run in runs], metric)
 
 
 def _per_seed(m: np.ndarray, den: np.ndarray | None) -> tuple[float, ...]:
@@ -120,7 +93,7 @@ def summarise(tasks: Sequence[Task], base_records: dict, records: dict[str, dict
         runs = [records[c] for c in arm.candidates]
         for t in tasks:
             stats = []
-            for metric in METRICS[t.spec.kind]:
+            for metric in kind_of(t.spec.kind).calibrate_metrics:
                 m, den, ids = unit_matrices(t, base_records, runs, metric)
                 mats[(arm.method, arm.calib, t.spec.id, metric)] = (m, den)
                 per = _per_seed(m, den)
@@ -136,7 +109,7 @@ def summarise(tasks: Sequence[Task], base_records: dict, records: dict[str, dict
         sets = [a.calib for a in arms if a.method == method]
         for a, b in itertools.combinations(sets, 2):
             for t in tasks:
-                for metric in METRICS[t.spec.kind]:
+                for metric in kind_of(t.spec.kind).calibrate_metrics:
                     ma, den = mats[(method, a, t.spec.id, metric)]
                     mb, _ = mats[(method, b, t.spec.id, metric)]
                     diff, p = seeds_units_bootstrap(ma, mb, den=den, n_boot=n_boot, seed=seed)
@@ -146,18 +119,21 @@ def summarise(tasks: Sequence[Task], base_records: dict, records: dict[str, dict
                                                  difference=diff, p=p, distinguishable=sure,
                                                  better=(a if a_better else b) if sure else None))
     ranking, primary = {}, {}
-    text = [t for t in tasks if t.spec.kind == "reference_text"]
+    # Sets are ranked by the label-free metric of the kind that ranks first among the tasks: on
+    # its first task, or averaged over its tasks.
+    ranker = min((kind_of(t.spec.kind) for t in tasks), key=lambda k: k.rank_priority, default=None)
+    first = next((t for t in tasks if kind_of(t.spec.kind) is ranker), None)
     for method in methods:
         mine = [r for r in rows if r.method == method]
-        if text:
-            key = f"{text[0].spec.id}/token_kld"
-            score = {r.calib: r.stat("token_kld").pooled.estimate for r in mine if r.task == text[0].spec.id}
-        else:  # label-free still: the mean choice-KL (or answer disagreement) over the tasks
-            metric = "choice_kl" if any(r.kind == "multiple_choice" for r in mine) else "answer_disagreement"
+        metric = ranker.label_free_metric if ranker is not None else ""
+        if ranker is not None and ranker.rank_per_task:
+            key = f"{first.spec.id}/{metric}"
+            score = {r.calib: r.stat(metric).pooled.estimate for r in mine if r.task == first.spec.id}
+        else:
             key = f"mean over tasks/{metric}"
             score = {}
             for r in mine:
-                if metric in METRICS[r.kind]:
+                if metric in kind_of(r.kind).calibrate_metrics:
                     score.setdefault(r.calib, []).append(r.stat(metric).pooled.estimate)
             score = {k: float(np.mean(v)) for k, v in score.items()}
         ranking[method] = tuple(sorted(score, key=score.get))

@@ -8,19 +8,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qeval import pairing as cmp
 from qeval import efficiency as eff
 from qeval.engines.base import Backend
 from qeval.run.config import RunConfig, floor_replica
 from qeval.gate import GatePolicy, judge
-from qeval.tasks.item_audit import heuristic_credits
 from qeval.power import power_table
-from qeval.kinds import generate as gen
-from qeval.kinds import reference_text as rt
-from qeval.run.store import (
-    CHUNK_PASSAGES, ItemRequests, Journal, RecordStore, build_requests, check_same_prompts, chunk_items,
-    opened, score_in_chunks, score_items,
-)
+from qeval.kinds import check_spec, kind_of
+from qeval.kinds.base import TaskKind
+from qeval.run.store import Journal, RecordStore, chunk_items, opened, score_in_chunks
 from qeval.errors import QevalInputError
 from qeval.types import (
     Artefact, BackendInfo, Efficiency, EngineFloor, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task,
@@ -54,16 +49,16 @@ class UI(Protocol):
 class VariantRun:
     spec: VariantSpec
     info: BackendInfo
-    records: dict[str, list[ItemRecord] | list[GenerationRecord]]  # multiple_choice and generate tasks
-    text: dict[str, list[TextRecord]] = field(default_factory=dict)  # reference_text (candidates)
+    records: dict[str, list[ItemRecord] | list[GenerationRecord]]  # tasks of kinds paired after scoring
+    text: dict[str, list[TextRecord]] = field(default_factory=dict)  # relative kinds (candidates only)
     keys: dict[str, str] = field(default_factory=dict)  # record-store key per task
     reused_tasks: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    # Baseline only: bounded next-token distributions per reference_text task, with each
-    # passage's token hash. In memory for this run only (token ids are text).
-    dists: dict[str, tuple[dict[str, str], dict[str, list[rt.BaselineDist]]]] = field(
-        default_factory=dict, repr=False)
-    # generate tasks, only when the user opted in to text logging: task → sample id → output text.
+    # Baseline only: what a relative kind's candidates are scored against (reference_text: each
+    # passage's token hash and bounded next-token distributions). In memory for this run only
+    # (token ids are text).
+    dists: dict[str, tuple[dict[str, str], object]] = field(default_factory=dict, repr=False)
+    # Kinds that generate, only when the user opted in to text logging: task → sample id → output text.
     outputs: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     efficiency: Efficiency | None = None  # measured in this run (None: not asked for)
     # task → items taken from the journal of a run that was killed mid-task (not scored again).
@@ -92,28 +87,36 @@ class CompareResult:
     engine_floor: VariantRun | None = None  # the F32 GGUF on llama.cpp, when GGUF candidates ran
 
 
-def is_text(task: Task) -> bool:
-    return task.spec.kind == "reference_text"
+def kind(task: Task) -> TaskKind:
+    return kind_of(task.spec.kind, f"task {task.spec.id}")
 
 
-def is_generate(task: Task) -> bool:
-    return task.spec.kind == "generate"
+def relative(task: Task) -> bool:
+    """Scored against the baseline's kept reference; no baseline records (reference_text)."""
+    return kind(task).relative
 
 
-def _record_type(task: Task) -> type:
-    return {"reference_text": TextRecord, "generate": GenerationRecord}.get(task.spec.kind, ItemRecord)
+def _bucket(t: Task, records: dict, text: dict) -> dict:
+    return text if relative(t) else records
+
+
+def _baseline_hashes(baseline: VariantRun, t: Task) -> dict[str, str]:
+    """The baseline's token-id hash per unit: a candidate must tokenise every one the same."""
+    if relative(t):
+        return baseline.dists[t.spec.id][0]
+    return {r.sample_id: r.prompt_hash for r in baseline.records[t.spec.id]}
 
 
 def store_keys(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
                model_fingerprint: str, cfg: RunConfig, baseline_keys: dict[str, str] | None = None
                ) -> dict[str, str]:
-    """Record-store keys; a candidate's reference_text records also depend on the baseline's."""
+    """Record-store keys; a candidate's records of a relative kind also depend on the baseline's."""
     ident = factory.identity(variant)
     return {t.spec.id: RecordStore.key(
         model_fingerprint=model_fingerprint, variant=variant, device=ident.get("device", ""),
         strict_dtype=cfg.strict_dtype, versions=ident.get("versions", {}),
         batch_size=cfg.batch_size, task=t,
-        against=baseline_keys[t.spec.id] if baseline_keys is not None and is_text(t) else None)
+        against=baseline_keys[t.spec.id] if baseline_keys is not None and relative(t) else None)
         for t in tasks}
 
 
@@ -122,9 +125,9 @@ def stored_records(store: RecordStore | None, key: str, t: Task, variant: Varian
     """Stored records this run may reuse for `t`, or None."""
     if store is None or not cfg.reuse_records:
         return None
-    if is_generate(t) and cfg.log_text:
+    if kind(t).generates and cfg.log_text:
         return None  # stored records hold no text: regenerate so the opted-in outputs exist
-    return store.load(key, variant.name, _record_type(t))
+    return store.load(key, variant.name, kind(t).record_type)
 
 
 @contextmanager
@@ -142,8 +145,9 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                 baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset(),
                 probe: bool = True) -> VariantRun:
     """Score `variant` on `tasks`, reusing stored records and resuming journals of a run that was
-    killed. The baseline (baseline=None) also keeps the reference_text distributions of the tasks
-    in `dists_for`, for candidates to score against. `probe=False`: no speed measurement."""
+    killed. The baseline (baseline=None) also keeps the reference of the relative-kind tasks in
+    `dists_for` (reference_text: distributions), for candidates to score against.
+    `probe=False`: no speed measurement."""
     start = time.perf_counter()
     keys = store_keys(variant, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg,
                       baseline_keys=baseline.keys if baseline else None)
@@ -158,7 +162,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
         hit = stored_records(store, keys[t.spec.id], t, variant, cfg)
         if hit is None:
             continue
-        if is_text(t) and baseline is None:
+        if relative(t) and baseline is None:
             # The baseline keeps no text records, only a marker of what scored it; its
             # distributions only when the user opted in to keeping them.
             kept = (store.load_distributions(keys[t.spec.id])
@@ -169,10 +173,10 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                 info = hit[1]
                 reused.append(t.spec.id)
             continue
-        (text if is_text(t) else records)[t.spec.id], info = hit
+        _bucket(t, records, text)[t.spec.id], info = hit
         reused.append(t.spec.id)
     todo = [t for t in tasks if t.spec.id not in records and t.spec.id not in text
-            and not (baseline is None and is_text(t) and t.spec.id in reused)]
+            and not (baseline is None and relative(t) and t.spec.id in reused)]
     measure = probe and cfg.efficiency is not None and not variant.params.get("numeric_path")
     efficiency = None
     stages: dict[str, float] = {}
@@ -195,22 +199,10 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
             # stops the run before any model time is spent.
             prepared = []
             for t in todo:
-                if is_text(t):
-                    passages = rt.tokenize_passages(t.spec, t.passages, backend.tokenize)
-                    if baseline is not None:
-                        rt.check_same_tokens(t.spec.id, passages, baseline.dists[t.spec.id][0],
-                                             variant.name)
-                    prepared.append((t, passages))
-                elif is_generate(t):
-                    gen_items = gen.build_generation_items(t, backend.tokenize)
-                    if baseline is not None:
-                        check_same_prompts(t, baseline.records[t.spec.id], gen_items, variant.name)
-                    prepared.append((t, gen_items))
-                else:
-                    items = build_requests(t, backend.tokenize)
-                    if baseline is not None:
-                        check_same_prompts(t, baseline.records[t.spec.id], items, variant.name)
-                    prepared.append((t, items))
+                work = kind(t).prepare(t, backend.tokenize)
+                if baseline is not None:
+                    kind(t).check_same(t, _baseline_hashes(baseline, t), work, variant.name)
+                prepared.append((t, work))
             stages["tokenize"] = time.perf_counter() - clock
             clock = time.perf_counter()
             scored_here = False
@@ -218,10 +210,10 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
             for t, work in prepared:
                 marks.append((t.spec.id, time.perf_counter()))
                 key = keys[t.spec.id]
-                if is_text(t) and baseline is None:
+                if relative(t) and baseline is None:
                     # Distributions hold token ids, so they are never written, not even to a
                     # journal: every run computes them again, a resumed one too.
-                    dists[t.spec.id] = baseline_text_distributions(t, work, backend, ui, variant.name)
+                    dists[t.spec.id] = baseline_reference(t, work, backend, ui, variant.name)
                     scored_here = True
                     if store is not None:
                         if cfg.keep_distributions:
@@ -232,26 +224,18 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     # Again under the lock: another process may have scored it meanwhile.
                     hit = stored_records(store, key, t, variant, cfg)
                     if hit is not None:
-                        (text if is_text(t) else records)[t.spec.id] = hit[0]
+                        _bucket(t, records, text)[t.spec.id] = hit[0]
                         reused.append(t.spec.id)
                         continue
-                    journal = store.journal(key, _record_type(t)) if store is not None else None
+                    journal = store.journal(key, kind(t).record_type) if store is not None else None
                     # --no-reuse recomputes everything; opted-in output texts are not journaled.
-                    resume = cfg.reuse_records and not (is_generate(t) and cfg.log_text)
+                    resume = cfg.reuse_records and not (kind(t).generates and cfg.log_text)
                     chunked = ChunkedScoring(journal, variant.name if resume else None, cfg.batch_size)
-                    if is_text(t):
-                        recs, n_resumed = score_text_task(t, work, baseline.dists[t.spec.id][1], backend,
-                                                          ui, variant.name, chunked)
-                        text[t.spec.id] = recs
-                    elif is_generate(t):
-                        recs, n_resumed, texts = score_generate_task(t, work, backend, ui, variant.name,
-                                                                     chunked)
-                        records[t.spec.id] = recs
-                        if cfg.log_text:
-                            outputs[t.spec.id] = texts
-                    else:
-                        recs, n_resumed = score_choice_task(t, work, backend, ui, variant.name, chunked)
-                        records[t.spec.id] = recs
+                    reference = baseline.dists[t.spec.id][1] if relative(t) else None
+                    recs, n_resumed, texts = score_task(t, work, reference, backend, ui, variant.name, chunked)
+                    _bucket(t, records, text)[t.spec.id] = recs
+                    if kind(t).generates and cfg.log_text:
+                        outputs[t.spec.id] = texts
                     scored_here = True
                     if n_resumed:
                         resumed[t.spec.id] = n_resumed
@@ -286,88 +270,52 @@ class ChunkedScoring:
                                units=units, advance=advance)
 
 
-def baseline_text_distributions(t: Task, passages: Sequence[rt.PassageTokens], backend: Backend, ui: UI,
-                                variant_name: str) -> tuple[dict[str, str], dict[str, list[rt.BaselineDist]]]:
-    """Each passage's token hash and bounded distributions (each window scored on its own, so
-    chunks would change nothing here)."""
-    with ui.bar(f"{variant_name} · {t.spec.id} (tokens)", sum(p.n_scored for p in passages)) as advance:
-        return ({p.id: p.prompt_hash for p in passages},
-                rt.baseline_distributions(backend, passages, t.spec.baseline_top_k, advance))
+def baseline_reference(t: Task, work: Sequence, backend: Backend, ui: UI, variant_name: str):
+    """What a relative kind's candidates are scored against, computed by the baseline."""
+    k = kind(t)
+    with ui.bar(f"{variant_name} · {t.spec.id}{k.bar_suffix}", sum(k.units(w) for w in work)) as advance:
+        return k.reference(t, work, backend, advance)
 
 
-def score_text_task(t: Task, passages: Sequence[rt.PassageTokens], base_dists: dict[str, list[rt.BaselineDist]],
-                    backend: Backend, ui: UI, variant_name: str, chunked: ChunkedScoring
-                    ) -> tuple[list[TextRecord], int]:
-    with ui.bar(f"{variant_name} · {t.spec.id} (tokens)", sum(p.n_scored for p in passages)) as advance:
-        return chunked.run(
-            t, passages, lambda chunk: rt.score_passages(t.spec.id, chunk, base_dists, backend, advance),
-            chunk_size=CHUNK_PASSAGES, identify=lambda p: (p.id, p.prompt_hash),
-            units=lambda p: p.n_scored, advance=advance)
-
-
-def score_generate_task(t: Task, items: Sequence[gen.GenerationItem], backend: Backend, ui: UI,
-                        variant_name: str, chunked: ChunkedScoring
-                        ) -> tuple[list[GenerationRecord], int, dict[str, str]]:
-    """Records, how many came from a journal, and the output text of each item generated here
+def score_task(t: Task, work: Sequence, reference, backend: Backend, ui: UI, variant_name: str,
+               chunked: ChunkedScoring) -> tuple[list, int, dict[str, str]]:
+    """Records, how many came from a journal, and the output text of each unit generated here
     (kept by the caller only when the user opted in to text logging)."""
+    k = kind(t)
     texts: dict[str, str] = {}
 
-    def score_chunk(chunk: Sequence[gen.GenerationItem]) -> list[GenerationRecord]:
-        recs, outs = gen.score_generation(t, chunk, backend, advance)
-        texts.update((it.sample.id, o) for it, o in zip(chunk, outs))
+    def score_chunk(chunk: Sequence) -> list:
+        recs, outs = k.score_chunk(t, chunk, backend, advance, reference)
+        if outs is not None:
+            texts.update((k.identify(w)[0], o) for w, o in zip(chunk, outs))
         return recs
 
-    with ui.bar(f"{variant_name} · {t.spec.id} (generating)", len(items)) as advance:
-        recs, n_resumed = chunked.run(t, items, score_chunk, chunk_size=chunk_items(chunked.batch_size),
-                                      identify=lambda it: (it.sample.id, it.prompt_hash),
-                                      units=lambda it: 1, advance=advance)
+    with ui.bar(f"{variant_name} · {t.spec.id}{k.bar_suffix}", sum(k.units(w) for w in work)) as advance:
+        recs, n_resumed = chunked.run(t, work, score_chunk,
+                                      chunk_size=k.fixed_chunk or chunk_items(chunked.batch_size),
+                                      identify=k.identify, units=k.units, advance=advance)
     return recs, n_resumed, texts
-
-
-def score_choice_task(t: Task, items: Sequence[ItemRequests], backend: Backend, ui: UI, variant_name: str,
-                      chunked: ChunkedScoring) -> tuple[list[ItemRecord], int]:
-    with ui.bar(f"{variant_name} · {t.spec.id}", sum(len(it.requests) for it in items)) as advance:
-        return chunked.run(t, items, lambda chunk: score_items(t, chunk, backend, advance),
-                           chunk_size=chunk_items(chunked.batch_size),
-                           identify=lambda it: (it.sample.id, it.prompt_hash),
-                           units=lambda it: len(it.requests), advance=advance)
 
 
 def text_tasks_to_score(variants: Sequence[VariantSpec], tasks: Sequence[Task], base_keys: dict[str, str],
                         *, store: RecordStore | None, cfg: RunConfig, **common) -> frozenset[str]:
-    """reference_text tasks some variant has no stored records for: the baseline must keep its
-    distributions for them."""
+    """Relative-kind tasks some variant has no stored records for: the baseline must keep its
+    reference (distributions) for them."""
     wanted = set()
     for v in variants:
         keys = store_keys(v, tasks, baseline_keys=base_keys, cfg=cfg, **common)
         for t in tasks:
-            if is_text(t) and (store is None or not cfg.reuse_records
-                               or store.load(keys[t.spec.id], v.name, TextRecord) is None):
+            if relative(t) and (store is None or not cfg.reuse_records
+                                or store.load(keys[t.spec.id], v.name, kind(t).record_type) is None):
                 wanted.add(t.spec.id)
     return frozenset(wanted)
 
 
 def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
                 cfg: RunConfig) -> list[Comparison]:
-    out: list[Comparison] = []
-    for t in tasks:
-        if is_text(t):
-            out.append(cmp.compare_text(other.text[t.spec.id], top_k=t.spec.baseline_top_k,
-                                        cluster_by=t.spec.cluster_by, n_boot=cfg.n_boot, seed=cfg.seed))
-            continue
-        chance = [t.spec.chance_level] * len(t.samples) if t.spec.chance_level is not None else None
-        cues = heuristic_credits(t.samples)  # the chance guard's answer-cue heuristics
-        if is_generate(t):
-            out.append(cmp.compare_generation(
-                base.records[t.spec.id], other.records[t.spec.id], chance=chance,
-                clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
-                tolerances=gen.answer_keys(t)))
-            continue
-        out.append(cmp.compare_task(
-            base.records[t.spec.id], other.records[t.spec.id], chance=chance,
-            clusters=cmp.task_clusters(t), cluster_by=t.spec.cluster_by, cues=cues,
-            n_boot=cfg.n_boot, seed=cfg.seed))
-    return out
+    return [kind(t).compare(t, None if relative(t) else base.records[t.spec.id],
+                            _bucket(t, other.records, other.text)[t.spec.id], n_boot=cfg.n_boot, seed=cfg.seed)
+            for t in tasks]
 
 
 ENGINE_PARAMS = ("threads", "n_ctx", "gpu_layers")
@@ -375,10 +323,10 @@ ENGINE_PARAMS = ("threads", "n_ctx", "gpu_layers")
 
 def engine_floor_variant(candidates: Sequence[VariantSpec], tasks: Sequence[Task]) -> VariantSpec | None:
     """The unquantized (F32) GGUF of the baseline on llama.cpp, with the GGUF candidates' engine
-    settings, when some GGUF candidate is scored on reference text: its KLD against the baseline
+    settings, when some GGUF candidate is scored on a relative kind (reference text): its KLD against the baseline
     is the engine's floor for those candidates. A `gguf:f32` candidate is that floor itself."""
     ggufs = [c for c in candidates if c.backend == "llamacpp"]
-    if not ggufs or not any(is_text(t) for t in tasks):
+    if not ggufs or not any(relative(t) for t in tasks):
         return None
     from qeval.run.config import parse_variant
 
@@ -397,7 +345,7 @@ def run_engine_floor(spec: VariantSpec, tasks: Sequence[Task], cands: Sequence[V
         return same
     common["ui"].status(f"Engine floor: {spec.name} on llama.cpp against the baseline (reference text)")
     try:
-        return run_variant(spec, [t for t in tasks if is_text(t)], baseline=base, probe=False, **common)
+        return run_variant(spec, [t for t in tasks if relative(t)], baseline=base, probe=False, **common)
     except QevalInputError as exc:  # raised while exporting, before any scoring
         common["ui"].status(f"no engine floor for the GGUF candidates: {exc}")
         return None
@@ -421,7 +369,8 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
                 store: RecordStore | None, model_fingerprint: str, policy: GatePolicy,
                 ui: UI, history: dict | None = None) -> CompareResult:
     t0 = time.perf_counter()
-    gen.check_generate_tasks(tasks)
+    for t in tasks:  # before any model time
+        check_spec(t.spec, f"task {t.spec.id}").check_task(t)
     power = power_table(tasks, [c.name for c in cfg.candidates], policy, history)
     ui.power(power)
     common = dict(factory=factory, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
@@ -432,7 +381,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, factory=factory,
                                     model_fingerprint=model_fingerprint)
     if cfg.keep_distributions and store is not None:  # keep them now for the candidates of later runs
-        dists_for |= {t.spec.id for t in tasks if is_text(t) and not store.has_distributions(base_keys[t.spec.id])}
+        dists_for |= {t.spec.id for t in tasks if relative(t) and not store.has_distributions(base_keys[t.spec.id])}
     base = run_variant(cfg.baseline, tasks, dists_for=dists_for, **common)
     floor = None
     if cfg.noise_floor:
@@ -445,7 +394,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     comparisons = [c for run in cands for c in compare_all(base, run, tasks, cfg)]
     if engine is not None:
         comparisons = with_engine_floor(
-            comparisons, compare_all(base, engine, [t for t in tasks if is_text(t)], cfg), engine.spec.name,
+            comparisons, compare_all(base, engine, [t for t in tasks if relative(t)], cfg), engine.spec.name,
             {c.name for c in cfg.candidates if c.backend == "llamacpp"})
     floors = {c.task: c for c in compare_all(base, floor, tasks, cfg)} if floor else {}
     verdict = judge(comparisons, policy, floors=floors, n_boot=cfg.n_boot, seed=cfg.seed)

@@ -17,13 +17,9 @@ from pydantic import ValidationError
 from qeval.efficiency import quality
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, judge
+from qeval.kinds import DEFAULT_KIND, kind_of
 from qeval.report.markdown import PAIRED_FILE, PAIRED_SCHEMA, verdict_fields
 from qeval.rundir.read import Run
-from qeval.types import GenerationComparison, PairedItems, TaskComparison, TextComparison, TextUnits
-
-_KINDS = {"multiple_choice": (TaskComparison, "items", PairedItems),
-          "generate": (GenerationComparison, "items", PairedItems),
-          "reference_text": (TextComparison, "units", TextUnits)}
 # What results.json adds to a comparison: the verdict of the policy it was judged with.
 _JUDGED = ("verdict", "rules")
 
@@ -47,8 +43,8 @@ def _rebuild(stored: list[dict], paired: list[dict], where: Path) -> list:
     parts = {(p["task"], p["candidate"]): p for p in paired}
     out = []
     for c in stored:
-        kind = c.get("kind", "multiple_choice")
-        cls, part, part_cls = _KINDS[kind]
+        kind = kind_of(c.get("kind", DEFAULT_KIND), where / "results.json")
+        cls, part, part_cls = kind.comparison_type, kind.paired_part, kind.paired_type
         p = parts.get((c["task"], c["candidate"]))
         if p is None or part not in p:
             raise QevalInputError(f"{where / PAIRED_FILE}: no paired {part} of {c['candidate']!r} on "

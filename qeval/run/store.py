@@ -1,4 +1,4 @@
-"""Render each prompt once, tokenise it, score it with each variant, store per-item records.
+"""The record store, its journals, and scoring in fixed chunks (any task kind: qeval/kinds/).
 
 The record store is content-addressed: a variant's records for a task are keyed by the model's
 fingerprint, the variant, the device and dtype policy, the library versions, the batch size and
@@ -21,198 +21,28 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
+from pydantic import BaseModel
 
-from qeval.engines.base import Backend, LoglikelihoodRequest, NonFiniteScores, Progress
-from qeval.errors import QevalInputError
+from qeval.engines.base import Backend, NonFiniteScores, Progress
 from qeval.util.fileio import append_durably, atomic_write_bytes, atomic_write_text
 from qeval.kinds.reference_text import BaselineDist
-from qeval.types import (
-    BackendInfo, GenerationRecord, ItemRecord, RECORD_SCHEMA, Sample, Task, TaskSpec, TextRecord,
-    VariantSpec,
-)
-
-if TYPE_CHECKING:
-    from qeval.kinds.generate import GenerationItem
+from qeval.types import BackendInfo, ItemRecord, RECORD_SCHEMA, Task, VariantSpec
 
 BASELINE_DIST_FIELDS = tuple(f.name for f in fields(BaselineDist))
-R = TypeVar("R", ItemRecord, TextRecord, GenerationRecord)
-W = TypeVar("W")  # one item's work: ItemRequests, GenerationItem or PassageTokens
-AnyRecord = ItemRecord | TextRecord | GenerationRecord
+R = TypeVar("R", bound=BaseModel)  # a kind's record type (ItemRecord, TextRecord, ...)
+W = TypeVar("W")  # one unit of a kind's work: ItemRequests, GenerationItem, PassageTokens, ...
+AnyRecord = BaseModel
 
-# Items (multiple_choice, generate) scored together between journal writes, at batch sizes up to
-# 16; larger batch sizes get four batches per chunk so that their batches stay full.
+# Items scored together between journal writes, at batch sizes up to 16; larger batch sizes get
+# four batches per chunk so that their batches stay full. (A kind may fix its own chunk size.)
 CHUNK_ITEMS = 64
-# Reference passages per chunk: each window is scored on its own, so this sets only how much
-# work a kill can lose (a passage is hundreds of tokens), never a number.
-CHUNK_PASSAGES = 8
 
 
 def chunk_items(batch_size: int) -> int:
     return max(CHUNK_ITEMS, 4 * batch_size)
-
-
-def render_prompt(spec: TaskSpec, sample: Sample) -> tuple[str, list[str]]:
-    """The context text and each choice's continuation text. Identical for every variant."""
-    if sample.prompt_text is not None:  # rendered by the task's own code (lm-eval bridge)
-        return sample.prompt_text, list(sample.continuations or ())
-    letters = spec.prompt.letters
-    if len(sample.choices) > len(letters):
-        raise QevalInputError(f"item {sample.id}: more choices than letters in the prompt spec")
-    block = "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(sample.choices))
-    try:
-        context = spec.prompt.template.format(question=sample.question, choices=block,
-                                              passage=sample.passage)
-    except (KeyError, IndexError) as exc:
-        raise QevalInputError(
-            f"task {spec.id}: prompt template uses unknown field {exc}; use {{question}}, "
-            "{choices} and {passage}"
-        ) from None
-    if spec.prompt.continuation == "letter":
-        conts = [f" {letters[i]}" for i in range(len(sample.choices))]
-    else:
-        conts = [f" {c}" for c in sample.choices]
-    return context, conts
-
-
-@dataclass(frozen=True)
-class ItemRequests:
-    """Every request that scores one item: its k choices once, or, with rotated options, k
-    choices under each rotation (rotation-major; `rotations` holds each block's offset r: block r
-    shows option (j + r) mod k at position j)."""
-
-    sample: Sample
-    requests: tuple[LoglikelihoodRequest, ...]
-    byte_lengths: tuple[int, ...]
-    char_lengths: tuple[int, ...]  # of each choice's own text, without the leading delimiter
-    prompt_hash: str
-    rotations: tuple[int, ...] = (0,)
-
-
-def rotation_offsets(spec: TaskSpec, sample: Sample) -> tuple[int, ...]:
-    """The rotations an item is scored under: every cyclic one when the task asks for it (items
-    rendered by their own code keep their one prompt)."""
-    if spec.rotations == "cyclic" and sample.prompt_text is None:
-        return tuple(range(len(sample.choices)))
-    return (0,)
-
-
-def rotated(sample: Sample, r: int) -> Sample:
-    """The item with its options rotated left by `r` (option r shown first); the key follows."""
-    if r == 0:
-        return sample
-    k = len(sample.choices)
-    return sample.model_copy(update={"choices": sample.choices[r:] + sample.choices[:r],
-                                     "target": (sample.target - r) % k})
-
-
-def _split_continuation(tokenize, context: str, ctx: list[int], continuation: str) -> list[int]:
-    """Token ids of the continuation as the model sees it after `context` (whose ids are `ctx`):
-    lm-eval's rule, encode the whole string and cut at the context's length, so a merge across
-    the boundary is tokenised the way the model would read it."""
-    whole = tokenize(context + continuation)
-    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
-        return whole[len(ctx):]
-    return tokenize(continuation)
-
-
-def build_requests(task: Task, tokenize: Callable[[str], list[int]]) -> list[ItemRequests]:
-    items = []
-    for s in task.samples:
-        offsets = rotation_offsets(task.spec, s)
-        reqs, bytes_, chars = [], [], []
-        h = hashlib.sha256()
-        for r in offsets:
-            shown = rotated(s, r)
-            context, conts = render_prompt(task.spec, shown)
-            ctx_ids = tokenize(context)  # once per item and rotation; every choice shares it
-            if len(offsets) > 1:
-                h.update(f"|r{r}:".encode())
-            for i, cont in enumerate(conts):
-                cont_ids = _split_continuation(tokenize, context, ctx_ids, cont)
-                if i == 0:
-                    h.update(("ctx:" + ",".join(map(str, ctx_ids))).encode())
-                h.update((f"|c{i}:" + ",".join(map(str, cont_ids))).encode())
-                # `choice` is the option's index in the item's own order, whatever its position.
-                k = len(conts)
-                reqs.append(LoglikelihoodRequest(tuple(ctx_ids), tuple(cont_ids), s.id, (i + r) % k))
-            chars += [len(shown.choices[i]) if i < len(shown.choices) else len(c.lstrip())
-                      for i, c in enumerate(conts)]
-            bytes_ += [len(c.encode()) for c in conts]
-        items.append(ItemRequests(s, tuple(reqs), tuple(bytes_), tuple(chars), h.hexdigest(), offsets))
-    return items
-
-
-def _choice_scores(spec: TaskSpec, lps, byte_lengths, char_lengths) -> tuple[float, ...]:
-    if spec.choice_score == "mean_per_byte":
-        return tuple(lp / max(b, 1) for lp, b in zip(lps, byte_lengths))
-    if spec.choice_score == "mean_per_char":
-        return tuple(lp / max(c, 1) for lp, c in zip(lps, char_lengths))
-    return tuple(lps)
-
-
-def _argmax(scores: Sequence[float]) -> int:
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties go to the earlier choice
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
-
-
-def item_record(task: Task, it: ItemRequests, lps: Sequence[float], variant: str) -> ItemRecord:
-    """One item's record from its requests' log-probs. Rotated: each rotation's scores are put
-    back in the item's own option order, and the record holds their means (choice_scores: of the
-    log-softmax, so each rotation weighs the same) and the option each rotation picked."""
-    s = it.sample
-    k = len(it.requests) // len(it.rotations)
-    blocks = []
-    for b, r in enumerate(it.rotations):
-        sl = slice(b * k, (b + 1) * k)
-        shown = _choice_scores(task.spec, lps[sl], it.byte_lengths[sl], it.char_lengths[sl])
-        order = [(j - r) % k for j in range(k)]  # option j sits at position (j − r) mod k
-        blocks.append((np.array([lps[b * k + p] for p in order]), np.array([shown[p] for p in order])))
-    if len(blocks) == 1:
-        raw, scores = (tuple(float(x) for x in a) for a in blocks[0])
-        picks = None
-    else:
-        raw = tuple(float(x) for x in np.mean([lp for lp, _ in blocks], axis=0))
-        scores = tuple(float(x) for x in np.mean([_log_softmax(sc) for _, sc in blocks], axis=0))
-        picks = tuple(_argmax(sc.tolist()) for _, sc in blocks)
-    pred = _argmax(scores)
-    return ItemRecord(
-        task=task.spec.id, sample_id=s.id, variant=variant, prompt_hash=it.prompt_hash,
-        choice_logprobs=raw, choice_scores=scores, prediction=pred, target=s.target,
-        correct=pred == s.target, category=s.category, risk=s.risk, rotation_predictions=picks,
-    )
-
-
-def score_items(
-    task: Task, items: Sequence[ItemRequests], backend: Backend, advance=None
-) -> list[ItemRecord]:
-    flat = [r for it in items for r in it.requests]
-    logprobs = backend.loglikelihood(flat, advance)
-    records, at = [], 0
-    for it in items:
-        n = len(it.requests)
-        records.append(item_record(task, it, logprobs[at:at + n], backend.info.variant))
-        at += n
-    return records
-
-
-def check_same_prompts(task: Task, base: Sequence[ItemRecord] | Sequence[GenerationRecord],
-                       items: Sequence[ItemRequests] | Sequence[GenerationItem], variant: str) -> None:
-    """Refuse to score a candidate whose token ids differ from the baseline's."""
-    expected = {r.sample_id: r.prompt_hash for r in base}
-    for it in items:
-        if expected.get(it.sample.id) != it.prompt_hash:
-            raise QevalInputError(
-                f"task {task.spec.id}, item {it.sample.id}: {variant} tokenises the prompt "
-                "differently from the baseline; the comparison needs byte-identical token ids "
-                "(same tokenizer and template)"
-            )
 
 
 class RecordStore:

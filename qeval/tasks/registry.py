@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qeval.errors import QevalInputError
+from qeval.kinds import all_kinds, check_spec, kind_of
 from qeval.types import BENCHMARK_FORMATS, NumericAnswer, Passage, Risk, Sample, Task, TaskSpec
 
 DATA_DIRS = frozenset({"items", "passages", "data"})
@@ -281,10 +282,9 @@ def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) 
     except ValidationError as exc:
         raise QevalInputError(f"{path}: {_short(exc, raw, TaskSpec)}; compare with "
                               "tasks/clinical_core/clinical_core.yaml") from None
+    kind = check_spec(spec, path)
     check_template(path, spec)
-    if spec.kind == "generate" and spec.generation is None:
-        raise QevalInputError(f"{path}: a generate task needs a `generation:` block "
-                              "(max_tokens, stop, answer_pattern)")
+    kind.check_spec(path, spec)
     if spec.generation is not None and spec.generation.answer_pattern:
         import re
 
@@ -294,26 +294,26 @@ def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) 
             raise QevalInputError(f"{path}: generation.answer_pattern is not a valid regex ({exc}); "
                                   "fix it, e.g. 'answer is \\(?([A-E])'") from None
     if spec.source.format in BENCHMARK_FORMATS:
-        if spec.kind == "reference_text":
-            raise QevalInputError(f"{path}: {spec.source.format} holds questions; use kind "
-                                  "multiple_choice or generate")
+        if kind.source_format != "qeval_items":
+            questions = " or ".join(k.name for k in all_kinds() if k.source_format == "qeval_items")
+            raise QevalInputError(f"{path}: {spec.source.format} holds questions; use kind {questions}")
         return _finish_items(path, spec, _benchmark_task(path, spec, data_dir, from_hub), f"data file {spec.source.path}")
     src = (path.parent / spec.source.path).resolve()
     if not src.exists():
         raise QevalInputError(f"{path}: source path {spec.source.path!r} does not exist ({src})")
     files = sorted(p for p in src.glob("*.yaml") if not p.name.startswith("_")) if src.is_dir() else [src]
-    wants = {"multiple_choice": "qeval_items", "generate": "qeval_items",
-             "reference_text": "qeval_passages"}[spec.kind]
+    wants = kind.source_format
     if spec.source.format != wants:
         raise QevalInputError(f"{path}: a {spec.kind} task reads source format {wants!r}, "
                               f"not {spec.source.format!r}")
-    if spec.kind == "reference_text":
+    if wants == "qeval_passages":
         return _passage_task(path, spec, files, src)
     samples: list[Sample] = []
     origin: list[Path] = []
     numeric = spec.generation is not None and spec.generation.answer == "numeric"
-    if numeric and spec.kind != "generate":
-        raise QevalInputError(f"{path}: generation.answer: numeric needs kind: generate")
+    if numeric and not kind.generates:
+        generating = " or ".join(k.name for k in all_kinds() if k.generates)
+        raise QevalInputError(f"{path}: generation.answer: numeric needs kind: {generating}")
     for f in files:
         found = load_item_file(f, spec.prompt.letters, numeric=numeric,
                                provenance=spec.require_provenance)
@@ -412,9 +412,6 @@ def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
 _ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "passage": "", "prompt_text": None,
                    "continuations": None, "answers": [], "generation": None, "numeric": None,
                    "require_provenance": False, "rotations": "none"}
-# Fields that only reference_text tasks read: part of their hash always (a changed k changes every
-# number), never part of a multiple-choice task's.
-_REFERENCE_ONLY = frozenset({"baseline_top_k", "window_tokens"})
 
 
 def _hashable(model: BaseModel) -> dict:
@@ -423,7 +420,8 @@ def _hashable(model: BaseModel) -> dict:
         data["source"].pop("ids_path", None)  # added later: absent keeps older tasks' hashes
     if isinstance(data.get("generation"), dict) and data["generation"].get("answer") == "text":
         data["generation"].pop("answer")  # added later: the default keeps older tasks' hashes
-    drop = _REFERENCE_ONLY if data.get("kind") == "multiple_choice" else frozenset()
+    # Fields a kind never reads, left out of its hash (the kind says which: qeval/kinds/).
+    drop = kind_of(data["kind"]).hash_drops if "kind" in data else frozenset()
     return {k: v for k, v in data.items()
             if k not in drop and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
 
