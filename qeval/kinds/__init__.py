@@ -23,27 +23,19 @@ KINDS: dict[str, str] = {
     "reference_text": "qeval.kinds.reference_text",
 }
 DEFAULT_KIND = "multiple_choice"  # a task file without `kind:`; a stored comparison without one
-_LOADED: dict[str, TaskKind] = {}
-
-
-def register(name: str, module: str) -> None:
-    """Add a kind: `module` defines `KIND` (its `name` is `name`)."""
-    KINDS[name] = module
-    _LOADED.pop(name, None)
+_LOADED: dict[str, TaskKind] = {}  # module → its KIND
 
 
 def kind_of(name: str, where: object = None) -> TaskKind:
     """The kind called `name`; an unknown one is bad input (`where`: the file or task that named it)."""
-    kind = _LOADED.get(name)
-    if kind is not None:
-        return kind
-    if name not in KINDS:
+    module = KINDS.get(name)
+    if module is None:
         at = f"{where}: " if where is not None else ""
         raise QevalInputError(f"{at}unknown task kind {name!r}; known kinds: {', '.join(KINDS)}; "
                               "set `kind:` to one of them")
-    kind = importlib.import_module(KINDS[name]).KIND
-    _LOADED[name] = kind
-    return kind
+    if module not in _LOADED:
+        _LOADED[module] = importlib.import_module(module).KIND
+    return _LOADED[module]
 
 
 def all_kinds() -> list[TaskKind]:
