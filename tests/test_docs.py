@@ -22,6 +22,11 @@ README = ROOT / "README.md"
 # every path the docs name is checked.
 PLANNED = {
     "qeval/settings.py",
+    "qeval/kinds/base.py",
+    "qeval/variants/spec.py",
+    "qeval/variants/base.py",
+    "qeval/variants/registry.py",
+    "qeval/rundir/write.py",
     "qeval/run/app.py",
     "qeval/engines/registry.py",
     "qeval/rundir/schema.py",
