@@ -245,7 +245,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     from qeval.model_source import cache_dir, resolve_model
     from qeval.run.pipeline import run_compare
     from qeval.power import discordance_history
-    from qeval.report.markdown import print_summary, results_dict, time_breakdown, write_run
+    from qeval.report.markdown import print_summary, results_document, time_breakdown, write_run
     from qeval.run.store import RecordStore
 
     resolve_device(cfg.device)  # a GPU-only option fails before minutes of model preparation
@@ -265,20 +265,18 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
                       history=discordance_history(run_dir.parent))
     trail.result = res
     res.timings["model_preparation_s"] = model_seconds
-    results = results_dict(
+    results = results_document(
         res,
         model={"spec": resolved.spec, "source": resolved.source, "fingerprint": resolved.fingerprint,
                "notes": list(resolved.notes)},
         policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
+        **({"efficiency": _efficiency(res, cfg, resolved)} if cfg.efficiency is not None else {}),
+        artefacts=calibration_summary(factory, overlaps), skipped_tasks=skipped,
     )
-    if cfg.efficiency is not None:
-        results["efficiency"] = _efficiency(res, cfg, resolved)
-    results["artefacts"] = calibration_summary(factory, overlaps)
-    results["skipped_tasks"] = skipped
     files = extra(res, factory) if extra else {}
     res.timings["total_s"] = time.perf_counter() - started
     write_run(run_dir, res, results, log_text=cfg.log_text, extra_files=files)
-    print_summary(console, results, run_dir)
+    print_summary(console, results.as_dict(), run_dir)
     console.print(f"[dim]{time_breakdown(res.timings)}[/]")
     return res, run_dir
 

@@ -27,7 +27,8 @@ from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
 from qeval.report.html import REPORT_FILE, write_html
 from qeval.run.pipeline import CompareResult, run_compare
-from qeval.report.markdown import EFFICIENCY_COLUMNS, _safe, efficiency_rows, results_dict, write_run
+from qeval.report.markdown import EFFICIENCY_COLUMNS, efficiency_rows, results_dict, write_run
+from qeval.rundir.write import safe_name as _safe
 from qeval.types import (
     GenerationSpec, ItemRecord, Passage, Risk, Sample, SourceSpec, Task, TaskSpec, TextRecord,
 )
@@ -176,15 +177,15 @@ def test_recomputed_kl_matches_results_json(run_dir: Path):
     for cand in run.candidates:
         c = run.comparison(cand, MC_TASK)
         kl = np.array(run.choice_kl(cand, MC_TASK))
-        assert len(kl) == c["n"]
-        assert kl.mean() == pytest.approx(c["choice_kl_mean"]["estimate"], rel=1e-12, abs=1e-15)
-        assert kl.max() == pytest.approx(c["choice_kl_max"], rel=1e-12, abs=1e-15)
-        assert np.quantile(kl, 0.99) == pytest.approx(c["choice_kl_p99"], rel=1e-12, abs=1e-15)
+        assert len(kl) == c.n
+        assert kl.mean() == pytest.approx(c.choice_kl_mean.estimate, rel=1e-12, abs=1e-15)
+        assert kl.max() == pytest.approx(c.choice_kl_max, rel=1e-12, abs=1e-15)
+        assert np.quantile(kl, 0.99) == pytest.approx(c.choice_kl_p99, rel=1e-12, abs=1e-15)
         t = run.comparison(cand, TEXT_TASK)
         tokens = np.array(run.token_kl(cand, TEXT_TASK))
-        assert len(tokens) == t["n_tokens"]
-        assert tokens.max() == pytest.approx(t["kld_max"], rel=1e-12)
-        assert np.quantile(tokens, 0.5) == pytest.approx(t["kld_median"], rel=1e-12)
+        assert len(tokens) == t.n_tokens
+        assert tokens.max() == pytest.approx(t.kld_max, rel=1e-12)
+        assert np.quantile(tokens, 0.5) == pytest.approx(t.kld_median, rel=1e-12)
     assert np.array(run.choice_kl(DAMAGED, MC_TASK)).mean() > 0.01
 
 
