@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from qeval.types import (
     BackendInfo,
@@ -65,15 +66,15 @@ class Tagged(Doc):
 
 
 class ChoiceSummary(TaskComparison):
-    items: PairedItems | None = Field(None, exclude=True, repr=False)
+    items: SkipJsonSchema[PairedItems | None] = Field(None, exclude=True, repr=False)
 
 
 class GenerationSummary(GenerationComparison):
-    items: PairedItems | None = Field(None, exclude=True, repr=False)
+    items: SkipJsonSchema[PairedItems | None] = Field(None, exclude=True, repr=False)
 
 
 class TextSummary(TextComparison):
-    units: TextUnits | None = Field(None, exclude=True, repr=False)
+    units: SkipJsonSchema[TextUnits | None] = Field(None, exclude=True, repr=False)
 
 
 class _Judged(BaseModel):
@@ -164,7 +165,8 @@ class RunResults(Tagged):
     artefacts: dict[str, dict[str, Any]] | None = None  # GPTQ/AWQ: how made, calibration overlap
     skipped_tasks: list[str] | None = None
     rejudged: Rejudged | None = None
-    efficiency: EfficiencyTable | None = Field(None, exclude=True)
+    # Not in results.json: efficiency.json's table, merged in by load_run (and left out of the schema).
+    efficiency: SkipJsonSchema[EfficiencyTable | None] = Field(None, exclude=True)
 
     def as_dict(self) -> dict[str, Any]:
         """results.json as a plain dict, efficiency.json's table (when measured) under
