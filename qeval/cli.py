@@ -323,7 +323,8 @@ def calibrate(
     console = Console()
     started = time.perf_counter()
     try:
-        from qeval.run.calibrate import Arm, markdown, plot_svg, summarise
+        from qeval.report.plots import calibrate_plot
+        from qeval.run.calibrate import HIGHER_IS_BETTER, Arm, markdown, summarise
 
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         set_list = [x.strip() for x in sets.split(",") if x.strip()]
@@ -366,7 +367,7 @@ def calibrate(
             panels += [(t.spec.id, "delta_accuracy") for t in res.tasks if t.spec.kind != "reference_text"]
             return {"calibrate.json": summary.model_dump_json(indent=1) + "\n",
                     "calibrate.md": markdown(summary, "calibrate.svg"),
-                    "calibrate.svg": plot_svg(summary, panels)}
+                    "calibrate.svg": calibrate_plot(summary, panels, higher_is_better=HIGHER_IS_BETTER)}
 
         with audited("calibrate", cfg, bad_input=_BAD_INPUT, bad_input_code=EXIT_BAD_INPUT,
                      ctx=ctx, warn=_warn) as trail:

@@ -68,17 +68,17 @@ def render_html(run: Run) -> str:
         '<a href="#memory">quality vs memory</a><a href="#tasks">per task</a>'
         + ('<a href="#efficiency">efficiency</a>' if r.get("efficiency") else "")
         + '<a href="#why">why</a></nav>',
-        _figure("forest", "Δ accuracy with 95% intervals and margins", plots.forest_plot(r),
+        _figure("forest", "Δ accuracy with 95% intervals and margins", plots.forest_plot(run.document),
                 "Paired Δ accuracy, candidate − baseline, on the same items. GO needs the lower bound "
                 "above −margin; NO_GO needs the upper bound below it (one-sided, Bonferroni-corrected "
                 "across a candidate's tests)."),
-        _figure("flips", "Flips by direction and risk level", plots.flips_plot(r),
+        _figure("flips", "Flips by direction and risk level", plots.flips_plot(run.document),
                 "Items the candidate answers differently from the baseline's correctness: "
                 "correct→wrong (losses) and wrong→correct (gains), high-risk items darker."),
         _figure("kld", "KL divergence distributions", _kld_svg(run),
                 "Per-item choice-KL (multiple choice) and per-token KL (reference text), recomputed "
                 "from the stored records."),
-        _figure("memory", "Quality vs memory", plots.quality_memory_plot(r),
+        _figure("memory", "Quality vs memory", plots.quality_memory_plot(run.document),
                 "Each variant against its worst task, at its resident weight memory (filled marker) and, "
                 "when this run measured efficiency, at its peak memory after loading, while scoring "
                 "and in the speed probe (hollow marker on the same row)."),
