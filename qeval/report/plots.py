@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import io
 import math
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
@@ -23,13 +23,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from qeval.gate import GatePolicy
+from qeval.report.by_kind import view
 from qeval.rundir.read import Run
-from qeval.rundir.schema import (
-    ChoiceSummary,
-    GenerationSummary,
-    RunResults,
-    TextSummary,
-)
+from qeval.rundir.schema import RunResults
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 _XLINK = ' xmlns:xlink="http://www.w3.org/1999/xlink"'
@@ -51,31 +47,6 @@ _RC = {"svg.hashsalt": "qeval", "svg.fonttype": "none", "font.size": 10, "axes.t
 _WRAP_AT = 44  # a row label longer than this wraps after its task id
 
 
-# ---------------------------------------------------------------- the kinds, in one place
-# Which comparison classes carry accuracy (labelled items) and which a KL distribution: the only
-# place the report's plots tell the task kinds apart.
-
-
-class _KlView(NamedTuple):
-    unit: Literal["item", "token"]
-    values: Callable[[Run, str, str], Sequence[float]]  # (run, candidate, task) → per-unit KL
-    limit_rule: str  # the policy's limit on the mean
-    mean: Callable[[Any], float]  # the comparison's mean KL
-
-
-_LABELLED = (ChoiceSummary, GenerationSummary)
-_KL_VIEWS: dict[type, _KlView] = {
-    ChoiceSummary: _KlView("item", lambda run, cand, task: run.choice_kl(cand, task), "max_choice_kl_mean",
-                           lambda c: c.choice_kl_mean.estimate),
-    TextSummary: _KlView("token", lambda run, cand, task: run.token_kl(cand, task), "max_token_kld_mean",
-                         lambda c: c.kld_mean.estimate),
-}
-
-
-def _kl_view(c) -> _KlView | None:
-    return next((v for cls, v in _KL_VIEWS.items() if isinstance(c, cls)), None)
-
-
 # ---------------------------------------------------------------- small helpers
 
 
@@ -90,7 +61,7 @@ def document(results: RunResults | dict) -> RunResults:
 
 def labelled_comparisons(results: RunResults | dict) -> list:
     """Comparisons with per-item correctness (multiple choice, generate): accuracy and flips."""
-    return [c for c in document(results).comparisons if isinstance(c, _LABELLED)]
+    return [c for c in document(results).comparisons if view(c).labelled]
 
 
 def gate_policy(results: RunResults | dict) -> GatePolicy | None:
@@ -302,11 +273,11 @@ def kl_series(run: Run) -> list[KlSeries]:
     policy = gate_policy(run.document)
     out = []
     for c in run.document.comparisons:
-        view = _kl_view(c)
-        if view is None:
+        kl = view(c).kl
+        if kl is None:
             continue
-        limit = None if policy is None else getattr(policy.rules_for(c.task), view.limit_rule)
-        out.append(KlSeries(c.task, c.candidate, view.unit, view.values(run, c.candidate, c.task), limit,
+        limit = None if policy is None else getattr(policy.rules_for(c.task), kl.limit_rule)
+        out.append(KlSeries(c.task, c.candidate, kl.unit, kl.values(run, c.candidate, c.task), limit,
                             _verdict(c)))
     return out
 
@@ -410,12 +381,12 @@ def _peak_mib(doc: RunResults, variant: str) -> float | None:
 
 def _worst(comparisons: Sequence, metric: str) -> tuple[float, float | None]:
     if metric == "delta_accuracy":
-        labelled = [c for c in comparisons if isinstance(c, _LABELLED)]
+        labelled = [c for c in comparisons if view(c).labelled]
         if not labelled:
             return math.nan, None
         worst = min(labelled, key=lambda c: c.delta.estimate)
         return 100 * worst.delta.estimate, 100 * worst.delta.low
-    means = [view.mean(c) for c in comparisons if (view := _kl_view(c)) is not None]
+    means = [kl.mean(c) for c in comparisons if (kl := view(c).kl) is not None]
     return (max(means) if means else math.nan), None
 
 
