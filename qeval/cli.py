@@ -246,7 +246,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     from qeval.model_source import cache_dir, resolve_model
     from qeval.run.pipeline import run_compare
     from qeval.power import discordance_history
-    from qeval.report.markdown import print_summary, results_dict, time_breakdown, write_run
+    from qeval.report.markdown import print_summary, results_document, time_breakdown, write_run
     from qeval.run.store import RecordStore
 
     resolve_device(cfg.device)  # a GPU-only option fails before minutes of model preparation
@@ -266,20 +266,18 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
                       history=discordance_history(run_dir.parent))
     trail.result = res
     res.timings["model_preparation_s"] = model_seconds
-    results = results_dict(
+    results = results_document(
         res,
         model={"spec": resolved.spec, "source": resolved.source, "fingerprint": resolved.fingerprint,
                "notes": list(resolved.notes)},
         policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
+        **({"efficiency": _efficiency(res, cfg, resolved)} if cfg.efficiency is not None else {}),
+        artefacts=calibration_summary(factory, overlaps), skipped_tasks=skipped,
     )
-    if cfg.efficiency is not None:
-        results["efficiency"] = _efficiency(res, cfg, resolved)
-    results["artefacts"] = calibration_summary(factory, overlaps)
-    results["skipped_tasks"] = skipped
     files = extra(res, factory) if extra else {}
     res.timings["total_s"] = time.perf_counter() - started
     write_run(run_dir, res, results, log_text=cfg.log_text, extra_files=files)
-    print_summary(console, results, run_dir)
+    print_summary(console, results.as_dict(), run_dir)
     console.print(f"[dim]{time_breakdown(res.timings)}[/]")
     return res, run_dir
 
@@ -326,7 +324,8 @@ def calibrate(
     console = Console()
     started = time.perf_counter()
     try:
-        from qeval.run.calibrate import Arm, markdown, plot_svg, summarise
+        from qeval.report.plots import calibrate_plot
+        from qeval.run.calibrate import HIGHER_IS_BETTER, Arm, markdown, summarise
 
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         set_list = [x.strip() for x in sets.split(",") if x.strip()]
@@ -367,7 +366,7 @@ def calibrate(
             panels += [(t.spec.id, "delta_accuracy") for t in res.tasks if kind_of(t.spec.kind).has_labels]
             return {"calibrate.json": summary.model_dump_json(indent=1) + "\n",
                     "calibrate.md": markdown(summary, "calibrate.svg"),
-                    "calibrate.svg": plot_svg(summary, panels)}
+                    "calibrate.svg": calibrate_plot(summary, panels, higher_is_better=HIGHER_IS_BETTER)}
 
         with audited("calibrate", cfg, bad_input=_BAD_INPUT, bad_input_code=EXIT_BAD_INPUT,
                      ctx=ctx, warn=_warn) as trail:

@@ -10,7 +10,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from qeval.run.calibrate import Arm, plot_svg, summarise
+from qeval.report.plots import CALIBRATE_ID, calibrate_plot
+from qeval.run.calibrate import Arm, summarise
 from qeval.quantize.gptq_awq import calibration_windows, check_variant, layer_widths, valid_groups
 from qeval.quantize.calibration_sets import (
     NGRAM, CalibrationSet, builtin_sets, check_contamination, contamination, load_builtin,
@@ -233,9 +234,13 @@ def test_summarise_ranks_the_set_with_less_damage_first():
     assert kld.distinguishable and kld.better == "clinical"
     row = next(r for r in summary.arms if r.calib == "generic" and r.task == "notes")
     assert row.stat("token_kld").per_seed[0] == pytest.approx(0.05 * np.mean([1, 1.1, 1.2]), rel=1e-9)
-    svg = plot_svg(summary, [("notes", "token_kld"), ("mc", "choice_kl")])
+    svg = calibrate_plot(summary, [("notes", "token_kld"), ("mc", "choice_kl")])
     root = ET.fromstring(svg)
-    assert len(root.findall(".//{http://www.w3.org/2000/svg}circle")) == 8  # 2 arms x 2 seeds x 2 panels
+    ns = "{http://www.w3.org/2000/svg}"
+    seeds = [g for g in root.iter(f"{ns}g") if g.get("id", "").startswith(f"{CALIBRATE_ID}-panel-")
+             and "-seeds-" in g.get("id", "")]
+    assert sum(len(g.findall(f".//{ns}use")) for g in seeds) == 8  # 2 arms x 2 seeds x 2 panels
+    assert svg == calibrate_plot(summary, [("notes", "token_kld"), ("mc", "choice_kl")])  # deterministic
 
 
 def test_scoring_kernel_isolates_the_weights_on_cpu_unless_asked():

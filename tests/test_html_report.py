@@ -27,7 +27,8 @@ from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
 from qeval.report.html import REPORT_FILE, write_html
 from qeval.run.pipeline import CompareResult, run_compare
-from qeval.report.markdown import EFFICIENCY_COLUMNS, _safe, efficiency_rows, results_dict, write_run
+from qeval.report.markdown import EFFICIENCY_COLUMNS, efficiency_rows, results_dict, write_run
+from qeval.rundir.write import safe_name as _safe
 from qeval.types import (
     GenerationSpec, ItemRecord, Passage, Risk, Sample, SourceSpec, Task, TaskSpec, TextRecord,
 )
@@ -176,15 +177,15 @@ def test_recomputed_kl_matches_results_json(run_dir: Path):
     for cand in run.candidates:
         c = run.comparison(cand, MC_TASK)
         kl = np.array(run.choice_kl(cand, MC_TASK))
-        assert len(kl) == c["n"]
-        assert kl.mean() == pytest.approx(c["choice_kl_mean"]["estimate"], rel=1e-12, abs=1e-15)
-        assert kl.max() == pytest.approx(c["choice_kl_max"], rel=1e-12, abs=1e-15)
-        assert np.quantile(kl, 0.99) == pytest.approx(c["choice_kl_p99"], rel=1e-12, abs=1e-15)
+        assert len(kl) == c.n
+        assert kl.mean() == pytest.approx(c.choice_kl_mean.estimate, rel=1e-12, abs=1e-15)
+        assert kl.max() == pytest.approx(c.choice_kl_max, rel=1e-12, abs=1e-15)
+        assert np.quantile(kl, 0.99) == pytest.approx(c.choice_kl_p99, rel=1e-12, abs=1e-15)
         t = run.comparison(cand, TEXT_TASK)
         tokens = np.array(run.token_kl(cand, TEXT_TASK))
-        assert len(tokens) == t["n_tokens"]
-        assert tokens.max() == pytest.approx(t["kld_max"], rel=1e-12)
-        assert np.quantile(tokens, 0.5) == pytest.approx(t["kld_median"], rel=1e-12)
+        assert len(tokens) == t.n_tokens
+        assert tokens.max() == pytest.approx(t.kld_max, rel=1e-12)
+        assert np.quantile(tokens, 0.5) == pytest.approx(t.kld_median, rel=1e-12)
     assert np.array(run.choice_kl(DAMAGED, MC_TASK)).mean() > 0.01
 
 
@@ -219,57 +220,51 @@ def test_page_has_banner_plots_and_tables(run_dir: Path, page: str):
         svg = _svg_by_id(page, plot_id)
         assert "<title>" in svg and 'aria-label="' in svg
     labelled = [(c["task"], c["candidate"]) for c in results["comparisons"] if c["kind"] != "reference_text"]
+    assert [(c.task, c.candidate) for c in plots.labelled_comparisons(results)] == labelled
     forest = _svg_by_id(page, plots.FOREST_ID)
-    rows = re.findall(r'class="forest-row" data-task="([^"]*)" data-candidate="([^"]*)"', forest)
-    assert sorted(rows) == sorted((plots._esc(t), plots._esc(c)) for t, c in labelled)
-    assert len(rows) == 2 * 2  # (multiple choice, generate) × 2 candidates
-    assert len(re.findall(r'class="flips-row"', _svg_by_id(page, plots.FLIPS_ID))) == len(labelled)
+    assert _row_ids(forest, plots.FOREST_ID) == list(range(len(labelled))) and len(labelled) == 2 * 2
+    texts = _texts(forest)
+    assert all(f"{t} · {c}" in texts for t, c in labelled), texts  # every row labelled, in full
+    assert _row_ids(_svg_by_id(page, plots.FLIPS_ID), plots.FLIPS_ID, "-c2w-high") == list(range(len(labelled)))
     # KL distributions: multiple choice per item, reference text per token, for each candidate.
     kld = _svg_by_id(page, plots.KLD_ID)
-    assert len(re.findall(r'data-unit="item"', kld)) == 2 and len(re.findall(r'data-unit="token"', kld)) == 2
+    assert len(_row_ids(kld, plots.KLD_ID, "-item")) == 2 and len(_row_ids(kld, plots.KLD_ID, "-token")) == 2
     assert 'id="qeval-tasks"' in page and page.count("<tr>") >= 1 + len(results["comparisons"])
     assert 'id="qeval-efficiency"' in page and "peak RSS" in page
-    assert len(re.findall(r'class="qm-point"', _svg_by_id(page, plots.QUALITY_MEMORY_ID))) == 4
+    assert len(_row_ids(_svg_by_id(page, plots.QUALITY_MEMORY_ID), plots.QUALITY_MEMORY_ID)) == 4
 
 
-def _estimated_text_boxes(svg: str) -> list[tuple[float, float, str]]:
-    """(left, right, label) of each horizontal <text>, at 7 px a character for 12 px text (an
-    estimate of the test's own, not the module's)."""
-    boxes = []
-    for attrs, content in re.findall(r"<text ([^>]*)>([^<]*)</text>", svg):
-        if "transform=" in attrs:
-            continue
-        x = float(re.search(r'\bx="([-\d.]+)"', attrs).group(1))
-        size = float(m.group(1)) if (m := re.search(r'font-size="([\d.]+)"', attrs)) else 12.0
-        anchor = m.group(1) if (m := re.search(r'text-anchor="(\w+)"', attrs)) else "start"
-        label = html.unescape(content)
-        w = len(label) * 7 * size / 12
-        left = x - {"start": 0, "middle": w / 2, "end": w}[anchor]
-        boxes.append((left, left + w, label))
-    return boxes
+def _row_ids(svg: str, plot_id: str, suffix: str = "") -> list[int]:
+    """The row numbers of a plot's marks (`<g id="<plot id>-row-<i><suffix>">`), in order."""
+    return [int(i) for i in re.findall(rf'<g id="{re.escape(plot_id)}-row-(\d+){re.escape(suffix)}"', svg)]
 
 
-def _assert_labels_fit(svg: str) -> None:
-    width = float(re.search(r'<svg [^>]*\bwidth="([\d.]+)"', svg).group(1))
-    view_width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
-    assert width == view_width
-    for left, right, label in _estimated_text_boxes(svg):
-        assert left >= 0 and right <= width, (label, left, right, width)
-    assert "…" not in svg  # no label is cut short
+def _group(svg: str, gid: str) -> str:
+    m = re.search(rf'<g id="{re.escape(gid)}">(.*?)</g>', svg, flags=re.S)
+    assert m, gid
+    return m.group(1)
 
 
-def test_every_plot_label_fits_its_canvas(page: str):
-    for plot_id in (plots.FOREST_ID, plots.FLIPS_ID, plots.KLD_ID, plots.QUALITY_MEMORY_ID):
-        _assert_labels_fit(_svg_by_id(page, plot_id))
-    forest = _svg_by_id(page, plots.FOREST_ID)
-    longest = max((label for _, _, label in _estimated_text_boxes(forest) if label.endswith(
-        ("GO", "INCONCLUSIVE"))), key=len)
-    assert " pp  " in longest and float(re.search(r'width="([\d.]+)"', forest).group(1)) >= len(longest) * 7
+def _texts(svg: str) -> list[str]:
+    """Every <text>'s content (matplotlib writes each line of a label as its own text)."""
+    return [html.unescape(t) for t in re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)]
+
+
+def test_plots_are_deterministic_and_free_of_dates_and_addresses(run_dir: Path):
+    """matplotlib's SVG backend with a fixed hash salt and no date: the same run gives the same
+    bytes; clip paths (url(#…)) are switched off and the inline copy holds no address."""
+    run = load_run(run_dir)
+    for make in (lambda: plots.forest_plot(run.document), lambda: plots.flips_plot(run.document),
+                 lambda: plots.kld_plot(plots.kl_series(run)), lambda: plots.quality_memory_plot(run.document)):
+        first, again = make(), make()
+        assert first == again
+        inline = plots.inline_svg(first)
+        assert "url(" not in inline and "http" not in inline and "<dc:date>" not in first.lower()
 
 
 def test_long_names_show_in_full_wrapped_after_the_task(run_dir: Path):
-    """Row labels are never cut: a long task · candidate label wraps onto two lines, and the canvas
-    widens to the longest line and to the widest number on the right."""
+    """Row labels are never cut: a long task · candidate label wraps onto two lines (after the
+    task), and the canvas widens to hold it (matplotlib's tight bounding box, real font metrics)."""
     run = load_run(run_dir)
     results = copy.deepcopy(run.results)
     long_task, long_cand = "a_very_long_benchmark_task_identifier_v2", "hf:org/some-model-awq-int4-g128-v1.5"
@@ -283,13 +278,20 @@ def test_long_names_show_in_full_wrapped_after_the_task(run_dir: Path):
         v["variant"] = long_cand if v["variant"] == DAMAGED else v["variant"]
     series = [plots.KlSeries(long_task, long_cand, "token", [0.01, 0.2, 0.03], 0.05, "NO_GO"),
               plots.KlSeries("t", "c", "item", [0.001, 0.002], None, "GO")]
-    for svg in (plots.forest_plot(results), plots.flips_plot(results), plots.kld_plot(series),
-                plots.quality_memory_plot(results)):
-        _assert_labels_fit(svg)
-        labels = [label for _, _, label in _estimated_text_boxes(svg)]
-        assert any(long_cand in label for label in labels), labels
-    labels = [label for _, _, label in _estimated_text_boxes(plots.forest_plot(results))]
-    assert f"{long_task} ·" in labels and long_cand in labels  # wrapped after the task
+
+    def width(svg: str) -> float:
+        return float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
+
+    for svg, short in ((plots.forest_plot(results), plots.forest_plot(run.document)),
+                       (plots.flips_plot(results), plots.flips_plot(run.document)),
+                       (plots.kld_plot(series), plots.kld_plot(series[1:])),
+                       (plots.quality_memory_plot(results), None)):
+        texts = _texts(svg)
+        assert any(long_cand in t for t in texts), texts
+        assert "…" not in svg  # no label is cut short
+        assert short is None or width(svg) > width(short)  # the row labels' column widened
+    texts = _texts(plots.forest_plot(results))
+    assert f"{long_task} ·" in texts and long_cand in texts  # wrapped after the task
 
 
 def test_efficiency_table_shows_report_md_cells(run_dir: Path, page: str):
@@ -312,21 +314,21 @@ def test_efficiency_table_shows_report_md_cells(run_dir: Path, page: str):
 
 def test_quality_plot_marks_peak_memory_beside_weights(page: str):
     qm = _svg_by_id(page, plots.QUALITY_MEMORY_ID)
-    points = re.findall(r'<g class="qm-point".*?</g>', qm, flags=re.S)
-    assert len(points) == 4
-    assert all('class="weight-marker"' in p and 'class="peak-marker"' in p for p in points)
-    assert "hollow = peak after loading" in qm and "peak: peak RSS" in qm
+    weights = _row_ids(qm, plots.QUALITY_MEMORY_ID)
+    peaks = [int(i) for i in re.findall(rf'<g id="{plots.QUALITY_MEMORY_ID}-peak-(\d+)"', qm)]
+    assert len(weights) == 4 and peaks == weights
+    texts = " ".join(_texts(qm))
+    assert "hollow = peak after loading" in texts and "peak: peak RSS" in texts
 
 
-def test_forest_draws_each_tasks_own_margin_and_colours_by_verdict(page: str):
+def test_forest_draws_each_tasks_own_margin_and_colours_by_verdict(run_dir: Path, page: str):
     forest = _svg_by_id(page, plots.FOREST_ID)
-    results_rows = re.findall(r'<g class="forest-row" data-task="([^"]*)"[^>]*data-verdict="([^"]*)">(.*?)</g>',
-                              forest, flags=re.S)
+    rows = plots.labelled_comparisons(json.loads((run_dir / "results.json").read_text()))
     margins = {}
-    for task, verdict, row in results_rows:
-        assert plots.VERDICT_COLOUR[verdict] in row
-        m = re.search(r'<line x1="([\d.]+)"[^>]*class="margin"', row)
-        margins.setdefault(task, set()).add(m.group(1))
+    for i, c in enumerate(rows):
+        assert plots.VERDICT_COLOUR[c.verdict.value] in _group(forest, f"{plots.FOREST_ID}-row-{i}")
+        m = re.search(r'd="M ([-\d.]+) ', _group(forest, f"{plots.FOREST_ID}-margin-{i}"))
+        margins.setdefault(c.task, set()).add(m.group(1))
     # 8 pp for the multiple-choice task (override), 5 pp default for the generate task: two x positions.
     assert all(len(xs) == 1 for xs in margins.values()) and len(set().union(*margins.values())) == 2
 
@@ -357,18 +359,19 @@ def test_page_without_efficiency_and_quality_plot_without_memory(tmp_path: Path)
     assert 'id="qeval-efficiency"' not in page
     # The fake backend reports no weight bytes: nothing to place, and the plot says so.
     qm = _svg_by_id(page, plots.QUALITY_MEMORY_ID)
-    assert "not measured" in qm and 'class="qm-point"' not in qm
+    assert "not measured" in qm and not _row_ids(qm, plots.QUALITY_MEMORY_ID)
     results = json.loads((out / "results.json").read_text())
     results["baseline"]["weight_bytes"] = 538_000_000
     for c in results["candidates"]:
         c["weight_bytes"] = 100_000_000
     svg = plots.quality_memory_plot(results, metric="kl")
-    assert len(re.findall(r'class="qm-point"', svg)) == 3  # baseline and two candidates (floor: no bytes)
+    assert len(_row_ids(svg, plots.QUALITY_MEMORY_ID)) == 3  # baseline and two candidates (floor: no bytes)
 
 
-def test_plots_render_for_a_text_only_run_and_without_a_policy():
-    results = {"comparisons": [], "policy": {}, "baseline": {"variant": "b", "weight_bytes": 0},
-               "candidates": [], "per_candidate": {}}
+def test_plots_render_for_a_text_only_run_and_without_a_policy(run_dir: Path):
+    doc = load_run(run_dir).document
+    results = doc.model_copy(update={"comparisons": [c for c in doc.comparisons if c.kind == "reference_text"],
+                                     "policy": {}, "efficiency": None, "noise_floor": None})
     for svg in (plots.forest_plot(results), plots.flips_plot(results), plots.kld_plot([]),
                 plots.quality_memory_plot(results)):
         assert svg.startswith("<svg") and 'class="qeval-plot"' in svg
@@ -411,10 +414,11 @@ return Array.from(document.querySelectorAll('svg.qeval-plot')).map(svg => {
   const r = svg.getBoundingClientRect();
   const b = svg.getBBox();
   const marks = svg.querySelectorAll('line, rect, circle, path').length;
-  const texts = Array.from(svg.querySelectorAll('text')).filter(t => !t.hasAttribute('transform'))
+  const texts = Array.from(svg.querySelectorAll('text'))
+    .filter(t => !/rotate\(-?90/.test(t.getAttribute('transform') || ''))
     .map(t => t.getBBox());
   return {id: svg.id, width: r.width, height: r.height, bboxWidth: b.width, bboxHeight: b.height,
-          marks: marks, rows: svg.querySelectorAll('.forest-row, .flips-row, .kld-row, .qm-point').length,
+          marks: marks, rows: Array.from(svg.querySelectorAll('g[id]')).filter(g => /-row-\d+$/.test(g.id)).length,
           inSvgNamespace: svg.namespaceURI === 'http://www.w3.org/2000/svg',
           viewWidth: svg.viewBox.baseVal.width,
           textLeft: Math.min(...texts.map(t => t.x)), textRight: Math.max(...texts.map(t => t.x + t.width))};

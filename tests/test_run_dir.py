@@ -20,7 +20,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
         update={"efficiency": None, "log_text": True})
     res = run_compare(cfg, [task], factory=FakeFactory([task]), store=None, model_fingerprint="f",
                       policy=GatePolicy(), ui=QuietUI())
-    results = results_dict(res, model={"source": "fake", "fingerprint": "f" * 64}, policy={})
+    results = results_dict(res, model={"spec": "fake", "source": "fake", "fingerprint": "f" * 64}, policy={})
 
     def broken(run_dir):
         assert (run_dir / "texts" / "prompts.jsonl").is_file()  # the texts were written by then

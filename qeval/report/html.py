@@ -13,10 +13,13 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from qeval.report import plots
 from qeval.errors import QevalInputError
-from qeval.util.fileio import atomic_write_text
+from qeval.report import plots
+from qeval.report.by_kind import view
 from qeval.rundir.read import Run, load_run
+from qeval.rundir.schema import RunResults
+from qeval.types import Interval
+from qeval.util.fileio import atomic_write_text
 
 REPORT_FILE = "report.html"
 
@@ -61,12 +64,12 @@ def write_html(run_dir: Path) -> Path:
 
 
 def render_html(run: Run) -> str:
-    r = run.results
+    r = run.document
     sections = [
         _header(r), _banner(r),
         '<nav><a href="#forest">Δ accuracy</a><a href="#flips">flips</a><a href="#kld">KL divergence</a>'
         '<a href="#memory">quality vs memory</a><a href="#tasks">per task</a>'
-        + ('<a href="#efficiency">efficiency</a>' if r.get("efficiency") else "")
+        + ('<a href="#efficiency">efficiency</a>' if r.efficiency else "")
         + '<a href="#why">why</a></nav>',
         _figure("forest", "Δ accuracy with 95% intervals and margins", plots.forest_plot(r),
                 "Paired Δ accuracy, candidate − baseline, on the same items. GO needs the lower bound "
@@ -83,13 +86,13 @@ def render_html(run: Run) -> str:
                 "when this run measured efficiency, at its peak memory after loading, while scoring "
                 "and in the speed probe (hollow marker on the same row)."),
         _task_table(r),
-        _efficiency_table(r.get("efficiency")),
+        _efficiency_table(run.results.get("efficiency")),  # report.md's cells, from the dict
         _why(r),
         '<p class="note">This page holds task ids, sample ids, variant names and numbers only: no prompt, '
         "option, reference or output text (with --log-text those stay in texts/, never here). Everything "
         "is inline; it opens offline.</p>",
     ]
-    title = f"qeval: {r['verdict']}"
+    title = f"qeval: {r.verdict.value}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
@@ -107,29 +110,28 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _interval_pp(i: dict) -> str:
-    return f"{100 * i['estimate']:+.1f} [{100 * i['low']:+.1f}, {100 * i['high']:+.1f}]"
+def _interval_pp(i: Interval) -> str:
+    return f"{100 * i.estimate:+.1f} [{100 * i.low:+.1f}, {100 * i.high:+.1f}]"
 
 
-def _header(r: dict) -> str:
-    model = r.get("model", {})
-    b = r["baseline"]
-    policy = (r.get("policy") or {}).get("name", "—")
-    return (f"<h1>qeval compare: {_esc(model.get('source', 'model'))}</h1>"
-            f'<p class="meta">fingerprint {_esc(str(model.get("fingerprint", ""))[:16])} · baseline '
-            f"{_esc(b['variant'])} computed in {_esc(b['compute_dtype'])} on {_esc(b['device'])} "
-            f"(requested {_esc(b['requested_dtype'])}) · policy {_esc(policy)} · {_esc(r.get('created_at', ''))}"
-            f" · qeval {_esc(r.get('qeval_version', ''))}</p>")
+def _header(r: RunResults) -> str:
+    b = r.baseline
+    policy = (r.policy or {}).get("name", "—")
+    return (f"<h1>qeval compare: {_esc(r.model.source)}</h1>"
+            f'<p class="meta">fingerprint {_esc(r.model.fingerprint[:16])} · baseline '
+            f"{_esc(b.variant)} computed in {_esc(b.compute_dtype)} on {_esc(b.device)} "
+            f"(requested {_esc(b.requested_dtype)}) · policy {_esc(policy)} · {_esc(r.created_at)}"
+            f" · qeval {_esc(r.qeval_version)}</p>")
 
 
-def _banner(r: dict) -> str:
-    verdict = r["verdict"]
-    chips = "".join(f'<span class="chip {_esc(v)}" data-candidate="{_esc(k)}">{_esc(k)}: {_esc(v)}</span>'
-                    for k, v in r["per_candidate"].items())
-    reasons = "".join(f"<li>{_esc(x)}</li>" for x in r["reasons"])
+def _banner(r: RunResults) -> str:
+    verdict = r.verdict.value
+    chips = "".join(f'<span class="chip {_esc(v.value)}" data-candidate="{_esc(k)}">{_esc(k)}: {_esc(v.value)}</span>'
+                    for k, v in r.per_candidate.items())
+    reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.reasons)
     return (f'<section id="verdict" class="banner {_esc(verdict)}" data-verdict="{_esc(verdict)}">'
             f'<div class="decision">{_esc(verdict.replace("_", "-"))}</div>'
-            f"<div>exit code {_esc(r['exit_code'])} · per candidate: {chips}</div>"
+            f"<div>exit code {_esc(r.exit_code)} · per candidate: {chips}</div>"
             f"<ul class=\"reasons\">{reasons}</ul></section>")
 
 
@@ -168,31 +170,31 @@ def _unit(what: str) -> str:
     return f'<span class="unit">({_esc(what).replace(" ", "&nbsp;")})</span>'
 
 
-def _task_row(c: dict) -> list[str]:
-    kind = c.get("kind", "multiple_choice")
-    verdict = f'<b class="{_esc(c["verdict"])}">{_esc(c["verdict"])}</b>'
-    if kind == "reference_text":
-        return [_esc(c["task"]), _esc(kind), _esc(c["candidate"]),
-                f"{c['n']}&nbsp;passages / {c['n_tokens']}&nbsp;tokens", "—", "—", "—", "—", "—",
-                f"{c['kld_mean']['estimate']:.4g} {_unit('per token')}",
-                f"{_pct(c['same_top']['estimate'])} {_unit('same top token')}",
-                f"PPL&nbsp;ratio&nbsp;{c['ppl_ratio']['estimate']:.4f}", verdict]
-    high = c["high_risk"]
-    agreement = (c["top1_agreement"] if kind == "multiple_choice" else c["answer_agreement"])["estimate"]
-    kl = f"{c['choice_kl_mean']['estimate']:.4g} {_unit('per item')}" if kind == "multiple_choice" else "—"
-    return [_esc(c["task"]), _esc(kind), _esc(c["candidate"]), str(c["n"]), _pct(c["baseline_accuracy"]),
-            _pct(c["candidate_accuracy"]), _interval_pp(c["delta"]),
-            f"{c['flips_correct_to_wrong']} ({len(high['correct_to_wrong'])})",
-            f"{c['flips_wrong_to_correct']} ({len(high['wrong_to_correct'])})", kl,
-            f"{_pct(agreement)} {_unit('top-1' if kind == 'multiple_choice' else 'same answer')}",
-            f"McNemar&nbsp;p&nbsp;{c['mcnemar_p']:.3g}", verdict]
+def _task_row(c) -> list[str]:
+    verdict = f'<b class="{_esc(c.verdict.value)}">{_esc(c.verdict.value)}</b>'
+    v = view(c)
+    if not v.labelled:  # reference text: token-level, label-free
+        return [_esc(c.task), _esc(c.kind), _esc(c.candidate),
+                f"{c.n}&nbsp;passages / {c.n_tokens}&nbsp;tokens", "—", "—", "—", "—", "—",
+                f"{v.kl.mean(c):.4g} {_unit('per token')}",
+                f"{_pct(c.same_top.estimate)} {_unit('same top token')}",
+                f"PPL&nbsp;ratio&nbsp;{c.ppl_ratio.estimate:.4f}", verdict]
+    high = c.high_risk
+    agreement, what = v.agreement(c)
+    kl = f"{v.kl.mean(c):.4g} {_unit('per ' + v.kl.unit)}" if v.kl else "—"
+    return [_esc(c.task), _esc(c.kind), _esc(c.candidate), str(c.n), _pct(c.baseline_accuracy),
+            _pct(c.candidate_accuracy), _interval_pp(c.delta),
+            f"{c.flips_correct_to_wrong} ({len(high.correct_to_wrong)})",
+            f"{c.flips_wrong_to_correct} ({len(high.wrong_to_correct)})", kl,
+            f"{_pct(agreement)} {_unit(what)}",
+            f"McNemar&nbsp;p&nbsp;{c.mcnemar_p:.3g}", verdict]
 
 
-def _task_table(r: dict) -> str:
+def _task_table(r: RunResults) -> str:
     headers = ["task", "kind", "candidate", "n", "base acc %", "cand acc %", "Δ pp [95% CI]",
                "↓ c→w (high-risk)", "↑ w→c (high-risk)", "KL mean, nats", "agreement %", "test",
                "verdict"]
-    rows = [_task_row(c) for c in r["comparisons"]]
+    rows = [_task_row(c) for c in r.comparisons]
     return ('<h2 id="tasks">Per task</h2>'
             + _table(headers, rows, left=3, table_id="qeval-tasks", cls="compact", wrap={3, 9, 10, 11},
                      text={11})
@@ -233,13 +235,13 @@ def _efficiency_table(eff: dict | None) -> str:
             + "".join(f'<p class="note">{_markdown_prose(line)}</p>' for line in prose))
 
 
-def _why(r: dict) -> str:
+def _why(r: RunResults) -> str:
     blocks = []
-    for c in r["comparisons"]:
-        rules = "".join(f"<li><code>{_esc(x['rule'])}</code> → {_esc(x['decision'])}: {_esc(x['reason'])}</li>"
-                        for x in c.get("rules", []))
-        blocks.append(f"<details><summary>{_esc(c['candidate'])} on {_esc(c['task'])}: "
-                      f"<b>{_esc(c['verdict'])}</b></summary><ul>{rules}</ul></details>")
-    combination = r.get("combination") or ""
+    for c in r.comparisons:
+        rules = "".join(f"<li><code>{_esc(x.rule)}</code> → {_esc(x.decision.value)}: {_esc(x.reason)}</li>"
+                        for x in c.rules)
+        blocks.append(f"<details><summary>{_esc(c.candidate)} on {_esc(c.task)}: "
+                      f"<b>{_esc(c.verdict.value)}</b></summary><ul>{rules}</ul></details>")
+    combination = r.combination
     return ('<h2 id="why">Why</h2>' + (f"<p>{_esc(combination)}</p>" if combination else "")
             + "".join(blocks))

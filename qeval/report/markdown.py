@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -16,12 +16,9 @@ from qeval.run.pipeline import CompareResult
 from qeval.power import row_labels
 from qeval.util.fileio import atomic_write_text
 from qeval.run.store import write_jsonl
+from qeval.rundir.schema import RESULTS_SCHEMA, RunResults
+from qeval.rundir.write import paired_document, safe_name, write_documents, write_paired
 from qeval.types import EXIT_CODES, Decision, TaskComparison, Verdict
-
-RESULTS_SCHEMA = "qeval.results/2"
-EFFICIENCY_SCHEMA = "qeval.efficiency/1"
-PAIRED_SCHEMA = "qeval.paired/1"
-PAIRED_FILE = "paired.json"
 
 _COLOR = {Decision.GO: "green", Decision.NO_GO: "red", Decision.INCONCLUSIVE: "yellow"}
 
@@ -47,6 +44,14 @@ def verdict_fields(comparisons: Sequence, verdict: Verdict) -> dict:
         "comparisons": dumped,
         "combination": verdict.combination,
     }
+
+
+def results_document(res: CompareResult, *, model: dict, policy: dict, **more) -> RunResults:
+    """The typed run document (results.json, efficiency.json's table under `efficiency`).
+    `more`: the sections a command adds (efficiency, artefacts, skipped_tasks). Validated from
+    the dict the sections are dumped to, so every field written today counts as set and the
+    file's bytes are the same."""
+    return RunResults.model_validate({**results_dict(res, model=model, policy=policy), **more})
 
 
 def results_dict(res: CompareResult, *, model: dict, policy: dict) -> dict:
@@ -122,7 +127,7 @@ def _delta_pp(i: dict) -> str:
     return f"{100 * i['estimate']:+.1f} [{100 * i['low']:+.1f}, {100 * i['high']:+.1f}]"
 
 
-def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
+def write_run(out: Path, res: CompareResult, results: RunResults | dict, *, log_text: bool,
               extra_files: dict[str, str] | None = None) -> None:
     """Everything goes to a temporary directory first, then moves into place: a failed run
     leaves nothing half-written. `extra_files`: name → text, written beside report.md."""
@@ -143,17 +148,16 @@ def write_run(out: Path, res: CompareResult, results: dict, *, log_text: bool,
         raise
 
 
-def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: bool,
+def _fill_run_dir(tmp: Path, res: CompareResult, results: RunResults | dict, *, log_text: bool,
                   extra_files: dict[str, str] | None) -> None:
     for run in [res.baseline, *([res.floor] if res.floor else []), *res.candidates]:
-        folder = tmp / "records" / _safe(run.spec.name)
+        folder = tmp / "records" / safe_name(run.spec.name)
         for task_id, recs in [*run.records.items(), *run.text.items()]:
-            write_jsonl(folder / f"{_safe(task_id)}.jsonl", recs)  # lm-eval:<task> has a colon
+            write_jsonl(folder / f"{safe_name(task_id)}.jsonl", recs)  # lm-eval:<task> has a colon
         # What actually ran (device, dtypes, kernels), beside the records it produced.
         atomic_write_text(folder / "backend.json", run.info.model_dump_json(indent=1) + "\n")
     write_results(tmp, results)
-    atomic_write_text(tmp / PAIRED_FILE, json.dumps(paired_dict(res.comparisons, res.floors.values()),
-                                                    sort_keys=True) + "\n")
+    write_paired(tmp, paired_document(res.comparisons, res.floors.values()))
     atomic_write_text(tmp / "timings.json", json.dumps({
         **res.timings,
         "reused_tasks": {r.spec.name: r.reused_tasks
@@ -183,34 +187,11 @@ def _fill_run_dir(tmp: Path, res: CompareResult, results: dict, *, log_text: boo
     write_html(tmp)
 
 
-def write_results(folder: Path, results: dict) -> None:
+def write_results(folder: Path, results: RunResults | dict) -> None:
     """results.json, efficiency.json (when measured) and report.md into `folder`."""
-    # Measurements of time and memory differ from run to run; results.json must not (the same
-    # compare twice gives the same file apart from created_at), so they live beside it.
-    efficiency = results.get("efficiency")
-    stable = {k: v for k, v in results.items() if k != "efficiency"}
-    atomic_write_text(folder / "results.json", json.dumps(stable, indent=1, sort_keys=True) + "\n")
-    if efficiency is not None:
-        atomic_write_text(folder / "efficiency.json", json.dumps(
-            {"schema": EFFICIENCY_SCHEMA, **efficiency}, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(folder / "report.md", markdown_report(results))
-
-
-def paired_dict(comparisons: Iterable, floors: Iterable) -> dict:
-    """paired.json: what the gate judges beside each comparison's summary numbers — per item
-    (ids, correctness, choice-KL, agreement, risk, cluster) or per passage unit (token sums).
-    Ids and numbers only. `qeval gate` re-judges a run from it under another policy."""
-    def entry(c) -> dict:
-        part = "units" if c.kind == "reference_text" else "items"
-        return {"task": c.task, "candidate": c.candidate, "kind": c.kind,
-                part: getattr(c, part).model_dump(mode="json")}
-
-    return {"schema": PAIRED_SCHEMA, "comparisons": [entry(c) for c in comparisons],
-            "noise_floor": [entry(c) for c in floors]}
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in name)
+    doc = results if isinstance(results, RunResults) else RunResults.model_validate(results)
+    write_documents(folder, doc)
+    atomic_write_text(folder / "report.md", markdown_report(doc.as_dict()))
 
 
 def _pct(x: float) -> str:

@@ -144,54 +144,6 @@ def summarise(tasks: Sequence[Task], base_records: dict, records: dict[str, dict
 
 # ---------------------------------------------------------------- plot (SVG, no dependencies)
 
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-
-
-def plot_svg(summary: CalibrateSummary, metrics: Sequence[tuple[str, str]]) -> str:
-    """One panel per (task, metric): a row per arm, each seed a dot, the pooled 95% interval a
-    bar, the pooled estimate a tick."""
-    arms = sorted({(r.method, r.calib) for r in summary.arms})
-    sets = sorted({c for _, c in arms})
-    colour = {s: _COLOURS[i % len(_COLOURS)] for i, s in enumerate(sets)}
-    row_h, top, left, width = 26, 46, 150, 420
-    panel_h = top + row_h * len(arms) + 34
-    parts = []
-    for p, (task, metric) in enumerate(metrics):
-        rows = {(r.method, r.calib): r.stat(metric) for r in summary.arms if r.task == task}
-        if not rows:
-            continue
-        values = [v for s in rows.values() for v in (*s.per_seed, s.pooled.low, s.pooled.high)]
-        lo, hi = min(values + [0.0]), max(values + [0.0])
-        pad = (hi - lo) * 0.08 or 1e-6
-        lo, hi = lo - pad, hi + pad
-
-        def x(v):
-            return left + (v - lo) / (hi - lo) * width
-
-        y0 = p * panel_h
-        parts.append(f'<text x="10" y="{y0 + 22}" font-size="14" font-weight="bold">{task}: {metric}'
-                     f'{" (higher is better)" if metric in HIGHER_IS_BETTER else " (lower is better)"}</text>')
-        parts.append(f'<line x1="{x(0):.1f}" y1="{y0 + top - 10}" x2="{x(0):.1f}" '
-                     f'y2="{y0 + top + row_h * len(arms)}" stroke="#999" stroke-dasharray="3,3"/>')
-        for i, key in enumerate(arms):
-            if key not in rows:
-                continue
-            s, y = rows[key], y0 + top + i * row_h + row_h / 2
-            c = colour[key[1]]
-            parts.append(f'<text x="10" y="{y + 4:.1f}" font-size="12">{key[0]} · {key[1]}</text>')
-            parts.append(f'<line x1="{x(s.pooled.low):.1f}" y1="{y:.1f}" x2="{x(s.pooled.high):.1f}" '
-                         f'y2="{y:.1f}" stroke="{c}" stroke-width="3"/>')
-            parts.append(f'<line x1="{x(s.pooled.estimate):.1f}" y1="{y - 8:.1f}" '
-                         f'x2="{x(s.pooled.estimate):.1f}" y2="{y + 8:.1f}" stroke="{c}" stroke-width="2"/>')
-            for v in s.per_seed:
-                parts.append(f'<circle cx="{x(v):.1f}" cy="{y:.1f}" r="4" fill="white" stroke="{c}"/>')
-        ya = y0 + top + row_h * len(arms) + 16
-        for v in np.linspace(lo, hi, 5):
-            parts.append(f'<text x="{x(v):.1f}" y="{ya:.1f}" font-size="10" text-anchor="middle">{v:.3g}</text>')
-    height = panel_h * max(1, len(metrics))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{height}" '
-            f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
-            + "".join(parts) + "</svg>\n")
 
 
 def markdown(summary: CalibrateSummary, plot_file: str | None) -> str:

@@ -18,8 +18,9 @@ from qeval.efficiency import quality
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, judge
 from qeval.kinds import DEFAULT_KIND, kind_of
-from qeval.report.markdown import PAIRED_FILE, PAIRED_SCHEMA, verdict_fields
-from qeval.rundir.read import Run
+from qeval.report.markdown import verdict_fields
+from qeval.rundir.read import Run, run_of
+from qeval.rundir.schema import PAIRED_FILE, PAIRED_SCHEMA
 # What results.json adds to a comparison: the verdict of the policy it was judged with.
 _JUDGED = ("verdict", "rules")
 
@@ -101,7 +102,7 @@ def write_rejudged(out_dir: Path, run: Run, results: dict) -> None:
     tmp.mkdir(parents=True)
     try:
         write_results(tmp, results)
-        atomic_write_text(tmp / REPORT_FILE, render_html(Run(path=run.path, results=results)))
+        atomic_write_text(tmp / REPORT_FILE, render_html(run_of(run.path, results)))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.replace(out_dir)

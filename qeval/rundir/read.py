@@ -4,6 +4,7 @@ The public way to analyse a run (the HTML report and notebooks/explore_run.ipynb
 directory holds ids, hashes and numbers only; nothing here reads the opt-in texts/ folder.
 
     run = load_run("runs/2024-…")
+    run.document                            # results.json (+ efficiency.json) as a RunResults
     run.baseline, run.candidates, run.tasks
     run.records("int8", "clinical_core")    # ItemRecord / GenerationRecord / TextRecord
     run.choice_kl("int8", "clinical_core")  # per item, as results.json's choice_kl_* were computed
@@ -13,16 +14,17 @@ directory holds ids, hashes and numbers only; nothing here reads the opt-in text
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from qeval import stats
-from qeval.pairing import PairingError, PromptMismatch, pair_records
 from qeval.errors import QevalInputError
-from qeval.report.markdown import RESULTS_SCHEMA, _safe
+from qeval.pairing import PairingError, PromptMismatch, pair_records
+from qeval.rundir.schema import EFFICIENCY_FILE, RESULTS_FILE, RESULTS_SCHEMA, EfficiencyTable, RunResults
+from qeval.rundir.write import record_path
 from qeval.types import GenerationRecord, ItemRecord, Strict, TextRecord
 
 TaskKind = Literal["multiple_choice", "reference_text", "generate"]
@@ -44,29 +46,38 @@ class RunTask(Strict):
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run directory. `results` is results.json as written (schema checked)."""
+    """A finished run directory. `document` is results.json as written, typed (efficiency.json's
+    table under `efficiency` when the run measured it); `results` the same as a plain dict."""
 
     path: Path
-    results: dict
+    document: RunResults
+    _dict: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """results.json as a dict (efficiency.json merged under `efficiency`), for readers
+        that index by key."""
+        if self._dict is None:
+            object.__setattr__(self, "_dict", self.document.as_dict())
+        return self._dict
 
     @property
     def baseline(self) -> str:
-        return self.results["baseline"]["variant"]
+        return self.document.baseline.variant
 
     @property
     def candidates(self) -> tuple[str, ...]:
-        return tuple(c["variant"] for c in self.results["candidates"])
+        return tuple(c.variant for c in self.document.candidates)
 
     @property
     def noise_floor(self) -> str | None:
         """The noise-floor replica's variant name, when the run measured one."""
-        floor = self.results.get("noise_floor")
-        return floor["variant"]["variant"] if floor else None
+        floor = self.document.noise_floor
+        return floor.variant.variant if floor else None
 
     @property
     def tasks(self) -> tuple[RunTask, ...]:
-        return tuple(RunTask.model_validate({k: t[k] for k in ("id", "kind", "n", "version") if k in t})
-                     for t in self.results["tasks"])
+        return tuple(RunTask(id=t.id, kind=t.kind, n=t.n, version=t.version) for t in self.document.tasks)
 
     def task(self, task_id: str) -> RunTask:
         for t in self.tasks:
@@ -75,18 +86,18 @@ class Run:
         raise QevalInputError(f"{self.path}: no task {task_id!r} in this run "
                               f"(tasks: {', '.join(t.id for t in self.tasks)})")
 
-    def comparison(self, candidate: str, task_id: str) -> dict:
-        """The candidate's comparison on the task, as in results.json."""
-        for c in self.results["comparisons"]:
-            if c["candidate"] == candidate and c["task"] == task_id:
-                return c
+    def comparison(self, candidate: str, task_id: str):
+        """The candidate's comparison on the task, as in results.json (typed)."""
+        found = self.document.comparison(candidate, task_id)
+        if found is not None:
+            return found
         raise QevalInputError(f"{self.path}: no comparison of {candidate!r} on {task_id!r} in this run")
 
     def records(self, variant: str, task_id: str) -> list[AnyRecord]:
         """One variant's records of one task, in file order. The baseline has no records of a
         reference_text task: its distributions are compared in memory and never stored."""
         record_type = _RECORD_TYPE[self.task(task_id).kind]
-        path = self.path / "records" / _safe(variant) / f"{_safe(task_id)}.jsonl"
+        path = record_path(self.path, variant, task_id)
         try:
             lines = path.read_text().splitlines()
         except OSError:
@@ -125,7 +136,7 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Open a run directory written by `qeval compare`; any problem is one QevalInputError line."""
     path = Path(path)
-    results_path = path / "results.json"
+    results_path = path / RESULTS_FILE
     try:
         results = json.loads(results_path.read_text())
     except OSError as exc:
@@ -137,14 +148,28 @@ def load_run(path: str | Path) -> Run:
     if schema != RESULTS_SCHEMA:
         raise QevalInputError(f"{results_path}: schema {schema!r} is not {RESULTS_SCHEMA!r}; "
                               "use the qeval that wrote it")
-    eff_path = path / "efficiency.json"
+    eff_path = path / EFFICIENCY_FILE
     if eff_path.is_file():
         # Measured beside results.json (timings vary between runs; results.json does not).
         try:
             efficiency = json.loads(eff_path.read_text())
         except ValueError as exc:
             raise QevalInputError(f"{eff_path}: not valid JSON ({exc}); the run directory is damaged") from None
-        efficiency.pop("schema", None)
-        results = {**results, "efficiency": efficiency}
-    return Run(path=path, results=results)
+        results = {**results, "efficiency": _checked(EfficiencyTable, {
+            k: v for k, v in efficiency.items() if k != "schema"}, eff_path)}
+    return Run(path=path, document=_checked(RunResults, results, results_path))
 
+
+def _checked(model, data: dict, where: Path):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise QevalInputError(f"{where}: {'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}; "
+                              "use the qeval that wrote the run") from None
+
+
+def run_of(path: Path, results: RunResults | dict) -> Run:
+    """A Run over `path`'s records with another document (a re-judged one)."""
+    doc = results if isinstance(results, RunResults) else RunResults.model_validate(results)
+    return Run(path=Path(path), document=doc)
