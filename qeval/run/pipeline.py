@@ -383,7 +383,7 @@ def engine_floor_variant(candidates: Sequence[VariantSpec], tasks: Sequence[Task
     ggufs = floored(candidates)
     if not ggufs or not any(is_text(t) for t in tasks):
         return None
-    from qeval.variants.spec import parse_variant
+    from qeval.run.config import parse_variant
 
     floor = parse_variant(method(ggufs[0].method).floor_variant(ggufs[0]))
     return next((c for c in ggufs if c.key() == floor.key()), floor)
