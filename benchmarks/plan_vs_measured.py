@@ -43,7 +43,7 @@ def main() -> None:
         load_s = time.perf_counter() - t0
         info = backend.info
         file_bytes = None
-        if variant.method.value == "gguf":
+        if variant.method == "gguf":
             gguf = next(iter(sorted(cache_dir().glob(f"gguf/*/{variant.params['type']}.gguf"))), None)
             file_bytes = gguf.stat().st_size if gguf else None
         backend.close()

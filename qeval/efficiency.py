@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from qeval.types import (
-    Artefact, Decision, Efficiency, EfficiencyProbe, Method, SpeedPoint, TaskVerdict, VariantSpec,
+    Artefact, Decision, Efficiency, EfficiencyProbe, SpeedPoint, TaskVerdict, VariantSpec,
 )
 
 if TYPE_CHECKING:
@@ -134,8 +134,11 @@ class CudaAllocated:
 
 
 def meter_for(backend_name: str, device: str) -> MemoryMeter:
-    # llama.cpp on a GPU allocates outside torch: the process RSS is what qeval can see there.
-    if device.startswith("cuda") and backend_name == "hf":
+    # An engine whose GPU memory torch's allocator sees says so (TORCH_ALLOCATOR); llama.cpp on
+    # a GPU allocates outside torch: the process RSS is what qeval can see there.
+    from qeval.engines.registry import engine
+
+    if device.startswith("cuda") and getattr(engine(backend_name), "TORCH_ALLOCATOR", False):
         return CudaAllocated(device)
     return ProcessRss()
 
@@ -199,30 +202,12 @@ class Measurement:
 # ---------------------------------------------------------------- the table
 
 
-_FULL_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
-
 def plan_format(variant: VariantSpec, compute_dtype: str = "") -> str | None:
     """The planner's weight format for a variant as it was held, or None when it cannot know (a
-    brought file, the fake backend). A full-precision variant is held in the dtype it computed
-    in (fp16 is computed, and held, in float32 on a CPU unless strict)."""
-    p = variant.params
-    if variant.method in (Method.fp32, Method.fp16, Method.bf16):
-        return _FULL_PRECISION.get(compute_dtype.split(",")[0].strip(), variant.method.value)
-    if variant.method in (Method.int8, Method.int8wo):
-        return "int8"
-    if variant.method == Method.nf4:
-        return f"nf4:double_quant={str(p.get('double_quant', False)).lower()}"
-    if variant.method in (Method.gptq, Method.awq):
-        if "path" in p:
-            return None
-        from qeval.quantize.gptq_awq import settings
+    brought file, the fake backend): its method's (qeval/variants/) answer."""
+    from qeval.variants.registry import method
 
-        s = settings(variant)
-        return f"{variant.method.value}:bits={s['bits']},group={s['group']}"
-    if variant.method == Method.gguf and "file" not in p:
-        return f"gguf:{str(p.get('type', 'q4_k_m')).lower()}"
-    return None
+    return method(variant.method).plan_format(variant, compute_dtype)
 
 
 def predicted_weight_bytes(variant: VariantSpec, shape: ModelShape | None, compute_dtype: str = ""

@@ -12,12 +12,13 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from qeval.errors import QevalInputError
+from qeval.util.digest import sha256_file
 from qeval.util.fileio import atomic_write_text
+from qeval.util.locking import build_once
 
 MATERIALISE_RECIPE = 3  # bump when the GGUF → HF conversion changes (3: Gemma-3 attention scale)
 # Files besides the weights that change what a model computes from text: part of the fingerprint.
@@ -64,14 +65,6 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("qeval"))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -132,51 +125,55 @@ def _materialise_gguf(gguf: Path, progress=None) -> tuple[Path, str]:
 
     target = cache_dir() / "models" / f"{gguf.stem}-{src_hash[:16]}-r{MATERIALISE_RECIPE}"
     manifest = target / "qeval_manifest.json"
-    if manifest.is_file():
-        meta = json.loads(manifest.read_text())
-        files_ok = all((target / n).is_file() and (target / n).stat().st_size == s
-                       for n, s in meta["files"].items())
-        if files_ok:
-            return target, meta["fingerprint"]
-    _readable_gguf(gguf)  # a cached conversion is known by the hash: only new files are parsed
-    if progress:
-        progress(f"Materialising {gguf.name} into an HF checkpoint (once)")
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + f".partial{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        _as_llama_cpp_reads_it(config, gguf)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, config=config, dtype=torch.float32
-        )
-    except Exception as exc:  # transformers raises many types for a truncated or odd GGUF
-        reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise QevalInputError(
-            f"{gguf}: transformers cannot read this GGUF ({reason}); is the file complete and a "
-            "supported architecture?"
-        ) from None
-    # The de-quantized weights are plain tensors now; drop the GGUF quantizer so they can be saved.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    _repair_pre_tokenizer(tmp / "tokenizer.json", gguf_pre_tokenizer(gguf))
-    fp = fingerprint_dir(tmp)
-    files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-    (tmp / "qeval_manifest.json").write_text(json.dumps({
-        "source": str(gguf), "source_sha256": src_hash, "fingerprint": fp, "files": files,
-        "recipe": MATERIALISE_RECIPE, "transformers": transformers.__version__,
-        "dtype": "float32 (de-quantized from the GGUF's own types)",
-    }, indent=1, sort_keys=True))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
-    return target, fp
+    def complete(t: Path) -> bool:
+        if not manifest.is_file():
+            return False
+        meta = json.loads(manifest.read_text())
+        return all((t / n).is_file() and (t / n).stat().st_size == s for n, s in meta["files"].items())
+
+    if not complete(target):
+        _readable_gguf(gguf)  # a cached conversion is known by the hash: only new files are parsed
+
+    def build(staging: Path) -> None:
+        if progress:
+            progress(f"Materialising {gguf.name} into an HF checkpoint (once)")
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            _as_llama_cpp_reads_it(config, gguf)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, config=config, dtype=torch.float32
+            )
+        except Exception as exc:  # transformers raises many types for a truncated or odd GGUF
+            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            raise QevalInputError(
+                f"{gguf}: transformers cannot read this GGUF ({reason}); is the file complete and a "
+                "supported architecture?"
+            ) from None
+        # The de-quantized weights are plain tensors now; drop the GGUF quantizer so they can be saved.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        _repair_pre_tokenizer(staging / "tokenizer.json", gguf_pre_tokenizer(gguf))
+        fp = fingerprint_dir(staging)
+        files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+        (staging / "qeval_manifest.json").write_text(json.dumps({
+            "source": str(gguf), "source_sha256": src_hash, "fingerprint": fp, "files": files,
+            "recipe": MATERIALISE_RECIPE, "transformers": transformers.__version__,
+            "dtype": "float32 (de-quantized from the GGUF's own types)",
+        }, indent=1, sort_keys=True))
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    waiting = (lambda: progress(f"Waiting for another qeval materialising {gguf.name}")) if progress else None
+    build_once(target, build, complete=complete, on_wait=waiting)
+    return target, json.loads(manifest.read_text())["fingerprint"]
 
 
 def _as_llama_cpp_reads_it(config, gguf: Path) -> None:

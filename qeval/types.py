@@ -209,6 +209,10 @@ class Task(Strict):
 
 
 class Method(str, Enum):
+    """The built-in quantization methods' names, for code and tests that name one. What each
+    method is lives in its module, listed in qeval.variants.registry.METHODS (the one source:
+    VariantSpec.method accepts any name registered there)."""
+
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
@@ -221,20 +225,37 @@ class Method(str, Enum):
     fake = "fake"  # statistics and gate tests only
 
 
-BASELINE_METHODS = frozenset({Method.fp32, Method.fp16, Method.bf16})
-
-
 class VariantSpec(Strict):
     name: str
-    method: Method
-    backend: Literal["hf", "llamacpp", "fake"] = "hf"
+    method: str  # a name in qeval.variants.registry.METHODS
+    # The engine that scores it (qeval.engines.registry.ENGINES); default: the method's own.
+    backend: str = "hf"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered(cls, data):
+        if not isinstance(data, dict) or "method" not in data:
+            return data
+        from qeval.engines.registry import ENGINES
+        from qeval.variants.registry import METHODS, method
+
+        name = data["method"]
+        name = name.value if isinstance(name, Enum) else name
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+        data = {**data, "method": name}
+        if "backend" not in data:
+            data["backend"] = method(name).engine
+        if data["backend"] not in ENGINES:
+            raise ValueError(f"unknown backend {data['backend']!r}; choose from {', '.join(sorted(ENGINES))}")
+        return data
 
     def key(self) -> str:
         """Canonical text of everything that changes the numbers this variant produces."""
         params = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
-        return f"{self.backend}:{self.method.value}:{params}"
+        return f"{self.backend}:{self.method}:{params}"
 
 
 class BackendInfo(Strict):

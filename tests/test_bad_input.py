@@ -625,12 +625,12 @@ def _records() -> list[Path]:
 def test_21_last_candidate_infeasible_scores_nothing(tmp_path, tasks, models, monkeypatch, last, must):
     """Every check comes before the first model loads: a compare whose LAST candidate cannot run
     stops with one line, no model loaded, no record stored."""
-    import qeval.engines.hf as hf
+    from qeval.variants.registry import method
 
     if last.startswith("gptq"):
         pytest.importorskip("gptqmodel")
     if last == "nf4":  # as if bitsandbytes were not installed
-        monkeypatch.setitem(hf.ENGINE_PACKAGES, hf.Method.nf4, "bitsandbytes_not_installed")
+        monkeypatch.setattr(method("nf4"), "package", "bitsandbytes_not_installed")
     ref = tasks().parent / "ref"  # a reference-text task beside "mini"
     (ref / "passages").mkdir(parents=True)
     (ref / "ref.yaml").write_text(json.dumps({"id": "ref", "kind": "reference_text", "source": {

@@ -157,7 +157,7 @@ def test_bad_gptq_awq_parameters_fail_at_parse_time(text, message):
 
 def test_brought_checkpoints_parse_and_split():
     v = parse_variant("gptq=/ckpt/model-gptq")
-    assert v.method.value == "gptq" and v.params == {"path": "/ckpt/model-gptq"}
+    assert v.method == "gptq" and v.params == {"path": "/ckpt/model-gptq"}
     assert split_variants("gptq:bits=4,group=32,awq=/x,int8") == ["gptq:bits=4,group=32", "awq=/x", "int8"]
     with pytest.raises(QevalInputError, match="takes no parameters"):
         check_variant(v.model_copy(update={"params": {"path": "/x", "bits": 4}}), None)

@@ -205,3 +205,7 @@ def _answer_options(letters: str, sample) -> AnswerOptions:
     key = sample.answers[0]
     wrong = tuple(f"not {key} but option {j}" for j in range(3))
     return key, wrong, wrong
+
+
+def make_factory(settings) -> FakeFactory:
+    return FakeFactory(settings.tasks)

@@ -18,14 +18,16 @@ import numpy as np
 
 from qeval.errors import QevalInputError
 from qeval.model_source import ResolvedModel
-from qeval.types import BackendInfo, Method, VariantSpec
+from qeval.types import BackendInfo, VariantSpec
 from qeval.util.versions import installed_versions
+from qeval.variants.registry import method as method_of
 from qeval.engines.base import (
     ForwardTiming, GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
     SharedPrefixJob, shared_prefix_jobs,
 )
 
-_DTYPE_NAMES = {Method.fp32: "float32", Method.fp16: "float16", Method.bf16: "bfloat16"}
+ENGINE = "hf"  # its name in qeval/engines/registry.py
+TORCH_ALLOCATOR = True  # torch's CUDA allocator sees all its memory (efficiency.meter_for)
 # Ways to recompute the baseline along another numeric path, for the noise floor: batch1 scores
 # every sequence alone (no padding, other matmul shapes); bf16 recomputes in bfloat16.
 NUMERIC_PATHS = ("batch1", "bf16")
@@ -79,7 +81,7 @@ class DtypeChoice:
     notes: tuple[str, ...]
 
 
-def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: str | None,
+def choose_dtype(method: str, device: str, strict: bool, baseline_compute: str | None,
                  numeric_path: str | None = None) -> DtypeChoice:
     """The dtype a variant computes in. Quantized candidates use the baseline's, to isolate
     quantization; a dtype candidate (bf16 against an fp32 baseline) is the thing under test, so it
@@ -87,8 +89,8 @@ def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: st
     if numeric_path == "bf16":
         return DtypeChoice("bfloat16", "bfloat16", (
             "noise-floor replica: the baseline recomputed in bfloat16",))
-    if method in _DTYPE_NAMES:
-        requested = _DTYPE_NAMES[method]
+    requested = method_of(method).dtype
+    if requested is not None:
         if baseline_compute is not None and numeric_path is None:
             strict = True  # a dtype candidate must compute in its dtype or it tests nothing
         if device == "cpu" and requested != "float32" and not strict:
@@ -102,58 +104,11 @@ def choose_dtype(method: Method, device: str, strict: bool, baseline_compute: st
     return DtypeChoice(compute, compute, ())
 
 
-# The package each transformers quantization needs, and its pip extra.
-ENGINE_PACKAGES = {Method.int8: "bitsandbytes", Method.nf4: "bitsandbytes", Method.int8wo: "torchao"}
-
-
-def check_hf_variant(variant: VariantSpec) -> None:
-    """A transformers variant's parameters are ones it takes, and the package that quantizes it
-    is installed: checked before any model loads (not when this variant's turn comes, after the
-    baseline and earlier candidates have been scored)."""
-    import importlib.util
-
-    p = variant.params
-    path = {"numeric_path"}
-    known = {Method.int8: {"threshold"}, Method.nf4: {"double_quant"}, Method.int8wo: set(),
-             **{m: path for m in _DTYPE_NAMES}}
-    if p.get("numeric_path") not in (None, *NUMERIC_PATHS):
-        raise QevalInputError(
-            f"variant {variant.name!r}: numeric_path must be one of {', '.join(NUMERIC_PATHS)}")
-    if variant.method in known:
-        unknown = set(p) - known[variant.method]
-        if unknown:
-            raise QevalInputError(
-                f"variant {variant.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                f"{variant.method.value} takes {', '.join(sorted(known[variant.method])) or 'none'}"
-            )
-    for key in ("threshold",):
-        if key in p and (isinstance(p[key], bool) or not isinstance(p[key], (int, float)) or p[key] <= 0):
-            raise QevalInputError(f"variant {variant.name!r}: {key} must be a positive number, e.g. {key}=6")
-    if "double_quant" in p and not isinstance(p["double_quant"], bool):
-        raise QevalInputError(f"variant {variant.name!r}: double_quant must be true or false")
-    package = ENGINE_PACKAGES.get(variant.method)
-    if package is not None and importlib.util.find_spec(package) is None:
-        raise QevalInputError(f"variant {variant.name!r} needs {package}, which is not installed; "
-                              "pip install -e '.[int8]' (see README) or leave this candidate out")
-
-
 def _quantization_config(variant: VariantSpec, compute_dtype):
-    from transformers import BitsAndBytesConfig, TorchAoConfig
-
-    p = variant.params
-    check_hf_variant(variant)
-    if variant.method == Method.int8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(p.get("threshold", 6.0)))
-    if variant.method == Method.nf4:
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-            bnb_4bit_use_double_quant=bool(p.get("double_quant", False)),
-        )
-    if variant.method == Method.int8wo:
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        return TorchAoConfig(Int8WeightOnlyConfig())
-    return None
+    """The method's own check (its parameters, its package), then its loading config."""
+    m = method_of(variant.method)
+    m.check_ready(variant)
+    return m.loading_config(variant, compute_dtype)
 
 
 def _kernel_summary(model) -> str:
@@ -335,7 +290,8 @@ class HFBackend:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # qeval's own bars show progress; one bar per step
-        if variant.method in (Method.gptq, Method.awq):
+        method = method_of(variant.method)
+        if checkpoint is not None:  # a GPTQ/AWQ checkpoint: gptqmodel loads it
             _quiet_gptqmodel()
         self.device = resolve_device(device)
         numeric_path = variant.params.get("numeric_path")
@@ -398,37 +354,24 @@ class HFBackend:
             notes.append("gptqmodel's CPU kernel rounds activations to bfloat16 inside each int4 "
                          "matmul, so this candidate's degradation includes that rounding (a `bf16` "
                          "candidate measures it alone)")
-        if variant.method in (Method.int8, Method.nf4):
-            import logging
-
-            import bitsandbytes
-
-            # bitsandbytes logs one cast warning per matmul call; it is stated once in the notes.
-            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-            kernel += f" (bitsandbytes {bitsandbytes.__version__}, {self.device} backend)"
-            if variant.method == Method.int8 and self.device == "cpu":
-                notes.append("bitsandbytes LLM.int8 on CPU casts activations to float16 inside its matmul")
+        kernel, more = method.loaded(kernel, self.device)
+        notes.extend(more)
         self.info = BackendInfo(
-            variant=variant.name, backend="hf", device=self.device,
+            variant=variant.name, backend=ENGINE, device=self.device,
             requested_dtype=choice.requested, compute_dtype=compute, kernel=kernel,
             weight_bytes=weight_bytes, versions=library_versions(), notes=tuple(notes),
             # Quantized tensors are packed (several weights per element): only a full-precision
             # variant's tensors count the model's weights.
             params=(sum(p.numel() for p in self.model.parameters())
-                    if variant.method in _DTYPE_NAMES and checkpoint is None else None),
+                    if method.dtype is not None and checkpoint is None else None),
         )
         self._check_quantized(variant, kernel)
 
     def _check_quantized(self, variant: VariantSpec, kernel: str) -> None:
-        # GPTQ/AWQ load gptqmodel's kernels; an llm-compressor checkpoint loads compressed-tensors'.
-        expected = {Method.int8: ("Linear8bitLt",), Method.nf4: ("Linear4bit",), Method.int8wo: ("Int8",),
-                    Method.gptq: ("gptqmodel.", "compressed_tensors."),
-                    Method.awq: ("gptqmodel.", "compressed_tensors.")}
-        markers = expected.get(variant.method, ())
+        markers = method_of(variant.method).kernels
         if markers and not any(m in kernel for m in markers):
             raise RuntimeError(
-                f"variant {variant.name}: asked for {variant.method.value} but the loaded model has "
+                f"variant {variant.name}: asked for {variant.method} but the loaded model has "
                 f"no {' or '.join(m.rstrip('.') for m in markers)} layers ({kernel}); refusing to "
                 "report it as quantized"
             )
@@ -687,8 +630,11 @@ class HFFactory:
 
     def open(self, variant: VariantSpec, baseline_compute: str | None, checkpoint=None,
              notes: tuple[str, ...] = (), loading_config=None) -> HFBackend:
-        if variant.backend != "hf":
-            raise QevalInputError(f"variant {variant.name!r} needs the {variant.backend} backend")
         return HFBackend(self.model, variant, device=self.device, strict_dtype=self.strict_dtype,
                          baseline_compute=baseline_compute, batch_size=self.batch_size,
                          checkpoint=checkpoint, notes=notes, loading_config=loading_config)
+
+
+def make_factory(settings) -> HFFactory:
+    return HFFactory(settings.model, device=settings.device, strict_dtype=settings.strict_dtype,
+                     batch_size=settings.batch_size)

@@ -25,7 +25,7 @@ from qeval.engines.base import (
     shared_prefix_jobs,
 )
 
-PARAMS = {"type", "file", "threads", "n_ctx", "gpu_layers"}
+ENGINE = "llamacpp"  # its name in qeval/engines/registry.py
 DEFAULT_N_CTX = 2048
 LOGIT_ROWS_BYTES = 256 << 20  # llama.cpp's logits buffer when every position is scored
 BROKEN = ("the GGUF's weights or its quantization are numerically broken; check the file, or try "
@@ -209,7 +209,7 @@ def _brought_hash(params: dict, path: Path) -> dict[str, str]:
     """A brought file is named by its file name in tables; its record keeps what it was."""
     if "file" not in params:
         return {}
-    from qeval.engines.factory import file_sha256
+    from qeval.util.digest import file_sha256
 
     return {"gguf_sha256": file_sha256(path)}
 
@@ -268,7 +268,7 @@ class LlamaCppBackend:
                 f"not a multiple of 256 fell back to {fallback} (llama.cpp's rule) — so this file "
                 f"holds {bpw:.2f} bits per weight; compare GGUF variants by bits per weight, not by name")
         self.info = BackendInfo(
-            variant=variant.name, backend="llamacpp", device="cuda" if gpu_layers else "cpu",
+            variant=variant.name, backend=ENGINE, device="cuda" if gpu_layers else "cpu",
             requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}, {bpw:.2f} bits per weight",
             kernel=f"llama.cpp ggml kernels ({mix_text}; {threads} threads)",
             weight_bytes=path.stat().st_size, versions={**llamacpp_versions(), **_brought_hash(p, path)},
@@ -466,3 +466,38 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         self.llm.close()
+
+
+def check_context(variant: VariantSpec, tasks) -> None:
+    """A llama.cpp variant's n_ctx holds one sequence of every task (a reference-text window, a
+    prompt and its generation: what the task's kind says it needs)."""
+    from qeval.kinds import kind_of
+
+    n_ctx = int(variant.params.get("n_ctx", DEFAULT_N_CTX))
+    for t in tasks:
+        needed = kind_of(t.spec.kind).context_needed(t.spec)
+        if needed is None or needed[0] <= n_ctx:
+            continue
+        need, what = needed
+        raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {t.spec.id}'s "
+                              f"{what}; pass n_ctx={need} or more, or leave the task out")
+
+
+class LlamaCppFactory:
+    """Opens llama.cpp backends for one model (each GGUF made by its method's prepare, or brought)."""
+
+    def __init__(self, settings):
+        self.model = settings.model
+        self.cache = settings.cache
+        self.progress = settings.progress
+
+    def identity(self, variant: VariantSpec | None = None) -> dict:
+        gpu = variant is not None and variant.params.get("gpu_layers")
+        return {"device": "cuda" if gpu else "cpu", "versions": llamacpp_versions()}
+
+    def open(self, variant: VariantSpec, baseline_compute: str | None, **loading) -> "LlamaCppBackend":
+        return LlamaCppBackend(self.model, variant, cache=self.cache, progress=self.progress)
+
+
+def make_factory(settings) -> LlamaCppFactory:
+    return LlamaCppFactory(settings)

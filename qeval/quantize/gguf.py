@@ -21,7 +21,9 @@ from pathlib import Path
 
 from qeval.quantize import converter
 from qeval.errors import QevalInputError
+from qeval.util.digest import sha256_file
 from qeval.util.fileio import atomic_write_text
+from qeval.util.locking import build_once
 
 RECIPE = 2  # bump when the export changes its output (2: llama.cpp's own converter)
 # llama.cpp file types by the names users know (llama_ftype values).
@@ -104,16 +106,9 @@ def tensor_type_mix(path: Path) -> tuple[dict[str, float], float]:
     return mix, 8 * data_bytes / total  # tensor data only: metadata is not weights
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, progress=None) -> Path:
-    """The cached GGUF of this model at qtype (f32 and f16 exported, others quantized from f32)."""
+    """The cached GGUF of this model at qtype (f32 and f16 exported, others quantized from f32),
+    made once under a lock into a temporary folder, then renamed (qeval/util/locking.py)."""
     if qtype not in QUANT_TYPES:
         raise QevalInputError(f"unknown GGUF type {qtype!r}; choose from {', '.join(QUANT_TYPES)}")
     import llama_cpp
@@ -123,20 +118,23 @@ def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, pr
     manifest = folder / f"{qtype}.json"
     if path.is_file() and manifest.is_file():
         return path
+    src = gguf_artefact(model_dir, fingerprint, "f32", cache, progress) if qtype not in ("f32", "f16") else None
+
+    def build(staging: Path) -> None:
+        if src is None:
+            if progress:
+                progress(f"Exporting the baseline to GGUF {qtype.upper()} with llama.cpp's converter (once)")
+            export_gguf(model_dir, staging, dtype=qtype)
+        else:
+            if progress:
+                progress(f"Quantizing with llama.cpp to {qtype.upper()} (once)")
+            quantize(src, staging, qtype)
+        # The manifest describes the file about to be renamed into place (same bytes).
+        atomic_write_text(manifest, json.dumps({
+            "source_fingerprint": fingerprint, "type": qtype, "recipe": RECIPE,
+            "llama_cpp_python": llama_cpp.__version__, "converter": converter.source(),
+            "sha256": sha256_file(staging), "bytes": staging.stat().st_size}, indent=1))
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{qtype}.partial.gguf"
-    if qtype in ("f32", "f16"):
-        if progress:
-            progress(f"Exporting the baseline to GGUF {qtype.upper()} with llama.cpp's converter (once)")
-        export_gguf(model_dir, tmp, dtype=qtype)
-    else:
-        src = gguf_artefact(model_dir, fingerprint, "f32", cache, progress)
-        if progress:
-            progress(f"Quantizing with llama.cpp to {qtype.upper()} (once)")
-        quantize(src, tmp, qtype)
-    tmp.replace(path)
-    atomic_write_text(manifest, json.dumps({
-        "source_fingerprint": fingerprint, "type": qtype, "recipe": RECIPE,
-        "llama_cpp_python": llama_cpp.__version__, "converter": converter.source(), "sha256": sha256_file(path),
-        "bytes": path.stat().st_size}, indent=1))
-    return path
+    waiting = (lambda: progress(f"Waiting for another qeval making the GGUF {qtype} file")) if progress else None
+    return build_once(path, build, complete=lambda p: p.is_file() and manifest.is_file(), on_wait=waiting)

@@ -22,20 +22,19 @@ from pathlib import Path
 from qeval.quantize.calibration_sets import CalibrationSet
 from qeval.errors import QevalInputError
 from qeval.util.fileio import atomic_write_text
-from qeval.types import Method, VariantSpec
+from qeval.util.locking import build_once
+from qeval.types import VariantSpec
 from qeval.util.versions import installed_versions
+from qeval.variants.registry import method
 
 RECIPE = 4  # bump when the way artefacts are made changes
-COMMON = frozenset({"bits", "group", "sym", "calib", "samples", "seqlen", "seed", "kernel"})
 # Parameters that choose how an artefact is scored, not how it is made.
 SCORING_ONLY = frozenset({"kernel"})
-PARAMS = {Method.gptq: COMMON | {"act_order", "damp"}, Method.awq: COMMON | {"clip"}}
-BITS = {Method.gptq: (2, 3, 4, 8), Method.awq: (4,)}
 GROUP_CHOICES = (16, 32, 64, 128, 256)  # -1 (one group per row) is always possible
 DEFAULTS = {"bits": 4, "group": 64, "sym": True, "calib": "clinical", "samples": 64, "seqlen": 256, "seed": 0}
 LIBRARIES = ("gptqmodel", "transformers", "torch", "optimum")
 # What gptqmodel's loader writes into config.json for each format it can score.
-CHECKPOINT_FORMATS = {"gptq": Method.gptq, "awq": Method.awq, "compressed-tensors": None}
+CHECKPOINT_FORMATS = {"gptq": "gptq", "awq": "awq", "compressed-tensors": None}
 
 
 def library_versions() -> dict[str, str]:
@@ -86,11 +85,11 @@ def check_variant(variant: VariantSpec, config: dict | None) -> None:
             raise QevalInputError(f"variant {variant.name!r}: a checkpoint you bring takes no "
                                   f"parameters ({', '.join(extra)}); it is scored as it is")
         return
-    allowed = PARAMS[variant.method]
-    unknown = sorted(set(p) - allowed)
+    m = method(variant.method)
+    unknown = sorted(set(p) - m.params)
     if unknown:
         raise QevalInputError(f"variant {variant.name!r}: unknown parameter(s) {', '.join(unknown)}; "
-                              f"{variant.method.value} takes {', '.join(sorted(allowed))}")
+                              f"{m.name} takes {', '.join(sorted(m.params))}")
     s = settings(variant)
     for key in ("bits", "group", "samples", "seqlen", "seed"):
         if not isinstance(s[key], int) or isinstance(s[key], bool):
@@ -100,9 +99,9 @@ def check_variant(variant: VariantSpec, config: dict | None) -> None:
             raise QevalInputError(f"variant {variant.name!r}: {key} must be true or false")
     if "damp" in s and not (isinstance(s["damp"], (int, float)) and 0 < s["damp"] < 1):
         raise QevalInputError(f"variant {variant.name!r}: damp must be a number between 0 and 1")
-    if s["bits"] not in BITS[variant.method]:
-        raise QevalInputError(f"variant {variant.name!r}: {variant.method.value} supports bits "
-                              f"{', '.join(map(str, BITS[variant.method]))}, not {s['bits']}")
+    if s["bits"] not in m.bits:
+        raise QevalInputError(f"variant {variant.name!r}: {m.name} supports bits "
+                              f"{', '.join(map(str, m.bits))}, not {s['bits']}")
     if s["samples"] < 1 or s["seqlen"] < 16:
         raise QevalInputError(f"variant {variant.name!r}: samples must be >= 1 and seqlen >= 16")
     if config is not None:
@@ -128,9 +127,9 @@ def scoring_kernel(variant: VariantSpec, device: str) -> str | None:
     chosen = variant.params.get("kernel")
     if chosen is not None:
         return None if chosen == "auto" else str(chosen)
-    if variant.method == Method.gptq and not device.startswith("cuda"):
-        return "torch"
-    return None  # AWQ has no float32 CPU kernel in gptqmodel 7.6: its CPU kernels take bf16
+    if not device.startswith("cuda"):
+        return method(variant.method).cpu_kernel
+    return None
 
 
 def loading_config(variant: VariantSpec, checkpoint: Path, device: str):
@@ -197,7 +196,7 @@ def made_params(variant: VariantSpec) -> dict:
 
 
 def artefact_key(model_fingerprint: str, variant: VariantSpec, calib: CalibrationSet) -> str:
-    blob = json.dumps({"model": model_fingerprint, "method": variant.method.value, "params": made_params(variant),
+    blob = json.dumps({"model": model_fingerprint, "method": variant.method, "params": made_params(variant),
                        "calib": calib.sha256, "versions": library_versions(), "recipe": RECIPE},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -214,7 +213,7 @@ def _quantize_config(variant: VariantSpec):
     from gptqmodel.quantization import FORMAT, METHOD
 
     s = settings(variant)
-    if variant.method == Method.awq:
+    if variant.method == "awq":
         return QuantizeConfig(bits=s["bits"], group_size=s["group"], sym=s["sym"],
                               quant_method=METHOD.AWQ, format=FORMAT.GEMM)
     kw = {"damp_percent": float(s["damp"])} if "damp" in s else {}
@@ -230,15 +229,12 @@ _CHILD = "from qeval.quantize.gptq_awq import _quantize_main; _quantize_main()"
 _LAYER = re.compile(rb"\[(\d+) of (\d+)\]")
 
 
-def quantize_dtype(method: Method, cuda: bool) -> str:
-    """The dtype the quantizer works in. On a CPU, GPTQ works from the float32 weights the
-    baseline computes with (gptqmodel's own choice there, bfloat16, adds rounding that is not
-    GPTQ's). AWQ's only CPU packing kernel takes float16/bfloat16; forcing float32 through it
-    produced a broken model (measured: NLL 14.8 vs 4.3), so AWQ stays in bfloat16 on a CPU and
-    the artefact's manifest says so."""
+def quantize_dtype(name: str, cuda: bool) -> str:
+    """The dtype the quantizer works in: float16 on a GPU, the method's own choice on a CPU
+    (qeval/variants/gptq.py, awq.py say why); the artefact's manifest says which."""
     if cuda:
         return "float16"
-    return "bfloat16" if method == Method.awq else "float32"
+    return method(name).cpu_quantize_dtype
 
 
 def _without_clip_search() -> None:
@@ -265,14 +261,14 @@ def _quantize_main() -> None:
     variant = VariantSpec.model_validate(job["variant"])
     torch.manual_seed(int(settings(variant)["seed"]))
     cuda = torch.cuda.is_available()
-    if variant.method == Method.awq and not settings(variant).get("clip", True):
+    if variant.method == "awq" and not settings(variant).get("clip", True):
         _without_clip_search()
     qmodel = GPTQModel.load(job["model_path"], _quantize_config(variant), device="cuda:0" if cuda else "cpu",
                             dtype=getattr(torch, quantize_dtype(variant.method, cuda)))
     from gptqmodel.utils.backend import BACKEND
 
     # AWQ's automatic packing kernel is CUDA-only; on a CPU its portable torch kernel packs.
-    backend = BACKEND.AWQ_TORCH if variant.method == Method.awq and not cuda else BACKEND.AUTO
+    backend = BACKEND.AWQ_TORCH if variant.method == "awq" and not cuda else BACKEND.AUTO
     started = time.perf_counter()
     qmodel.quantize([{"input_ids": w, "attention_mask": [1] * len(w)} for w in job["windows"]],
                     batch_size=1, backend=backend)
@@ -329,43 +325,39 @@ def _run_child(job: dict, layers: int, bar=None) -> tuple[float, str]:
 def ensure_artefact(model_path: Path, model_fingerprint: str, variant: VariantSpec,
                     calib: CalibrationSet, cache: Path, progress=None, bar=None) -> Artefact:
     """The quantized checkpoint for (weights, method, params, calibration set, library versions):
-    made once, then reused. Written to a temporary directory and renamed, so a killed run never
-    leaves a half artefact that looks whole."""
+    made once (under a lock, into a temporary directory then renamed: qeval/util/locking.py), so
+    parallel runs make it once and a killed run never leaves a half artefact that looks whole."""
     key = artefact_key(model_fingerprint, variant, calib)
-    target = cache / "artefacts" / f"{variant.method.value}-{key[:16]}"
+    target = cache / "artefacts" / f"{variant.method}-{key[:16]}"
     manifest_path = target / "qeval_artefact.json"
     if manifest_path.is_file():
         return Artefact(target, json.loads(manifest_path.read_text()))
     require_gptqmodel(variant)
-    from transformers import AutoTokenizer
+    made: dict = {}
 
-    s = settings(variant)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    windows = calibration_windows(calib.texts, lambda t: tok(t, add_special_tokens=False).input_ids,
-                                  samples=s["samples"], seqlen=s["seqlen"], seed=s["seed"])
-    if progress:
-        progress(f"Quantizing {variant.name}: {variant.method.value} on calibration set {calib.name} "
-                 f"({len(windows)} x {s['seqlen']} tokens, seed {s['seed']}); once, then cached")
-    tmp = target.with_name(target.name + f".partial{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    layers = int(read_config(model_path).get("num_hidden_layers", 1))
-    try:
+    def build(staging: Path) -> None:
+        from transformers import AutoTokenizer
+
+        s = settings(variant)
+        tok = AutoTokenizer.from_pretrained(model_path)
+        windows = calibration_windows(calib.texts, lambda t: tok(t, add_special_tokens=False).input_ids,
+                                      samples=s["samples"], seqlen=s["seqlen"], seed=s["seed"])
+        if progress:
+            progress(f"Quantizing {variant.name}: {variant.method} on calibration set {calib.name} "
+                     f"({len(windows)} x {s['seqlen']} tokens, seed {s['seed']}); once, then cached")
+        layers = int(read_config(model_path).get("num_hidden_layers", 1))
         seconds, device = _run_child({"model_path": str(model_path), "variant": variant.model_dump(mode="json"),
-                                      "windows": windows, "out": str(tmp)}, layers, bar)
-        tok.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    manifest = {"method": variant.method.value,
-                "params": made_params(variant),
-                "calibration": calib.describe(), "model_fingerprint": model_fingerprint,
-                "versions": library_versions(), "quantize_seconds": round(seconds, 1),
-                "quantize_device": device, "quantize_dtype": quantize_dtype(variant.method, device == "cuda"),
-                "recipe": RECIPE}
-    atomic_write_text(tmp / "qeval_artefact.json", json.dumps(manifest, indent=1, sort_keys=True))
-    if target.exists():  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-        return Artefact(target, json.loads(manifest_path.read_text()))
-    tmp.replace(target)
-    return Artefact(target, manifest)
+                                      "windows": windows, "out": str(staging)}, layers, bar)
+        tok.save_pretrained(staging)
+        made.update({"method": variant.method,
+                     "params": made_params(variant),
+                     "calibration": calib.describe(), "model_fingerprint": model_fingerprint,
+                     "versions": library_versions(), "quantize_seconds": round(seconds, 1),
+                     "quantize_device": device, "quantize_dtype": quantize_dtype(variant.method, device == "cuda"),
+                     "recipe": RECIPE})
+        atomic_write_text(staging / "qeval_artefact.json", json.dumps(made, indent=1, sort_keys=True))
+
+    waiting = (lambda: progress(f"Waiting for another qeval making {variant.name}'s artefact")) if progress else None
+    build_once(target, build, complete=lambda t: (t / "qeval_artefact.json").is_file(), on_wait=waiting)
+    # made here: the manifest as written; made by another process meanwhile: theirs
+    return Artefact(target, made or json.loads(manifest_path.read_text()))

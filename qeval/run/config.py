@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from qeval.errors import QevalInputError
 from qeval.model_source import DEFAULT_MODEL
-from qeval.types import BASELINE_METHODS, EfficiencyProbe, Method, VariantSpec
+from qeval.types import EfficiencyProbe, VariantSpec
+from qeval.variants import spec
+from qeval.variants.registry import METHODS, method
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,138 +135,23 @@ def _load_yaml_dir(directory: Path) -> dict[str, tuple[Path, dict]]:
     return out
 
 
+# Variant parsing lives in qeval/variants/spec.py; these thin wrappers supply the project's
+# configs/variants/ (and keep `from qeval.run.config import parse_variant` working).
+
+
 def known_variants() -> dict[str, VariantSpec]:
-    specs = {}
-    for name, (path, data) in _load_yaml_dir(project_dir("configs") / "variants").items():
-        try:
-            specs[name] = VariantSpec.model_validate({"name": name, **data})
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            raise QevalInputError(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-    return specs
-
-
-def _coerce(value: str) -> str | int | float | bool:
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-def split_variants(text: str) -> list[str]:
-    """`--candidates` text → one string per variant. A `key=value` piece with no variant name
-    before it continues the previous variant's parameters: `gguf:q4_k_m,threads=8,int8` is two
-    variants (`gguf=path`, `gptq=path`, `awq=path` are variants of their own)."""
-    out: list[str] = []
-    for piece in (p.strip() for p in text.split(",")):
-        if not piece:
-            continue
-        name = piece.split(":", 1)[0]
-        if out and "=" in name and not name.startswith(BROUGHT):
-            out[-1] += "," + piece
-        else:
-            out.append(piece)
-    return out
-
-
-# Artefacts a user brings instead of having qeval make them: `<method>=<path>`.
-BROUGHT = ("gguf=", "gptq=", "awq=")
-
-
-def brought_name(text: str, method: str, path: str, given: object) -> str:
-    """How a brought file is named in tables and records: `name=` when the user gave one, else
-    `<method>=<file or folder name>` (the full path stays in the run's config, the file's hash in
-    its record)."""
-    if given is None:
-        return f"{method}={Path(path.rstrip('/')).name or path}"
-    name = str(given).strip()
-    if not name or any(c in name for c in ",/\\") or name != name.strip():
-        raise QevalInputError(f"variant {text!r}: name={given!r} must be a non-empty name without "
-                              "commas or slashes, e.g. name=mine-q4")
-    return name
+    files = _load_yaml_dir(project_dir("configs") / "variants")
+    return spec.known_variants((name, path, data) for name, (path, data) in files.items())
 
 
 def parse_variant(text: str, known: dict[str, VariantSpec] | None = None) -> VariantSpec:
     """`int8`, `nf4:double_quant=true`, `gguf:q4_k_m`, `gptq:bits=4,group=64,calib=clinical`,
     `gguf=path/to/model.gguf`, `gptq=path/to/checkpoint` or a name from configs/variants/*.yaml."""
-    known = known_variants() if known is None else known
-    text = text.strip()
-    method, eq, path = text.partition("=")
-    if eq and text.startswith(BROUGHT) and method in known:
-        if not path:
-            example = "model.gguf" if method == "gguf" else "checkpoint_dir"
-            raise QevalInputError(f"{method}= needs a path: {method}=path/to/{example}")
-        path, *rest = path.split(",")  # gptq=DIR,kernel=auto · gguf=FILE,threads=8,name=mine
-        params: dict = {"file" if method == "gguf" else "path": path}
-        for part in rest:
-            key, eq2, value = part.partition("=")
-            if not eq2:
-                raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
-            params[key.strip()] = _coerce(value.strip())
-        name = brought_name(text, method, path, params.pop("name", None))
-        variant = known[method].model_copy(update={"name": name, "params": params})
-        if method == "gguf":
-            return _checked_gguf(variant)
-        from qeval.quantize.gptq_awq import check_variant
-
-        check_variant(variant, None)
-        return variant
-    name, _, params_text = text.partition(":")
-    if name not in known:
-        raise QevalInputError(
-            f"unknown variant {name!r}; choose from {', '.join(sorted(known))} "
-            "(or add configs/variants/<name>.yaml)"
-        )
-    base = known[name]
-    params = dict(base.params)
-    for n, part in enumerate(filter(None, params_text.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq and n == 0 and base.method == Method.gguf:
-            params["type"] = part.strip().lower()  # gguf:q4_k_m
-            continue
-        if not eq:
-            raise QevalInputError(f"variant {text!r}: parameter {part!r} must look like key=value")
-        params[key.strip()] = _coerce(value.strip())
-    variant = base.model_copy(update={"name": text.strip(), "params": params})
-    if base.method in (Method.gptq, Method.awq):
-        from qeval.quantize.gptq_awq import check_variant
-
-        check_variant(variant, None)  # the group-size fit is checked once the model is known
-    return _checked_gguf(variant) if base.method == Method.gguf else variant
+    return spec.parse_variant(text, known_variants() if known is None else known)
 
 
-def _checked_gguf(variant: VariantSpec) -> VariantSpec:
-    """Catch a wrong GGUF type, parameter or file before any model is loaded."""
-    from qeval.quantize.gguf import QUANT_TYPES
-    from qeval.engines.llamacpp import PARAMS
-
-    p = variant.params
-    unknown = sorted(set(p) - PARAMS)
-    if unknown:
-        raise QevalInputError(f"variant {variant.name!r}: unknown parameter(s) {', '.join(unknown)}; "
-                              f"gguf takes {', '.join(sorted(PARAMS))}")
-    if "file" in p:
-        path = Path(str(p["file"])).expanduser()
-        if path.is_dir():
-            from qeval.model_source import gguf_files_inside
-
-            raise QevalInputError(f"variant {variant.name!r}: {path} is a directory, not a GGUF "
-                                  f"file{gguf_files_inside(path)}; give the path of the .gguf file itself")
-        if not path.is_file():
-            raise QevalInputError(f"variant {variant.name!r}: GGUF file {path} does not exist; "
-                                  "give the path of a .gguf file")
-    elif str(p.get("type", "")).lower() not in QUANT_TYPES:
-        raise QevalInputError(f"variant {variant.name!r}: unknown GGUF type {p.get('type')!r}; "
-                              f"choose from {', '.join(QUANT_TYPES)}")
-    for key in ("threads", "n_ctx", "gpu_layers"):
-        if key in p and (not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0):
-            raise QevalInputError(f"variant {variant.name!r}: {key} must be a non-negative integer")
-    return variant
+split_variants = spec.split_variants
+brought_name = spec.brought_name
 
 
 def suite_tasks(suite: str, include: Sequence[str] = ()) -> tuple[str, ...]:
@@ -294,10 +181,11 @@ def policy_path(policy: str) -> Path:
 
 
 def check_roles(cfg: RunConfig) -> None:
-    if cfg.baseline.method not in BASELINE_METHODS and cfg.baseline.backend != "fake":
+    if not method(cfg.baseline.method).baseline:
+        baselines = sorted(name for name in METHODS if method(name).baseline)
         raise QevalInputError(
             f"--base {cfg.baseline.name!r} is a quantized variant; the baseline must be one of "
-            f"{', '.join(sorted(m.value for m in BASELINE_METHODS))}"
+            f"{', '.join(baselines)}"
         )
     if not cfg.candidates:
         raise QevalInputError("no candidates; pass --candidates int8,nf4 (see `qeval variants`)")

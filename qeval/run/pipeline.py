@@ -11,6 +11,7 @@ from typing import Protocol
 from qeval import efficiency as eff
 from qeval.engines.base import Backend
 from qeval.run.config import RunConfig, floor_replica
+from qeval.variants.registry import method
 from qeval.gate import GatePolicy, judge
 from qeval.power import power_table
 from qeval.kinds import check_spec, kind_of
@@ -318,20 +319,21 @@ def compare_all(base: VariantRun, other: VariantRun, tasks: Sequence[Task],
             for t in tasks]
 
 
-ENGINE_PARAMS = ("threads", "n_ctx", "gpu_layers")
+def floored(candidates: Sequence[VariantSpec]) -> list[VariantSpec]:
+    """The candidates whose method names an engine floor (GGUF: the unquantized model on llama.cpp)."""
+    return [c for c in candidates if method(c.method).floor_variant(c) is not None]
 
 
 def engine_floor_variant(candidates: Sequence[VariantSpec], tasks: Sequence[Task]) -> VariantSpec | None:
     """The unquantized (F32) GGUF of the baseline on llama.cpp, with the GGUF candidates' engine
     settings, when some GGUF candidate is scored on a relative kind (reference text): its KLD against the baseline
     is the engine's floor for those candidates. A `gguf:f32` candidate is that floor itself."""
-    ggufs = [c for c in candidates if c.backend == "llamacpp"]
+    ggufs = floored(candidates)
     if not ggufs or not any(relative(t) for t in tasks):
         return None
     from qeval.run.config import parse_variant
 
-    settings = "".join(f",{k}={ggufs[0].params[k]}" for k in ENGINE_PARAMS if k in ggufs[0].params)
-    floor = parse_variant(f"gguf:f32{settings}")
+    floor = parse_variant(method(ggufs[0].method).floor_variant(ggufs[0]))
     return next((c for c in ggufs if c.key() == floor.key()), floor)
 
 
@@ -395,7 +397,7 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
     if engine is not None:
         comparisons = with_engine_floor(
             comparisons, compare_all(base, engine, [t for t in tasks if relative(t)], cfg), engine.spec.name,
-            {c.name for c in cfg.candidates if c.backend == "llamacpp"})
+            {c.name for c in floored(cfg.candidates)})
     floors = {c.task: c for c in compare_all(base, floor, tasks, cfg)} if floor else {}
     verdict = judge(comparisons, policy, floors=floors, n_boot=cfg.n_boot, seed=cfg.seed)
     t2 = time.perf_counter()

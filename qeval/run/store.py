@@ -13,7 +13,6 @@ lock on it, so two processes sharing one cache never write the same entry at onc
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 
 from qeval.engines.base import Backend, NonFiniteScores, Progress
 from qeval.util.fileio import append_durably, atomic_write_bytes, atomic_write_text
+from qeval.util.locking import locked
 from qeval.kinds.reference_text import BaselineDist
 from qeval.types import BackendInfo, ItemRecord, RECORD_SCHEMA, Task, VariantSpec
 
@@ -134,20 +134,10 @@ class RecordStore:
     def locked(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold `key` exclusively across processes while scoring it; `on_wait` is called once if
         another process holds it. The kernel releases the lock when its holder exits or is
-        killed, so a dead process never blocks a rerun (which then resumes its journal)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        # The lock file stays: deleting it would let two processes lock two different files.
-        with open(self.root / f"{key}.lock", "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        killed, so a dead process never blocks a rerun (which then resumes its journal);
+        qeval/util/locking.py (the filelock library) holds it."""
+        with locked(self.root / f"{key}.lock", on_wait):
+            yield
 
 
 class Journal(Generic[R]):
