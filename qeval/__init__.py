@@ -1,6 +1,6 @@
 """qeval: is this quantized model safe to release instead of the full-precision one?"""
 
-__version__ = "0.1.0"
+from qeval.util.versions import QEVAL_VERSION as __version__  # noqa: F401 - qeval.__version__
 
 
 def __getattr__(name: str):

@@ -246,7 +246,9 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     from qeval.model_source import cache_dir, resolve_model
     from qeval.run.pipeline import run_compare
     from qeval.power import discordance_history
-    from qeval.report.markdown import print_summary, results_document, time_breakdown, write_run
+    from qeval.report.terminal import print_summary
+    from qeval.run.document import results_document, write_run
+    from qeval.report.tables import time_breakdown
     from qeval.run.store import RecordStore
 
     resolve_device(cfg.device)  # a GPU-only option fails before minutes of model preparation
@@ -614,7 +616,7 @@ def report(
     """Print the verdict table of an earlier run and render its report.html again; exits with that
     run's exit code."""
     from qeval.report.html import write_html
-    from qeval.report.markdown import print_summary
+    from qeval.report.terminal import print_summary
     from qeval.rundir.read import load_run
 
     try:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from qeval import stats
-from qeval.tasks.item_audit import best_cue
+from qeval.item_audit import best_cue
 from qeval.types import (
     CategoryBreakdown, GenerationComparison, GenerationRecord, Interval, ItemRecord, NumericAnswer,
     PairedItems, Risk, RiskBreakdown, RotationComparison, RotationStats, Sample, Task, TaskComparison,
@@ -84,7 +84,7 @@ def _labelled_fields(pairs: Sequence[tuple[Paired, Paired]], *, default_chance: 
     """The fields every labelled comparison (multiple choice, generate) shares, and the cluster
     labels: both accuracies, the paired Δ with its interval, flips both ways, discordance, exact
     McNemar, the chance guard (guessing, and the best answer-cue heuristic of `cues`: heuristic →
-    sample id → its score, qeval/tasks/item_audit.py), clustering, high-risk and per-category
+    sample id → its score, qeval/item_audit.py), clustering, high-risk and per-category
     breakdowns, paired items."""
     ids = [b.sample_id for b, _ in pairs]
     n = len(pairs)

@@ -49,7 +49,7 @@ def gate(
     from qeval.run.config import policy_path
     from qeval.gate import GatePolicy
     from qeval.run.rejudge import rejudge, write_rejudged
-    from qeval.report.markdown import print_summary
+    from qeval.report.terminal import print_summary
     from qeval.rundir.read import load_run
 
     console = Console()

@@ -483,7 +483,7 @@ class TaskComparison(Strict):
     top1_agreement: Interval  # share of items where both pick the same choice, Wilson CI
     baseline_chance: float  # expected accuracy of random guessing
     baseline_above_chance_p: float  # one-sided exact test that baseline accuracy > chance
-    # The best answer-cue heuristic (qeval/tasks/item_audit.py: longest option, last option, ...) on
+    # The best answer-cue heuristic (qeval/item_audit.py: longest option, last option, ...) on
     # these items, its accuracy, and the one-sided exact binomial p that the baseline beats it.
     # None for items without options. The gate's chance guard needs both p-values significant.
     cue_heuristic: str | None = None

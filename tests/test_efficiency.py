@@ -16,7 +16,7 @@ from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy
 from qeval.run.pipeline import VariantRun, run_compare
 from qeval.vram import ModelShape
-from qeval.report.markdown import efficiency_markdown
+from qeval.report.tables import efficiency_markdown
 from qeval.run.store import RecordStore
 from qeval.types import (
     Artefact, BackendInfo, Decision, Efficiency, EfficiencyProbe, Interval, SpeedPoint, TaskVerdict,

@@ -317,7 +317,8 @@ def test_noise_floor_changes_spelling_not_answers_and_records_are_reused(tmp_pat
 
 
 def test_report_shows_generation_numbers(tmp_path):
-    from qeval.report.markdown import markdown_report, results_dict, write_run
+    from qeval.report.markdown import markdown_report
+    from qeval.run.document import results_dict, write_run
 
     task = gen_task(60)
     res = _run(task, fake_variant("base", skill=0.8), fake_variant("c", skill=0.8, damage=0.2))
@@ -337,7 +338,7 @@ def test_report_shows_generation_numbers(tmp_path):
 
 
 def test_log_text_keeps_outputs_for_the_run_directory(tmp_path):
-    from qeval.report.markdown import results_dict, write_run
+    from qeval.run.document import results_dict, write_run
 
     task = gen_task(10)
     cfg = fake_config(fake_variant("base"), fake_variant("c"), tasks=("gen",)).model_copy(

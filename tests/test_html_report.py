@@ -27,7 +27,8 @@ from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
 from qeval.report.html import REPORT_FILE, write_html
 from qeval.run.pipeline import CompareResult, run_compare
-from qeval.report.markdown import EFFICIENCY_COLUMNS, efficiency_rows, results_dict, write_run
+from qeval.report.tables import EFFICIENCY_COLUMNS, efficiency_rows
+from qeval.run.document import results_dict, write_run
 from qeval.rundir.write import safe_name as _safe
 from qeval.types import (
     GenerationSpec, ItemRecord, Passage, Risk, Sample, SourceSpec, Task, TaskSpec, TextRecord,

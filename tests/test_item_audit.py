@@ -234,7 +234,8 @@ def test_chance_guard_needs_the_baseline_above_the_best_cue_heuristic():
     strong = run(0.95)
     assert strong.comparisons[0].baseline_above_cue_p < 1e-6
     assert strong.verdict.decision == Decision.GO
-    from qeval.report.markdown import markdown_report, results_dict
+    from qeval.report.markdown import markdown_report
+    from qeval.run.document import results_dict
 
     results = results_dict(middling, model={"spec": "fake", "source": "fake", "fingerprint": "0" * 64}, policy={})
     assert results["comparisons"][0]["cue_accuracy"] == pytest.approx(0.7)

@@ -11,7 +11,7 @@ from qeval.engines.fake import FakeFactory
 from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy
 from qeval.run.pipeline import run_compare
-from qeval.report.markdown import results_dict, write_run
+from qeval.run.document import results_dict, write_run
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_timings_say_where_each_variants_time_went(tmp_path):
-    from qeval.report.markdown import time_breakdown
+    from qeval.report.tables import time_breakdown
 
     task = make_task(40)
     cfg = fake_config(fake_variant("base"), fake_variant("c", damage=0.2))

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from qeval.errors import QevalInputError
-from qeval.quantize.gguf import gguf_artefact, quiet_stderr, tensor_type_mix
+from qeval.quantize.gguf import gguf_artefact, tensor_type_mix
+from qeval.util.stderr import quiet_stderr
 from qeval.model_source import ResolvedModel
 from qeval.types import BackendInfo, VariantSpec
 from qeval.engines.base import (

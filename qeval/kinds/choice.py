@@ -19,7 +19,7 @@ from qeval.engines.base import Backend, LoglikelihoodRequest, Progress
 from qeval.errors import QevalInputError
 from qeval.kinds.base import accuracy_change, check_same_prompts, item_rows, labelled_limits
 from qeval.stats import choice_kl
-from qeval.tasks.item_audit import heuristic_credits
+from qeval.item_audit import heuristic_credits
 from qeval.types import ItemRecord, PairedItems, Sample, Task, TaskComparison, TaskSpec
 
 def render_prompt(spec: TaskSpec, sample: Sample) -> tuple[str, list[str]]:

@@ -23,7 +23,7 @@ from qeval.engines.base import Backend, GenerationRequest, Progress
 from qeval.errors import QevalInputError
 from qeval.kinds.base import accuracy_change, check_same_prompts, item_rows, labelled_limits
 from qeval.kinds.choice import chance_levels, render_prompt
-from qeval.tasks.item_audit import heuristic_credits
+from qeval.item_audit import heuristic_credits
 from qeval.util.numeric import first_number, format_number
 from qeval.types import (
     GenerationComparison, GenerationRecord, GenerationSpec, NumericAnswer, PairedItems, Sample, Task, TaskSpec,

@@ -169,7 +169,7 @@ def tokens_match(gguf_path: Path, model_dir: Path) -> bool:
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from qeval.quantize.gguf import quiet_stderr
+    from qeval.util.stderr import quiet_stderr
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     with quiet_stderr():

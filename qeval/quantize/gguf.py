@@ -13,8 +13,6 @@ every prompt's token ids anyway.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +21,7 @@ from qeval.quantize import converter
 from qeval.errors import QevalInputError
 from qeval.util.digest import sha256_file
 from qeval.util.fileio import atomic_write_text
+from qeval.util.stderr import quiet_stderr
 from qeval.util.locking import build_once
 
 RECIPE = 2  # bump when the export changes its output (2: llama.cpp's own converter)
@@ -34,23 +33,6 @@ QUANT_TYPES = {
 }
 PRE_TOKENIZERS = ("llama-bpe", "smollm", "qwen2", "gpt-2", "default", "starcoder", "falcon",
                   "deepseek-llm", "mpt", "olmo", "dbrx", "tekken", "refact", "command-r")
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """llama.cpp logs from C to file descriptor 2; keep the terminal for qeval's own output."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
 
 
 def _source_pre(model_dir: Path) -> str | None:

@@ -106,7 +106,7 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
@@ -177,16 +177,16 @@ def _task_row(c) -> list[str]:
         return [_esc(c.task), _esc(c.kind), _esc(c.candidate),
                 f"{c.n}&nbsp;passages / {c.n_tokens}&nbsp;tokens", "—", "—", "—", "—", "—",
                 f"{v.kl.mean(c):.4g} {_unit('per token')}",
-                f"{_pct(c.same_top.estimate)} {_unit('same top token')}",
+                f"{pct(c.same_top.estimate)} {_unit('same top token')}",
                 f"PPL&nbsp;ratio&nbsp;{c.ppl_ratio.estimate:.4f}", verdict]
     high = c.high_risk
     agreement, what = v.agreement(c)
     kl = f"{v.kl.mean(c):.4g} {_unit('per ' + v.kl.unit)}" if v.kl else "—"
-    return [_esc(c.task), _esc(c.kind), _esc(c.candidate), str(c.n), _pct(c.baseline_accuracy),
-            _pct(c.candidate_accuracy), _interval_pp(c.delta),
+    return [_esc(c.task), _esc(c.kind), _esc(c.candidate), str(c.n), pct(c.baseline_accuracy),
+            pct(c.candidate_accuracy), _interval_pp(c.delta),
             f"{c.flips_correct_to_wrong} ({len(high.correct_to_wrong)})",
             f"{c.flips_wrong_to_correct} ({len(high.wrong_to_correct)})", kl,
-            f"{_pct(agreement)} {_unit(what)}",
+            f"{pct(agreement)} {_unit(what)}",
             f"McNemar&nbsp;p&nbsp;{c.mcnemar_p:.3g}", verdict]
 
 
@@ -221,7 +221,7 @@ def _efficiency_table(eff: dict | None) -> str:
     (qeval.report.markdown.efficiency_rows / efficiency_markdown); older runs have none."""
     if not eff or not eff.get("variants"):
         return ""
-    from qeval.report.markdown import EFFICIENCY_COLUMNS, efficiency_markdown, efficiency_rows  # report → html_report
+    from qeval.report.tables import EFFICIENCY_COLUMNS, efficiency_markdown, efficiency_rows  # report → html_report
 
     markdown = efficiency_markdown(eff)
     heading = next((line[3:] for line in markdown if line.startswith("## ")), "Efficiency")

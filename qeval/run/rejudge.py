@@ -18,7 +18,7 @@ from qeval.efficiency import quality
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, judge
 from qeval.kinds import DEFAULT_KIND, kind_of
-from qeval.report.markdown import verdict_fields
+from qeval.run.document import verdict_fields
 from qeval.rundir.read import Run, run_of
 from qeval.rundir.schema import PAIRED_FILE, PAIRED_SCHEMA
 # What results.json adds to a comparison: the verdict of the policy it was judged with.
@@ -95,7 +95,7 @@ def write_rejudged(out_dir: Path, run: Run, results: dict) -> None:
 
     from qeval.report.html import REPORT_FILE, render_html
     from qeval.util.fileio import atomic_write_text
-    from qeval.report.markdown import write_results
+    from qeval.run.document import write_results
 
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
