@@ -227,30 +227,13 @@ class Method(str, Enum):
 
 class VariantSpec(Strict):
     name: str
-    method: str  # a name in qeval.variants.registry.METHODS
-    # The engine that scores it (qeval.engines.registry.ENGINES); default: the method's own.
+    # A name in qeval.variants.registry.METHODS, and the engine that scores it, a name in
+    # qeval.engines.registry.ENGINES (both checked where specs are made: qeval.variants.spec,
+    # and RunConfig).
+    method: str
     backend: str = "hf"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     description: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _registered(cls, data):
-        if not isinstance(data, dict) or "method" not in data:
-            return data
-        from qeval.engines.registry import ENGINES
-        from qeval.variants.registry import METHODS, method
-
-        name = data["method"]
-        name = name.value if isinstance(name, Enum) else name
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
-        data = {**data, "method": name}
-        if "backend" not in data:
-            data["backend"] = method(name).engine
-        if data["backend"] not in ENGINES:
-            raise ValueError(f"unknown backend {data['backend']!r}; choose from {', '.join(sorted(ENGINES))}")
-        return data
 
     def key(self) -> str:
         """Canonical text of everything that changes the numbers this variant produces."""

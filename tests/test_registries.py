@@ -67,10 +67,11 @@ def test_a_method_defined_in_a_test_is_parsed_and_compared(monkeypatch):
 
 
 def test_an_unregistered_method_or_engine_is_refused():
+    fp32 = VariantSpec(name="fp32", method="fp32")
     with pytest.raises(ValidationError, match="unknown method 'fp16-copy'"):
-        VariantSpec(name="x", method="fp16-copy")
+        RunConfig(baseline=fp32, candidates=(VariantSpec(name="x", method="fp16-copy"),), tasks=("t",))
     with pytest.raises(ValidationError, match="unknown backend 'echo'"):
-        VariantSpec(name="x", method="fp32", backend="echo")
+        RunConfig(baseline=VariantSpec(name="x", method="fp32", backend="echo"), candidates=(), tasks=("t",))
     with pytest.raises(KeyError):
         method("nope")
 

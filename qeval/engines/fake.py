@@ -173,12 +173,10 @@ class FakeFactory:
     """Fake backends that know the tasks' answer keys (so `skill` means what it says)."""
 
     def __init__(self, tasks):
-        from qeval.kinds import kind_of
-
         self.answer_key = {s.id: s.target for t in tasks for s in t.samples}
         self.n_choices = {s.id: len(s.choices) for t in tasks for s in t.samples}
         self.answer_options = {s.id: _answer_options(t.spec.prompt.letters, s)
-                               for t in tasks if kind_of(t.spec.kind).generates for s in t.samples}
+                               for t in tasks for s in t.samples}  # used by generated answers only
 
     def identity(self, variant: VariantSpec | None = None) -> dict:
         return {"device": "none", "versions": {}}

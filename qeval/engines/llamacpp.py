@@ -469,21 +469,6 @@ class LlamaCppBackend:
         self.llm.close()
 
 
-def check_context(variant: VariantSpec, tasks) -> None:
-    """A llama.cpp variant's n_ctx holds one sequence of every task (a reference-text window, a
-    prompt and its generation: what the task's kind says it needs)."""
-    from qeval.kinds import kind_of
-
-    n_ctx = int(variant.params.get("n_ctx", DEFAULT_N_CTX))
-    for t in tasks:
-        needed = kind_of(t.spec.kind).context_needed(t.spec)
-        if needed is None or needed[0] <= n_ctx:
-            continue
-        need, what = needed
-        raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {t.spec.id}'s "
-                              f"{what}; pass n_ctx={need} or more, or leave the task out")
-
-
 class LlamaCppFactory:
     """Opens llama.cpp backends for one model (each GGUF made by its method's prepare, or brought)."""
 

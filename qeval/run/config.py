@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qeval.errors import QevalInputError
 from qeval.model_source import DEFAULT_MODEL
@@ -59,6 +59,17 @@ class RunConfig(BaseModel):
     model: str = DEFAULT_MODEL
     baseline: VariantSpec
     candidates: tuple[VariantSpec, ...]
+
+    @field_validator("baseline", "candidates", mode="before")
+    @classmethod
+    def _registered(cls, value):
+        """Each variant's method and engine are registered ones (qeval.variants.spec.registered)."""
+        def one(v):
+            data = v.model_dump() if isinstance(v, VariantSpec) else v
+            if isinstance(data, dict) and "method" in data:
+                data = spec.registered(data)
+            return data
+        return tuple(one(v) for v in value) if isinstance(value, (list, tuple)) else one(value)
     tasks: tuple[str, ...]
     policy: str = "default"
     device: str = "auto"

@@ -47,7 +47,7 @@ class GGUF(QuantMethod):
         return variant
 
     def preflight(self, ctx, variant: VariantSpec, tasks, allow_contamination: bool):
-        from qeval.engines.llamacpp import check_context, check_gpu_layers, read_gguf_vocabulary, require_llama_cpp
+        from qeval.engines.llamacpp import check_gpu_layers, read_gguf_vocabulary, require_llama_cpp
 
         require_llama_cpp()
         check_gpu_layers(variant)
@@ -99,3 +99,19 @@ class GGUF(QuantMethod):
 
 
 METHOD = GGUF()
+
+
+def check_context(variant: VariantSpec, tasks) -> None:
+    """A llama.cpp variant's n_ctx holds one sequence of every task (a reference-text window, a
+    prompt and its generation: what the task's kind says it needs)."""
+    from qeval.engines.llamacpp import DEFAULT_N_CTX
+    from qeval.kinds import kind_of
+
+    n_ctx = int(variant.params.get("n_ctx", DEFAULT_N_CTX))
+    for t in tasks:
+        needed = kind_of(t.spec.kind).context_needed(t.spec)
+        if needed is None or needed[0] <= n_ctx:
+            continue
+        need, what = needed
+        raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {t.spec.id}'s "
+                              f"{what}; pass n_ctx={need} or more, or leave the task out")

@@ -15,20 +15,43 @@ from qeval.types import VariantSpec
 from qeval.variants.registry import METHODS, method
 
 
+def registered(data: dict) -> dict:
+    """A variant's fields with its method and engine checked against the registries (ValueError
+    naming the known ones); the engine defaults to the method's own."""
+    from enum import Enum
+
+    from qeval.engines.registry import ENGINES
+
+    name = data["method"]
+    name = name.value if isinstance(name, Enum) else name
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+    data = {**data, "method": name}
+    if "backend" not in data:
+        data["backend"] = method(name).engine
+    if data["backend"] not in ENGINES:
+        raise ValueError(f"unknown backend {data['backend']!r}; choose from {', '.join(sorted(ENGINES))}")
+    return data
+
+
 def known_variants(files: Iterable[tuple[str, Path, dict]]) -> dict[str, VariantSpec]:
     """The named variants: one per (name, file, YAML data), then each registered method without
     a file of its own under its own name (a method a test or plug-in registers; `fake` excluded)."""
     specs = {}
     for name, path, data in files:
         try:
-            specs[name] = VariantSpec.model_validate({"name": name, **data})
+            specs[name] = VariantSpec.model_validate(registered({"name": name, **data}) if "method" in data
+                                                     else {"name": name, **data})
         except ValidationError as exc:
             e = exc.errors()[0]
             raise QevalInputError(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+        except ValueError as exc:
+            raise QevalInputError(f"{path}: method: {exc}") from None
     for name in METHODS:
         m = method(name)
         if name not in specs and m.listed:
-            specs[name] = VariantSpec(name=name, method=name, description=(m.__doc__ or "").strip().split("\n")[0])
+            specs[name] = VariantSpec(name=name, method=name, backend=m.engine,
+                                      description=(m.__doc__ or "").strip().split("\n")[0])
     return specs
 
 
