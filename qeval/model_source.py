@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qeval.errors import QevalInputError
+from qeval.settings import cache_dir
 from qeval.util.fileio import atomic_write_text
 
 MATERIALISE_RECIPE = 3  # bump when the GGUF → HF conversion changes (3: Gemma-3 attention scale)
@@ -55,15 +56,6 @@ class ResolvedModel:
     fingerprint: str  # sha256 of the weight bytes
     source: str  # human description of where the weights came from
     notes: tuple[str, ...] = ()
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("QEVAL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("qeval"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

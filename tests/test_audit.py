@@ -159,4 +159,4 @@ def _version(task_id: str) -> int:
     from qeval.run.config import project_dir
     from qeval.tasks.registry import TaskRegistry
 
-    return TaskRegistry([project_dir("tasks")]).load(task_id).spec.version
+    return TaskRegistry([resource_dir("tasks")]).load(task_id).spec.version

@@ -21,7 +21,7 @@ from qeval.run.store import (
     CHUNK_PASSAGES, ItemRequests, Journal, RecordStore, build_requests, check_same_prompts, chunk_items,
     opened, score_in_chunks, score_items,
 )
-from qeval.errors import QevalInputError
+from qeval.errors import QevalInputError, ScoringError
 from qeval.types import (
     Artefact, BackendInfo, Efficiency, EngineFloor, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task,
     TaskComparison, TextComparison, TextRecord, VariantSpec, Verdict,
@@ -398,6 +398,8 @@ def run_engine_floor(spec: VariantSpec, tasks: Sequence[Task], cands: Sequence[V
     common["ui"].status(f"Engine floor: {spec.name} on llama.cpp against the baseline (reference text)")
     try:
         return run_variant(spec, [t for t in tasks if is_text(t)], baseline=base, probe=False, **common)
+    except ScoringError:
+        raise  # the floor was exported and scored: a scoring failure stops the run as before
     except QevalInputError as exc:  # raised while exporting, before any scoring
         common["ui"].status(f"no engine floor for the GGUF candidates: {exc}")
         return None
