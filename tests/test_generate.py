@@ -563,7 +563,8 @@ def test_real_model_cot_prompts_generate_the_same_text_on_both_engines(tmp_path)
     from qeval.engines.factory import EngineFactory
     from qeval.run.config import parse_variant
     from qeval.kinds.generate import build_generation_items
-    from qeval.model_source import cache_dir, resolve_model
+    from qeval.model_source import resolve_model
+    from qeval.settings import cache_dir
     from qeval.tasks.registry import TaskRegistry, first_n
 
     task = first_n(TaskRegistry([resource_dir("tasks")]).load("clinical_core_cot"), 3)

@@ -215,7 +215,7 @@ def test_gptq_on_the_default_model_and_the_same_checkpoint_brought_back(tmp_path
     verdict with gptqmodel's kernel in the record; the artefact passed back as gptq=PATH scores
     identically."""
     pytest.importorskip("gptqmodel")
-    from qeval.model_source import cache_dir
+    from qeval.settings import cache_dir
 
     variant = "gptq:samples=8,seqlen=128,calib=generic"
     proc, results = _compare(tmp_path / "made", "--candidates", variant, tasks="clinical_core", limit="12")

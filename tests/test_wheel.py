@@ -110,6 +110,7 @@ def test_installed_wheel_runs_tasks_and_compare_from_another_folder(venv, tmp_pa
     assert "suite clinical-core:" in listed.stdout
 
     # A user's own task lives outside qeval: the example `qeval init` writes, given by its path.
+    (elsewhere / "team").mkdir()
     assert _run([qeval, "init", "team"], cwd=elsewhere, env=env, timeout=120).returncode == 0
     own = elsewhere / "team" / "tasks" / "my_task" / "my_task.yaml"
     proc = _run([qeval, "compare", "--base", "fp32", "--candidates", "int8wo", "--tasks", f"clinical_core,{own}",
