@@ -20,9 +20,11 @@ import time
 
 from qeval.engines.base import GenerationRequest
 from qeval.engines.factory import EngineFactory
-from qeval.run.config import parse_variant, project_dir
+from qeval.run.config import parse_variant
+from qeval.settings import resource_dir
 from qeval.kinds.generate import build_generation_items
-from qeval.model_source import cache_dir, resolve_model
+from qeval.model_source import resolve_model
+from qeval.settings import cache_dir
 from qeval.tasks.registry import TaskRegistry, first_n
 
 
@@ -46,7 +48,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    task = first_n(TaskRegistry([project_dir("tasks")]).load("clinical_core_cot"), args.items)
+    task = first_n(TaskRegistry([resource_dir("tasks")]).load("clinical_core_cot"), args.items)
     model = resolve_model("smollm2-135m")
     factory = EngineFactory(model, device="cpu", batch_size=args.batch, cache=cache_dir())
     rows, outputs = [], {}

@@ -98,10 +98,10 @@ def rss() -> tuple[int, int]:
 
 def passages(tokenize, n: int):
     from qeval.kinds import reference_text as rt
-    from qeval.run.config import project_dir
+    from qeval.settings import resource_dir
     from qeval.tasks.registry import load_task
 
-    task = load_task(project_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
+    task = load_task(resource_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
     return task, rt.tokenize_passages(task.spec, task.passages[:n], tokenize)
 
 

@@ -36,7 +36,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pydantic import BaseModel, ConfigDict  # noqa: E402
 
-from qeval.run.config import PROJECT_ROOT, project_dir  # noqa: E402
+from qeval.settings import resource_dir  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 from qeval.errors import QevalInputError  # noqa: E402
 from qeval.model_source import resolve_model  # noqa: E402
 from qeval.kinds.choice import build_requests, render_prompt, score_items  # noqa: E402
@@ -173,7 +175,7 @@ def run_lmeval(lm, manager, name: str, docs: list[tuple[str, dict]], tmp: Path
 
 
 def qeval_task(task_id: str, data_dir: Path, limit: int | None) -> Task:
-    return first_n(TaskRegistry([project_dir("tasks")], data_dir=data_dir).load(task_id), limit)
+    return first_n(TaskRegistry([resource_dir("tasks")], data_dir=data_dir).load(task_id), limit)
 
 
 # ---------------------------------------------------------------- comparison

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from qeval.engines.factory import EngineFactory
 from qeval.run.config import parse_variant
-from qeval.model_source import cache_dir, resolve_model
+from qeval.model_source import resolve_model
+from qeval.settings import cache_dir
 from qeval.vram import load_shape, plan
 
 # qeval variant → the planner's format for it

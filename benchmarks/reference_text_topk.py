@@ -19,8 +19,10 @@ import numpy as np
 
 from qeval.kinds import reference_text as rt
 from qeval.engines.factory import EngineFactory
-from qeval.run.config import parse_variant, project_dir
-from qeval.model_source import cache_dir, resolve_model
+from qeval.run.config import parse_variant
+from qeval.settings import resource_dir
+from qeval.model_source import resolve_model
+from qeval.settings import cache_dir
 from qeval.tasks.registry import load_task
 
 KS = (8, 16, 32, 64, 128, 256)
@@ -49,7 +51,7 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=36)
     args = ap.parse_args()
     model = resolve_model("smollm2-135m")
-    task = load_task(project_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
+    task = load_task(resource_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
     factory = EngineFactory(model, device="cpu", cache=cache_dir())
     base = factory.open(parse_variant("fp32"), None)
     passages = rt.tokenize_passages(task.spec, task.passages[: args.passages], base.tokenize)

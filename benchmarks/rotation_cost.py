@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qeval.engines.base import shared_prefix_jobs  # noqa: E402
-from qeval.run.config import project_dir  # noqa: E402
+from qeval.settings import resource_dir  # noqa: E402
 from qeval.model_source import DEFAULT_MODEL, resolve_model  # noqa: E402
 from qeval.kinds.choice import build_requests, score_items  # noqa: E402
 from qeval.tasks.registry import TaskRegistry  # noqa: E402
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     from qeval.engines.hf import HFFactory
 
-    full = TaskRegistry([project_dir("tasks")]).load("clinical_core")
+    full = TaskRegistry([resource_dir("tasks")]).load("clinical_core")
     rotated = full.model_copy(update={"samples": full.samples[:opts.limit]})
     plain = rotated.model_copy(update={"spec": rotated.spec.model_copy(update={"rotations": "none"})})
     model = resolve_model(DEFAULT_MODEL)

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qeval import stats  # noqa: E402
 from qeval.engines.fake import FakeFactory  # noqa: E402
 from qeval.pairing import compare_task  # noqa: E402
-from qeval.run.config import RunConfig, project_dir  # noqa: E402
+from qeval.run.config import RunConfig  # noqa: E402
+from qeval.settings import resource_dir  # noqa: E402
 from qeval.report.terminal import QuietUI  # noqa: E402
 from qeval.gate import GatePolicy, TaskRules, judge  # noqa: E402
 from qeval.run.pipeline import run_variant  # noqa: E402
@@ -78,7 +79,7 @@ def simulate(trials: int, seed: int) -> list[dict]:
     base_recs = base.records["pool"]
     acc = np.mean([r.correct for r in base_recs])
 
-    default = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    default = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
     accuracy_only = lambda m: GatePolicy(defaults=TaskRules(  # noqa: E731
         accuracy_margin=m, max_choice_kl_mean=None, max_choice_kl_p95=None,
         max_top1_disagreement=None))
@@ -177,7 +178,8 @@ def real_model() -> None:
     from qeval.engines.hf import HFFactory
     from qeval.run.config import parse_variant, suite_tasks
     from qeval.report.terminal import RichUI
-    from qeval.model_source import cache_dir, resolve_model
+    from qeval.model_source import resolve_model
+    from qeval.settings import cache_dir
     from qeval.run.pipeline import run_compare
     from qeval.power import discordance_history
     from qeval.run.store import RecordStore
@@ -185,8 +187,8 @@ def real_model() -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
-    policy = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
-    tasks = [TaskRegistry([project_dir("tasks")]).load(t) for t in suite_tasks("clinical-core")]
+    policy = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
+    tasks = [TaskRegistry([resource_dir("tasks")]).load(t) for t in suite_tasks("clinical-core")]
     cfg = RunConfig(baseline=parse_variant("fp32"),
                     candidates=tuple(parse_variant(v) for v in ("bf16", "int8wo", "int8", "nf4")),
                     tasks=tuple(t.spec.id for t in tasks), noise_floor="batch1")

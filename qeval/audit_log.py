@@ -27,16 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from qeval.settings import audit_path
+
 AUDIT_SCHEMA = "qeval.audit/1"
-
-
-def audit_path() -> Path:
-    env = os.environ.get("QEVAL_AUDIT_LOG")
-    if env:
-        return Path(env).expanduser()
-    from qeval.model_source import cache_dir
-
-    return cache_dir() / "audit.jsonl"
 
 
 def item_set_hash(ids) -> str:

@@ -20,8 +20,6 @@ except ImportError:  # an older typer, on the click package
     import click
 
 from qeval.audit_log import audited
-from qeval.engines.base import NonFiniteScores
-from qeval.pairing import PairingError, PromptMismatch
 from qeval.errors import QevalInputError
 from qeval.kinds import kind_of
 from qeval.publish.targets import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
@@ -101,7 +99,7 @@ def compare(
     base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
     candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4, gguf:q4_k_m, gptq:bits=4,group=64,calib=clinical, awq, or a file you bring: gguf=model.gguf, gptq=DIR, awq=DIR (see `qeval variants`).")] = "int8,int8wo,nf4",
     suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids, task YAML files or folders of them; overrides --suite.")] = None,
     policy: Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")] = "default",
     out: Annotated[Optional[Path], typer.Option(help="Run directory to create (default: runs/<timestamp>).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -154,14 +152,14 @@ def compare(
                                     started=started, trail=trail)
             publish.run(console, run_dir, variants=trail.variants())
             raise typer.Exit(EXIT_CODES[res.verdict.decision])
-    except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
+    except QevalInputError as exc:  # every error qeval raises on purpose (qeval/errors.py)
         _fail(str(exc))
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or exc}: file not found")
 
 
 # What the compare and calibrate commands report as bad input (exit 2); the audit log says so too.
-_BAD_INPUT = (QevalInputError, PromptMismatch, PairingError, NonFiniteScores)
+_BAD_INPUT = (QevalInputError,)
 
 
 def _warn(message: str) -> None:
@@ -185,12 +183,15 @@ def _task_ids(tasks: str | None, suite: str, include: tuple[str, ...] = ()) -> t
     if not ids:
         raise QevalInputError(f"--tasks {tasks!r} names no task; give comma-separated task ids "
                               "(`qeval tasks` lists them) or leave --tasks out to run --suite")
-    return ids
+    from qeval.tasks.registry import expand_task_refs
+
+    return expand_task_refs(ids)
 
 
 def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: str | None,
                 data_dir: Path | None = None, **rest):
-    from qeval.run.config import RunConfig, check_roles, data_dir_from, known_variants, parse_variant, split_variants
+    from qeval.run.config import RunConfig, check_roles, known_variants, parse_variant, split_variants
+    from qeval.settings import data_dir_from
 
     known = known_variants()
     task_ids = _task_ids(tasks, suite, rest.get("include", ()))
@@ -233,7 +234,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
         _warn(f"--log-text: prompt, option, passage and output text (PHI) will be written to "
               f"{run_dir / 'texts'}{os.sep} and nowhere else; protect or delete that folder")
     if cfg.keep_distributions:
-        from qeval.model_source import cache_dir
+        from qeval.settings import cache_dir
 
         _warn(f"--keep-distributions: the baseline's reference-text distributions (top-k token ids, "
               f"which reveal the passages' text) will be stored in {cache_dir() / 'records'}"
@@ -241,9 +242,9 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
 
     from qeval.engines.factory import EngineFactory
     from qeval.engines.hf import resolve_device
-    from qeval.run.config import project_dir
+    from qeval.settings import cache_dir, resource_dir
     from qeval.report.terminal import RichUI
-    from qeval.model_source import cache_dir, resolve_model
+    from qeval.model_source import resolve_model
     from qeval.run.pipeline import run_compare
     from qeval.power import discordance_history
     from qeval.report.terminal import print_summary
@@ -259,7 +260,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     model_seconds = time.perf_counter() - t_model
     factory = EngineFactory(resolved, device=cfg.device, strict_dtype=cfg.strict_dtype,
                             batch_size=cfg.batch_size, cache=cache_dir(), progress=ui.status,
-                            calibration_root=project_dir("calibration"), bar=ui.bar)
+                            calibration_root=resource_dir("calibration"), bar=ui.bar)
     trail.factory = factory
     overlaps = factory.preflight([cfg.baseline, *cfg.candidates], loaded,
                                  allow_contamination=allow_contamination)
@@ -307,7 +308,7 @@ def calibrate(
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
     base: Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")] = "fp16",
     suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids, task YAML files or folders of them; overrides --suite.")] = None,
     policy: Annotated[str, typer.Option(help="Gate policy for the per-candidate verdicts.")] = "default",
     out: Annotated[Optional[Path], typer.Option(help="Run directory to create (default: runs/<timestamp>).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -375,7 +376,7 @@ def calibrate(
             _, run_dir = _execute(console, cfg, out=out, allow_contamination=allow_contamination,
                                   started=started, extra=experiment, trail=trail)
             _print_calibrate(console, holder["summary"], run_dir)
-    except (QevalInputError, PromptMismatch, PairingError, NonFiniteScores) as exc:
+    except QevalInputError as exc:  # every error qeval raises on purpose (qeval/errors.py)
         _fail(str(exc))
 
 
@@ -424,7 +425,7 @@ def _noise_path(value: str | None) -> str | None:
 @app.command()
 def power(
     suite: Annotated[str, typer.Option(help="Task suite from configs/suites/.")] = "clinical-core",
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids; overrides --suite.")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids, task YAML files or folders of them; overrides --suite.")] = None,
     policy: Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")] = "default",
     candidates: Annotated[str, typer.Option(help="Candidates to look up in earlier runs.")] = "int8,int8wo,nf4",
     discordance: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Assume this share of items flips either way (default: earlier runs, else the policy's).")] = None,
@@ -434,7 +435,8 @@ def power(
     lm_eval_include: Annotated[Optional[Path], typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
 ) -> None:
     """Print the smallest accuracy drop each task can detect, and the items a margin needs."""
-    from qeval.run.config import data_dir_from, include_dirs, policy_path, split_variants, task_roots
+    from qeval.run.config import include_dirs, policy_path, split_variants, task_roots
+    from qeval.settings import data_dir_from
     from qeval.report.terminal import RichUI
     from qeval.gate import GatePolicy
     from qeval.power import discordance_history, power_table
@@ -520,7 +522,8 @@ def list_tasks(
     include: Include = None,
 ) -> None:
     """List the tasks in tasks/ and the suites in configs/suites/ (and in included folders)."""
-    from qeval.run.config import data_dir_from, include_dirs, suite_dirs, suite_tasks, task_roots
+    from qeval.run.config import include_dirs, suite_dirs, suite_tasks, task_roots
+    from qeval.settings import data_dir_from
     from qeval.tasks.registry import MissingData, TaskRegistry
 
     console = Console()
@@ -560,10 +563,10 @@ def list_variants() -> None:
 def calibration_sets() -> None:
     """List the calibration sets in calibration/ (GPTQ/AWQ `calib=`), verified against their manifests."""
     from qeval.quantize.calibration_sets import builtin_sets, load_builtin
-    from qeval.run.config import project_dir
+    from qeval.settings import resource_dir
 
     console = Console()
-    root = project_dir("calibration")
+    root = resource_dir("calibration")
     try:
         for name in builtin_sets(root):
             s = load_builtin(root / name)
@@ -641,7 +644,8 @@ def prepare(
     model: Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")] = "smollm2-135m",
 ) -> None:
     """Materialise a model into the qeval cache and print its fingerprint."""
-    from qeval.model_source import cache_dir, resolve_model
+    from qeval.model_source import resolve_model
+    from qeval.settings import cache_dir
 
     console = Console()
     try:
@@ -673,12 +677,13 @@ def audit_items(
 ) -> None:
     """Answer-cue audit of a multiple-choice task: can the key be found from the options alone
     (longest option, last option, …)? Exit code 0 when the items meet the limits, 1 when not."""
-    from qeval.run.config import data_dir_from, project_dir
+    from qeval.run.config import task_roots
+    from qeval.settings import data_dir_from
     from qeval.tasks.item_audit import audit_lines, audit_samples, has_options
     from qeval.tasks.registry import load_tasks
 
     try:
-        (loaded,), _ = load_tasks([task], roots=[project_dir("tasks")], data_dir=data_dir_from(data_dir))
+        (loaded,), _ = load_tasks([task], roots=task_roots(), data_dir=data_dir_from(data_dir))
         if not any(has_options(s) for s in loaded.samples):  # (a passage task has no samples)
             raise QevalInputError(f"task {task!r} has no multiple-choice items to audit; give a "
                                   "multiple-choice task (or a generate task whose items have options)")

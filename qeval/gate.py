@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qeval import stats
 from qeval.errors import QevalInputError
 from qeval.kinds import DEFAULT_KIND, kind_of
+from qeval.util.yamlio import read_yaml
 from qeval.types import (
     Decision, GenerationComparison, PairedItems, RuleResult, TaskComparison, TaskVerdict,
     TextComparison, Verdict,
@@ -105,10 +105,7 @@ class GatePolicy(BaseModel):
     @classmethod
     def from_yaml(cls, path: Path) -> GatePolicy:
         """Load a policy file; any problem is one QevalInputError line naming the field."""
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise QevalInputError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        data = read_yaml(path, empty={})
         if not isinstance(data, dict):
             raise QevalInputError(f"{path}: a gate policy must be a mapping of fields")
         # A per-task block overrides only what it names.

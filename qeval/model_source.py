@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from qeval.errors import QevalInputError
 from qeval.util.digest import sha256_file
+from qeval.settings import cache_dir
 from qeval.util.fileio import atomic_write_text
 from qeval.util.locking import build_once
 
@@ -56,15 +56,6 @@ class ResolvedModel:
     fingerprint: str  # sha256 of the weight bytes
     source: str  # human description of where the weights came from
     notes: tuple[str, ...] = ()
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("QEVAL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("qeval"))
 
 
 def _weight_files(directory: Path) -> list[Path]:

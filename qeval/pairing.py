@@ -13,6 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from qeval import stats
+from qeval.errors import PairingError, PromptMismatch  # noqa: F401 - raised here, imported from here by callers
 from qeval.item_audit import best_cue
 from qeval.types import (
     CategoryBreakdown, GenerationComparison, GenerationRecord, Interval, ItemRecord, NumericAnswer,
@@ -21,14 +22,6 @@ from qeval.types import (
 )
 
 Paired = TypeVar("Paired", ItemRecord, GenerationRecord)
-
-
-class PromptMismatch(ValueError):
-    """Baseline and candidate did not see the same token ids for an item."""
-
-
-class PairingError(ValueError):
-    """The record sets do not cover the same items."""
 
 
 def pair_records(

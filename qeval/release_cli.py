@@ -99,13 +99,13 @@ def init(
 ) -> None:
     """Write a starter policy (qeval-gate.yaml, every limit commented), a suite
     (suites/my-suite.yaml) and an example task (tasks/my_task/) to start a release gate from."""
-    from qeval.run.config import project_dir
+    from qeval.settings import resource_dir
     from qeval.util.fileio import atomic_write_text
 
     console = Console()
-    template = project_dir("configs") / "init"
+    template = resource_dir("configs") / "init"
     files = [(directory / INIT_POLICY,
-              starter_policy((project_dir("configs") / "gates" / "default.yaml").read_text()))]
+              starter_policy((resource_dir("configs") / "gates" / "default.yaml").read_text()))]
     files += [(directory / p.relative_to(template), p.read_text())
               for p in sorted(template.rglob("*.yaml")) if p.is_file()]
     try:

@@ -156,7 +156,7 @@ def test_concurrent_writers_append_whole_lines(tmp_path):
 
 
 def _version(task_id: str) -> int:
-    from qeval.run.config import project_dir
+    from qeval.settings import resource_dir
     from qeval.tasks.registry import TaskRegistry
 
-    return TaskRegistry([project_dir("tasks")]).load(task_id).spec.version
+    return TaskRegistry([resource_dir("tasks")]).load(task_id).spec.version

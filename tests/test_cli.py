@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.gate import GatePolicy
 
 runner = CliRunner()
@@ -82,8 +82,8 @@ def test_power_prints_the_detectable_drop_without_a_model(tmp_path):
     from qeval.power import power_table
     from qeval.tasks.registry import TaskRegistry
 
-    task = TaskRegistry([project_dir("tasks")]).load("clinical_core")
-    policy = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    task = TaskRegistry([resource_dir("tasks")]).load("clinical_core")
+    policy = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
     overall, high = power_table([task], ["x"], policy)
     assert f"{100 * overall.mde:.1f} pp" in res.output and f"{100 * high.mde:.1f} pp" in res.output
     assert "clinical_core (risk: high)" in res.output

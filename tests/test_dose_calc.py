@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from conftest import fake_config, fake_variant
 from qeval.engines.fake import FakeFactory
 from qeval.pairing import same_answer_of
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy
@@ -24,7 +24,7 @@ from qeval.run.pipeline import run_compare
 from qeval.tasks.registry import TaskRegistry
 from qeval.types import Decision, GenerationRecord, GenerationSpec, NumericAnswer, Risk, Sample, SourceSpec, Task, TaskSpec
 
-POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+POLICY = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
 # The clinical_dose_calc task's pattern: the number after the last "answer is" (a few other
 # characters may come between: "about", "**", "=").
 PATTERN = re.compile(r"[Aa]nswer is:?[^\d\n.\-\u2212]{0,20}?([-\u2212]?\.?\d[\d.,]*)")
@@ -68,7 +68,7 @@ def _spec() -> TaskSpec:
 
 
 def test_the_task_file_uses_this_pattern():
-    spec = yaml.safe_load((project_dir("tasks") / "clinical_dose_calc" / "clinical_dose_calc.yaml").read_text())
+    spec = yaml.safe_load((resource_dir("tasks") / "clinical_dose_calc" / "clinical_dose_calc.yaml").read_text())
     assert spec["generation"]["answer_pattern"] == PATTERN.pattern and spec["generation"]["answer"] == "numeric"
 
 

@@ -10,7 +10,8 @@ from conftest import fake_config, fake_variant, make_task
 from qeval import stats
 from qeval.engines.fake import FakeFactory
 from qeval.pairing import PromptMismatch, compare_task
-from qeval.run.config import RunConfig, project_dir
+from qeval.run.config import RunConfig
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules, judge, judge_task, nogo_alpha_for, worst
@@ -18,7 +19,7 @@ from qeval.run.pipeline import run_compare
 from qeval.run.store import RecordStore
 from qeval.types import Decision, ItemRecord, Risk
 
-POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+POLICY = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
 
 
 def _run(task, base, *cands, policy=POLICY, store=None):

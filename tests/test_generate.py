@@ -15,7 +15,7 @@ from qeval import stats
 from qeval.engines.base import GenerationRequest, GreedyOutput, first_stop
 from qeval.engines.fake import FakeFactory
 from qeval.pairing import PairingError, PromptMismatch, compare_generation
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
@@ -26,7 +26,7 @@ from qeval.types import (
     Decision, GenerationRecord, GenerationSpec, PromptSpec, Risk, Sample, SourceSpec, Task, TaskSpec,
 )
 
-POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+POLICY = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
 LETTER = r"answer is:?\s*\(?([A-J])\b"
 
 
@@ -465,7 +465,7 @@ def test_qeval_compare_on_a_generate_task_through_the_cli(tiny, tmp_path, monkey
     a transformers fp32 baseline against llama.cpp q8_0 and a bf16 candidate."""
     from typer.testing import CliRunner
 
-    import qeval.run.config
+    import qeval.settings
     from qeval.cli import app
 
     tasks = tmp_path / "tasks"
@@ -477,8 +477,8 @@ def test_qeval_compare_on_a_generate_task_through_the_cli(tiny, tmp_path, monkey
         "id": "mini_gen", "kind": "generate", "source": {"format": "qeval_items", "path": "items"},
         "prompt": {"template": "{question}\n{choices}\nAnswer:"},
         "generation": {"max_tokens": 12, "stop": ["\n\n"], "answer_pattern": "([AB])"}}))
-    real = qeval.run.config.project_dir
-    monkeypatch.setattr(qeval.run.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    real = qeval.settings.resource_dir
+    monkeypatch.setattr(qeval.settings, "resource_dir", lambda name: tasks if name == "tasks" else real(name))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["compare", "--model", str(tiny.path), "--base", "fp32",
                                    "--candidates", "gguf:q8_0,bf16", "--tasks", "mini_gen",
@@ -511,11 +511,11 @@ def test_numeric_dose_task_on_transformers_and_llama_cpp_through_the_cli(tiny, t
     INCONCLUSIVE (three risk: high items), never NO_GO."""
     from typer.testing import CliRunner
 
-    import qeval.run.config
+    import qeval.settings
     from qeval.cli import app
     from qeval.util.numeric import first_number
 
-    spec = yaml.safe_load((project_dir("tasks") / "clinical_dose_calc" / "clinical_dose_calc.yaml").read_text())
+    spec = yaml.safe_load((resource_dir("tasks") / "clinical_dose_calc" / "clinical_dose_calc.yaml").read_text())
     tasks = tmp_path / "tasks"
     (tasks / "mini_dose" / "items").mkdir(parents=True)
     items = [{"id": f"d{i}", "question": f"A {60 + i} kg adult needs 1 mg/kg. How many mg?", "value": 60 + i,
@@ -524,8 +524,8 @@ def test_numeric_dose_task_on_transformers_and_llama_cpp_through_the_cli(tiny, t
     (tasks / "mini_dose" / "items" / "a.yaml").write_text(json.dumps({"area": "dose", "items": items}))
     spec["generation"]["max_tokens"] = 12
     (tasks / "mini_dose" / "mini_dose.yaml").write_text(json.dumps({**spec, "id": "mini_dose"}))
-    real = qeval.run.config.project_dir
-    monkeypatch.setattr(qeval.run.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    real = qeval.settings.resource_dir
+    monkeypatch.setattr(qeval.settings, "resource_dir", lambda name: tasks if name == "tasks" else real(name))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["compare", "--model", str(tiny.path), "--base", "fp32",
                                    "--candidates", "gguf:q8_0", "--tasks", "mini_dose", "--n-boot", "200",
@@ -564,10 +564,11 @@ def test_real_model_cot_prompts_generate_the_same_text_on_both_engines(tmp_path)
     from qeval.engines.factory import EngineFactory
     from qeval.run.config import parse_variant
     from qeval.kinds.generate import build_generation_items
-    from qeval.model_source import cache_dir, resolve_model
+    from qeval.model_source import resolve_model
+    from qeval.settings import cache_dir
     from qeval.tasks.registry import TaskRegistry, first_n
 
-    task = first_n(TaskRegistry([project_dir("tasks")]).load("clinical_core_cot"), 3)
+    task = first_n(TaskRegistry([resource_dir("tasks")]).load("clinical_core_cot"), 3)
     factory = EngineFactory(resolve_model("smollm2-135m"), device="cpu", batch_size=3, cache=cache_dir())
     hf = factory.open(parse_variant("fp32"), None)
     lc = factory.open(parse_variant("gguf:f32,threads=1"), "float32")

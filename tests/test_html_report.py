@@ -21,7 +21,8 @@ from conftest import fake_variant
 from qeval import load_run
 from qeval.report import plots
 from qeval.engines.fake import FakeFactory
-from qeval.run.config import RunConfig, project_dir
+from qeval.run.config import RunConfig
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
@@ -77,7 +78,7 @@ def _text_task(n: int = 12) -> Task:
 
 
 def _policy() -> GatePolicy:
-    default = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    default = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
     # A per-task override: the forest plot must draw this task's own margin.
     return default.model_copy(update={"tasks": {MC_TASK: TaskRules(accuracy_margin=0.08)}})
 

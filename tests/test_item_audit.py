@@ -10,7 +10,7 @@ import pytest
 
 from conftest import fake_config, fake_variant
 from qeval.engines.fake import FakeFactory
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy, TaskRules
 from qeval.tasks.item_audit import audit_lines, audit_samples, best_cue, heuristic_credits, warning_line
@@ -41,7 +41,7 @@ def _failed(samples) -> set[str]:
 def test_every_builtin_multiple_choice_bank_meets_the_cue_limits():
     """Each item source of the built-in tasks once (clinical_core and its cloze and CoT forms
     share one); benchmark tasks read published files, not this project's items."""
-    reg = TaskRegistry([project_dir("tasks")])
+    reg = TaskRegistry([resource_dir("tasks")])
     audited: set[Path] = set()
     for tid in reg.ids():
         try:
@@ -168,14 +168,14 @@ def _user_task(root: Path, samples) -> Path:
 def test_audit_items_command_and_the_compare_warning(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import qeval.run.config
+    import qeval.settings
     from qeval.cli import app
 
     items = [_item(i, [c + (" and a longer tail" if j == i % 4 else "") for j, c in enumerate(PLAIN[:4])], i % 4)
              for i in range(40)]
     tasks = _user_task(tmp_path / "tasks", items)
-    real = qeval.run.config.project_dir
-    monkeypatch.setattr(qeval.run.config, "project_dir", lambda name: tasks if name == "tasks" else real(name))
+    real = qeval.settings.resource_dir
+    monkeypatch.setattr(qeval.settings, "resource_dir", lambda name: tasks if name == "tasks" else real(name))
     runner = CliRunner()
     res = runner.invoke(app, ["audit-items", "cuey"])
     assert res.exit_code == 1 and "FAIL  'longest option' scores 100.0%" in res.output

@@ -36,10 +36,10 @@ ENTRY = textwrap.dedent("""
     import os
     from pathlib import Path
 
-    import qeval.run.config
+    import qeval.settings
 
-    _real = qeval.run.config.project_dir
-    qeval.run.config.project_dir = lambda name: Path(os.environ["PHI_TEST_TASKS"]) if name == "tasks" else _real(name)
+    _real = qeval.settings.resource_dir
+    qeval.settings.resource_dir = lambda name: Path(os.environ["PHI_TEST_TASKS"]) if name == "tasks" else _real(name)
 
     if os.environ.get("PHI_TEST_FAIL"):
         import qeval.run.pipeline

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_task
 from qeval import stats
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.gate import GatePolicy, TaskRules
 from qeval.power import discordance_history, power_table
 from qeval.types import Risk
@@ -81,7 +81,7 @@ def test_declared_clusters_shrink_the_effective_items_and_singletons_count_one_e
 
 
 def test_high_risk_rows_follow_the_policy_and_the_default_gate_powers_a_420_item_bank():
-    policy = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    policy = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
     margin = policy.defaults.high_risk_accuracy_margin
     assert margin is not None and policy.defaults.max_high_risk_flips is not None
     # 420 items, half of them high risk (make_task marks every high_every-th item).

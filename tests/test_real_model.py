@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.tasks.registry import TaskRegistry
 
 pytestmark = pytest.mark.model
@@ -131,7 +131,7 @@ def test_efficiency_is_measured_beside_quality(first_run):
 
 def test_no_prompt_text_in_the_run_directory(first_run):
     out, _, _ = first_run
-    task = TaskRegistry([project_dir("tasks")]).load("clinical_core")
+    task = TaskRegistry([resource_dir("tasks")]).load("clinical_core")
     blob = "\n".join(p.read_text() for p in out.rglob("*") if p.is_file())
     for s in task.samples[: int(LIMIT)]:
         assert s.question not in blob
@@ -170,7 +170,7 @@ def test_gguf_f32_on_llama_cpp_matches_the_hf_baseline_on_reference_text(tmp_pat
                              limit="1000")
     comps = {c["candidate"]: c for c in results["comparisons"]}
     f32, q2 = comps["gguf:f32"], comps["gguf:q2_k"]
-    task = TaskRegistry([project_dir("tasks")]).load("clinical_reference")
+    task = TaskRegistry([resource_dir("tasks")]).load("clinical_reference")
     assert f32["n"] == task.size() and f32["n_tokens"] > 15_000
     assert f32["kld_mean"]["estimate"] < 1e-4 and f32["kld_max"] < 1e-2
     assert f32["same_top"]["estimate"] >= 0.999
@@ -215,7 +215,7 @@ def test_gptq_on_the_default_model_and_the_same_checkpoint_brought_back(tmp_path
     verdict with gptqmodel's kernel in the record; the artefact passed back as gptq=PATH scores
     identically."""
     pytest.importorskip("gptqmodel")
-    from qeval.model_source import cache_dir
+    from qeval.settings import cache_dir
 
     variant = "gptq:samples=8,seqlen=128,calib=generic"
     proc, results = _compare(tmp_path / "made", "--candidates", variant, tasks="clinical_core", limit="12")

@@ -10,7 +10,8 @@ from qeval.kinds import reference_text as rt
 from qeval import stats
 from qeval.engines.fake import FakeFactory
 from qeval.pairing import compare_text
-from qeval.run.config import RunConfig, project_dir
+from qeval.run.config import RunConfig
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules, judge, nogo_alpha_for
@@ -212,7 +213,7 @@ def test_too_few_passages_is_inconclusive():
 
 
 def test_builtin_clinical_reference_passages():
-    task = load_task(project_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
+    task = load_task(resource_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
     assert task.spec.kind == "reference_text" and task.size() >= 30
     assert {p.category for p in task.passages} == {"discharge_summary", "guideline", "patient_education",
                                                    "case_note"}

@@ -18,14 +18,15 @@ from qeval.engines.registry import ENGINES
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy
 from qeval.report.terminal import QuietUI
-from qeval.run.config import RunConfig, check_roles, parse_variant, project_dir
+from qeval.run.config import RunConfig, check_roles, parse_variant
+from qeval.settings import resource_dir
 from qeval.run.pipeline import run_compare
 from qeval.types import VariantSpec
 from qeval.util.locking import build_once
 from qeval.variants.base import QuantMethod
 from qeval.variants.registry import METHODS, method
 
-POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+POLICY = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
 MODEL = types.SimpleNamespace(spec="stub", path=Path("/nonexistent"), fingerprint="stub")
 
 

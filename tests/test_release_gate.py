@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from test_html_report import DAMAGED, GEN_TASK, MARKER, MC_TASK, SAME, TEXT_TASK, make_small_run
 
 runner = CliRunner()
@@ -107,7 +107,7 @@ def test_junit_target_is_checked_before_anything_runs(tmp_path):
 def _policy(tmp_path: Path, **defaults) -> Path:
     import yaml
 
-    data = yaml.safe_load((project_dir("configs") / "gates" / "default.yaml").read_text())
+    data = yaml.safe_load((resource_dir("configs") / "gates" / "default.yaml").read_text())
     # The fake tasks have few risk: high items: the high-risk rule alone would keep them INCONCLUSIVE.
     data["defaults"].update({"high_risk_accuracy_margin": None, **defaults})
     path = tmp_path / "policy.yaml"
@@ -321,7 +321,7 @@ def test_init_writes_a_policy_suite_and_task_that_load(tmp_path, monkeypatch):
     res = runner.invoke(app, ["init", str(tmp_path)])
     assert res.exit_code == 0, res.output
     policy_text = (tmp_path / "qeval-gate.yaml").read_text()
-    default = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+    default = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
     written = GatePolicy.from_yaml(tmp_path / "qeval-gate.yaml")
     assert written.model_dump(exclude={"name"}) == default.model_dump(exclude={"name"})
     lines = policy_text.splitlines()
@@ -356,7 +356,7 @@ def test_ci_workflows_pass_their_schema_and_call_the_gate_script(name, schema, t
     import yaml
 
     exe = Path(sys.executable).with_name("check-jsonschema")
-    path = project_dir("examples") / "ci" / name
+    path = Path(__file__).resolve().parents[1] / "examples" / "ci" / name
     text = path.read_text()
     assert "bash examples/ci/qeval-gate.sh" in text and "qeval-junit.xml" in text and "report.html" in text
     data = yaml.safe_load(text)

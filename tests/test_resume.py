@@ -17,7 +17,8 @@ import pytest
 
 from conftest import fake_config, fake_variant, make_task
 from qeval.engines.fake import FakeFactory
-from qeval.run.config import RunConfig, project_dir
+from qeval.run.config import RunConfig
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.util.fileio import atomic_write_text
 from qeval.gate import GatePolicy
@@ -28,7 +29,7 @@ from qeval.types import ItemRecord, TextRecord
 from test_generate import gen_task
 from test_reference_text import make_text_task
 
-POLICY = GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml")
+POLICY = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
 TESTS = Path(__file__).parent
 
 
@@ -273,7 +274,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import fake_config, fake_variant, make_task
 from qeval.engines.fake import FakeFactory
-from qeval.run.config import project_dir
+from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy
 from qeval.run.pipeline import run_compare
@@ -303,7 +304,7 @@ class UI(QuietUI):
 cfg = fake_config(fake_variant("base"), fake_variant("cand", damage=0.1, noise=0.3))
 res = run_compare(cfg, [task], factory=SlowFactory([task]), store=RecordStore(Path(store_dir)),
                   model_fingerprint="fake", ui=UI(),
-                  policy=GatePolicy.from_yaml(project_dir("configs") / "gates" / "default.yaml"))
+                  policy=GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml"))
 Path(out).write_text(json.dumps({{
     "scored": len(scored), "statuses": statuses, "resumed": res.timings["resumed_items"],
     "results": json.dumps({{"comparisons": [c.model_dump(mode="json") for c in res.comparisons],

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qeval.cli import app
-from qeval.run.config import data_dir_from, project_dir, suite_tasks
+from qeval.run.config import suite_tasks
+from qeval.settings import data_dir_from, resource_dir
 from qeval.errors import QevalInputError
 from qeval.kinds.choice import render_prompt
 from qeval.tasks.sources import (
@@ -25,7 +26,7 @@ runner = CliRunner()
 
 
 def _registry(data_dir: Path | None = DATA) -> TaskRegistry:
-    return TaskRegistry([project_dir("tasks")], data_dir)
+    return TaskRegistry([resource_dir("tasks")], data_dir)
 
 
 def test_mmlu_csv_keys_point_at_the_answer_column():
@@ -184,11 +185,11 @@ def test_missing_data_dir_and_file_name_the_fix(tmp_path):
         _registry(None).load("medqa")
     with pytest.raises(MissingData, match=r"phrases_no_exclude_test.jsonl does not exist"):
         _registry(tmp_path).load("medqa")
-    loaded, skipped = load_tasks(["medqa", "mmlu_anatomy"], roots=[project_dir("tasks")],
+    loaded, skipped = load_tasks(["medqa", "mmlu_anatomy"], roots=[resource_dir("tasks")],
                                  data_dir=_only(tmp_path, "mmlu_medical"), skip_missing_data=True)
     assert [t.spec.id for t in loaded] == ["mmlu_anatomy"] and "medqa" in skipped[0]
     with pytest.raises(MissingData, match="--skip-missing-data"):
-        load_tasks(["medqa"], roots=[project_dir("tasks")], data_dir=tmp_path)
+        load_tasks(["medqa"], roots=[resource_dir("tasks")], data_dir=tmp_path)
 
 
 def _only(tmp_path: Path, folder: str) -> Path:
@@ -351,4 +352,4 @@ def test_without_from_hub_nothing_is_fetched(tmp_path, monkeypatch):
     with pytest.raises(MissingData, match="--from-hub"):
         _registry(tmp_path).load("medmcqa")
     # With it, a missing local file would be fetched; a present one is read locally.
-    assert len(TaskRegistry([project_dir("tasks")], DATA, from_hub=True).load("medmcqa").samples) == 6
+    assert len(TaskRegistry([resource_dir("tasks")], DATA, from_hub=True).load("medmcqa").samples) == 6

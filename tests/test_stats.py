@@ -180,6 +180,21 @@ def test_normal_quantile_matches_scipy():
         assert stats.normal_quantile(q) == pytest.approx(sps.norm.ppf(q), abs=1e-8)
 
 
+def test_normal_quantile_keeps_the_values_results_json_was_computed_with():
+    """Pinned to 1e-12: every bound in results.json goes through these z values. Acklam's
+    approximation is kept on purpose: statistics.NormalDist().inv_cdf, exact to ~1e-16, differs
+    from it by up to 2.9e-9 at these levels (measured), which would change the bounds' last digits
+    in results.json; swapping it is a deliberate, golden-file-changing step."""
+    from statistics import NormalDist
+
+    pinned = {0.95: 1.644853625133699, 0.975: 1.959963986120195, 0.8: 0.8416212327266186,
+              0.9: 1.2815515641401563, 0.99: 2.326347874388028, 0.995: 2.5758293064439264,
+              0.001: -3.090232304709404}
+    for q, z in pinned.items():
+        assert stats.normal_quantile(q) == pytest.approx(z, abs=1e-12)
+    assert max(abs(stats.normal_quantile(q) - NormalDist().inv_cdf(q)) for q in pinned) > 1e-12
+
+
 def test_above_chance_equal_levels_matches_binomial_tail():
     correct = [True] * 70 + [False] * 130
     p = stats.above_chance_p(correct, [0.25] * 200)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qeval.run.config import project_dir, suite_tasks
+from qeval.run.config import suite_tasks
+from qeval.settings import resource_dir
 from qeval.errors import QevalInputError
 from qeval.kinds.choice import build_requests, render_prompt
 from qeval.tasks.registry import TaskRegistry, first_n
@@ -30,7 +31,7 @@ def _write_task(root: Path, items: str, extra: str = "") -> Path:
 
 
 def test_clinical_core_is_big_diverse_and_well_formed():
-    reg = TaskRegistry([project_dir("tasks")])
+    reg = TaskRegistry([resource_dir("tasks")])
     task = reg.load("clinical_core")
     assert len(task.samples) >= 400
     # v2: provenance on every item (the loader enforces it), clusters declared, at most half high risk
@@ -51,7 +52,7 @@ def test_clinical_core_is_big_diverse_and_well_formed():
 
 
 def test_clinical_dose_calc_has_numeric_high_risk_items_with_provenance():
-    task = TaskRegistry([project_dir("tasks")]).load("clinical_dose_calc")
+    task = TaskRegistry([resource_dir("tasks")]).load("clinical_dose_calc")
     assert task.spec.kind == "generate" and task.spec.generation.answer == "numeric"
     assert task.spec.require_provenance and task.spec.generation.max_tokens <= 64
     assert len(task.samples) >= 60 and len({s.id for s in task.samples}) == len(task.samples)
@@ -60,7 +61,7 @@ def test_clinical_dose_calc_has_numeric_high_risk_items_with_provenance():
 
 
 def test_prompts_render_identically_and_hash_stably():
-    task = first_n(TaskRegistry([project_dir("tasks")]).load("clinical_core"), 5)
+    task = first_n(TaskRegistry([resource_dir("tasks")]).load("clinical_core"), 5)
     tok = lambda text: list(text.encode())
     a = build_requests(task, tok)
     b = build_requests(task, tok)
@@ -111,7 +112,7 @@ def test_broken_yaml_names_file_and_line(tmp_path):
 
 def test_unknown_task_lists_known_ones():
     with pytest.raises(QevalInputError, match="clinical_core"):
-        TaskRegistry([project_dir("tasks")]).load("no_such_task")
+        TaskRegistry([resource_dir("tasks")]).load("no_such_task")
 
 
 CLUSTERED = """  - id: {id}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+from qeval.errors import NonFiniteScores  # noqa: F401 - raised by every engine, imported from here
 from qeval.types import BackendInfo, StopReason
 
 
@@ -241,5 +242,3 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class NonFiniteScores(ValueError):
-    """A backend produced NaN or inf log-probabilities."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qeval.errors import QevalInputError
 from qeval.types import Task
+from qeval.util.yamlio import read_yaml
 
 MANIFEST = "manifest.yaml"
 # 13-word n-grams: the length GPT-3 and lm-eval's decontamination use; shorter n-grams match
@@ -107,12 +108,10 @@ def _from_file(path: Path) -> list[str]:
 def load_builtin(directory: Path) -> CalibrationSet:
     path = directory / MANIFEST
     try:
-        manifest = CalibrationManifest.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        manifest = CalibrationManifest.model_validate(read_yaml(path))
     except ValidationError as exc:
         e = exc.errors()[0]
         raise QevalInputError(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-    except yaml.YAMLError as exc:
-        raise QevalInputError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
     texts = _from_file(directory / manifest.file)
     digest = texts_sha256(texts)
     if digest != manifest.sha256 or len(texts) != manifest.n_samples:

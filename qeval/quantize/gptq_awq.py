@@ -225,7 +225,19 @@ def _quantize_config(variant: VariantSpec):
 # stays out of qeval's, its layer counter drives qeval's progress bar, its memory is returned
 # when it ends, and a crash inside it becomes one clear error instead of a dead comparison.
 # The calibration windows travel on stdin, never through a file.
-_CHILD = "from qeval.quantize.gptq_awq import _quantize_main; _quantize_main()"
+# The child reads its job from stdin and first takes the parent's sys.path (as multiprocessing's
+# spawn does), so it imports the qeval the parent runs — installed, editable or a source tree —
+# without PYTHONPATH or a checkout path.
+CHILD_BOOT = "import json, sys; job = json.loads(sys.stdin.read()); sys.path[:0] = job.pop('sys_path'); "
+_CHILD = CHILD_BOOT + "from qeval.quantize.gptq_awq import _quantize_main; _quantize_main(job)"
+
+
+def child_job(job: dict) -> bytes:
+    """The job as the child reads it: with the parent's import path, absolute (the child works in
+    another folder)."""
+    import sys
+
+    return json.dumps({**job, "sys_path": [os.path.abspath(p) for p in sys.path]}).encode()
 _LAYER = re.compile(rb"\[(\d+) of (\d+)\]")
 
 
@@ -251,10 +263,7 @@ def _without_clip_search() -> None:
     AWQProcessor.__init__ = init
 
 
-def _quantize_main() -> None:
-    import sys
-
-    job = json.loads(sys.stdin.read())
+def _quantize_main(job: dict) -> None:
     import torch
     from gptqmodel import GPTQModel
 
@@ -287,9 +296,6 @@ def _run_child(job: dict, layers: int, bar=None) -> tuple[float, str]:
     env = dict(os.environ)
     # gptqmodel's default on 2 cores is 1 worker, fewer than its loader pool asks for.
     env.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, (os.cpu_count() or 2) // 2)))
-    # The child runs elsewhere (below): make sure it imports this qeval.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                      env.get("PYTHONPATH")]))
     # gptqmodel writes per-layer logs under ./logs: the child works in a private folder that
     # goes away with it, so nothing lands in the user's working directory.
     workdir = tempfile.mkdtemp(prefix="qeval-quantize-")
@@ -299,7 +305,7 @@ def _run_child(job: dict, layers: int, bar=None) -> tuple[float, str]:
     done, result = 0, None
     with (bar(f"quantizing {job['variant']['name']} (layers)", layers) if bar else nullcontext()) as advance:
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.write(child_job(job))
         proc.stdin.close()
         buffer = b""
         while chunk := proc.stdout.read1(65536):

@@ -6,21 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qeval import settings
 from qeval.errors import QevalInputError
 from qeval.model_source import DEFAULT_MODEL
 from qeval.types import EfficiencyProbe, VariantSpec
 from qeval.variants import spec
 from qeval.variants.registry import METHODS, method
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def project_dir(name: str) -> Path:
-    """tasks/ or configs/ of the qeval checkout (installed editable, as the README does)."""
-    return PROJECT_ROOT / name
+from qeval.util.yamlio import read_yaml
 
 
 TASK_PATH_ENV = "QEVAL_TASK_PATH"
@@ -45,12 +39,12 @@ def include_dirs(flags: Sequence[str | Path] = ()) -> tuple[str, ...]:
 
 
 def task_roots(include: Sequence[str] = ()) -> list[Path]:
-    """Where task files are searched: the project's tasks/, then each included folder's tasks/."""
-    return [project_dir("tasks")] + [Path(d) / "tasks" for d in include if (Path(d) / "tasks").is_dir()]
+    """Where task files are searched: the built-in tasks/, then each included folder's tasks/."""
+    return [settings.resource_dir("tasks")] + [Path(d) / "tasks" for d in include if (Path(d) / "tasks").is_dir()]
 
 
 def suite_dirs(include: Sequence[str] = ()) -> list[Path]:
-    return [project_dir("configs") / "suites"] + [Path(d) / "suites" for d in include]
+    return [settings.resource_dir("configs") / "suites"] + [Path(d) / "suites" for d in include]
 
 
 class RunConfig(BaseModel):
@@ -100,33 +94,6 @@ class RunConfig(BaseModel):
     efficiency: EfficiencyProbe | None = EfficiencyProbe()
 
 
-def data_dir_from(flag: str | Path | None) -> Path | None:
-    """The benchmark data directory: --data-dir, else $QEVAL_DATA_DIR, else `data_dir` in
-    configs/data.yaml (relative to that file), else none."""
-    import os
-
-    source, value = "--data-dir", flag
-    if not value and os.environ.get("QEVAL_DATA_DIR"):
-        source, value = "QEVAL_DATA_DIR", os.environ["QEVAL_DATA_DIR"]
-    conf = project_dir("configs") / "data.yaml"
-    if not value and conf.is_file():
-        try:
-            data = yaml.safe_load(conf.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise QevalInputError(f"{conf}: not valid YAML ({exc}); fix the syntax") from None
-        if not isinstance(data, dict) or set(data) - {"data_dir"}:
-            raise QevalInputError(f"{conf}: expected only `data_dir: <path or null>`")
-        if data.get("data_dir"):
-            source, value = str(conf), conf.parent / str(data["data_dir"])
-    if not value:
-        return None
-    path = Path(value).expanduser().resolve()
-    if not path.is_dir():
-        raise QevalInputError(f"data directory {path} (from {source}) does not exist; give the folder "
-                              "holding the benchmark files (layout: tasks/open_medical/README.md)")
-    return path
-
-
 def floor_replica(baseline: VariantSpec, path: str) -> VariantSpec:
     """The baseline recomputed along another numeric path: same weights, same prompts."""
     return baseline.model_copy(update={
@@ -138,11 +105,7 @@ def floor_replica(baseline: VariantSpec, path: str) -> VariantSpec:
 def _load_yaml_dir(directory: Path) -> dict[str, tuple[Path, dict]]:
     out: dict[str, tuple[Path, dict]] = {}
     for path in sorted(directory.glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise QevalInputError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
-        out[path.stem] = (path, data)
+        out[path.stem] = (path, read_yaml(path, empty={}))
     return out
 
 
@@ -151,7 +114,7 @@ def _load_yaml_dir(directory: Path) -> dict[str, tuple[Path, dict]]:
 
 
 def known_variants() -> dict[str, VariantSpec]:
-    files = _load_yaml_dir(project_dir("configs") / "variants")
+    files = _load_yaml_dir(settings.resource_dir("configs") / "variants")
     return spec.known_variants((name, path, data) for name, (path, data) in files.items())
 
 
@@ -185,7 +148,7 @@ def policy_path(policy: str) -> Path:
         if not p.is_file():
             raise QevalInputError(f"gate policy file {p} does not exist")
         return p
-    p = project_dir("configs") / "gates" / f"{policy}.yaml"
+    p = settings.resource_dir("configs") / "gates" / f"{policy}.yaml"
     if not p.is_file():
         raise QevalInputError(f"unknown gate policy {policy!r}; pass a YAML path or a name in configs/gates/")
     return p

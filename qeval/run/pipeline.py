@@ -17,7 +17,7 @@ from qeval.power import power_table
 from qeval.kinds import check_spec, kind_of
 from qeval.kinds.base import TaskKind
 from qeval.run.store import Journal, RecordStore, chunk_items, opened, score_in_chunks
-from qeval.errors import QevalInputError
+from qeval.errors import QevalInputError, ScoringError
 from qeval.types import (
     Artefact, BackendInfo, Efficiency, EngineFloor, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task,
     TaskComparison, TextComparison, TextRecord, VariantSpec, Verdict,
@@ -348,6 +348,8 @@ def run_engine_floor(spec: VariantSpec, tasks: Sequence[Task], cands: Sequence[V
     common["ui"].status(f"Engine floor: {spec.name} on llama.cpp against the baseline (reference text)")
     try:
         return run_variant(spec, [t for t in tasks if relative(t)], baseline=base, probe=False, **common)
+    except ScoringError:
+        raise  # the floor was exported and scored: a scoring failure stops the run as before
     except QevalInputError as exc:  # raised while exporting, before any scoring
         common["ui"].status(f"no engine floor for the GGUF candidates: {exc}")
         return None

@@ -19,8 +19,9 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qeval.errors import QevalInputError
+from qeval.errors import MissingData, QevalInputError
 from qeval.kinds import all_kinds, check_spec, kind_of
+from qeval.util.yamlio import read_yaml
 from qeval.types import BENCHMARK_FORMATS, NumericAnswer, Passage, Risk, Sample, Task, TaskSpec
 
 DATA_DIRS = frozenset({"items", "passages", "data"})
@@ -149,25 +150,6 @@ def _short(err: ValidationError, raw: object = None, model: type[BaseModel] | No
     return f"{who}{text}{more}"
 
 
-def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        # The problem and where it was seen, never the snippet of the file (it may be item text).
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        opened = getattr(exc, "context_mark", None)
-        context = getattr(exc, "context", None)
-        if opened is not None and context and (mark is None or opened.line != mark.line):
-            problem += f"; {context} that starts at line {opened.line + 1}"
-        raise QevalInputError(f"{path}{where}: not valid YAML ({problem}); fix the syntax") from None
-    except UnicodeDecodeError as exc:
-        raise QevalInputError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise QevalInputError(f"{path}: cannot read ({exc.strerror})") from None
-
-
 def _mapping(path: Path, raw: object, what: str) -> dict:
     if raw is None:
         raise QevalInputError(f"{path}: the file is empty; {what}")
@@ -200,7 +182,7 @@ def load_item_file(path: Path, letters: str, *, numeric: bool = False,
                    provenance: bool = False) -> list[Sample]:
     """`numeric`: items in the numeric-answer form (value, unit, tolerance); `provenance`: every
     item needs source, region and reviewed."""
-    raw = _mapping(path, _read_yaml(path), f"give `area:` and a list of `items:` (see {ITEM_SCHEMA})")
+    raw = _mapping(path, read_yaml(path), f"give `area:` and a list of `items:` (see {ITEM_SCHEMA})")
     model = NumericItemFile if numeric else ItemFile
     try:
         parsed = model.model_validate(raw)
@@ -233,10 +215,6 @@ def load_item_file(path: Path, letters: str, *, numeric: bool = False,
     return samples
 
 
-class MissingData(QevalInputError):
-    """A benchmark task's data file is not where the data directory says."""
-
-
 DATA_DIR_HINT = "give it with --data-dir DIR, the QEVAL_DATA_DIR environment variable or data_dir in configs/data.yaml"
 
 
@@ -246,7 +224,7 @@ def _benchmark_file(spec: TaskSpec, rel: str, data_dir: Path | None, from_hub: b
         return local
     offers_hub = spec.source.hub is not None and rel == spec.source.path
     if from_hub and offers_hub:
-        from qeval.model_source import cache_dir
+        from qeval.settings import cache_dir
         from qeval.tasks.sources import fetch_from_hub
 
         h = spec.source.hub
@@ -275,7 +253,7 @@ def _benchmark_task(path: Path, spec: TaskSpec, data_dir: Path | None, from_hub:
 def load_task(path: Path, data_dir: Path | None = None, from_hub: bool = False) -> Task:
     """`data_dir`: where benchmark-format sources live (their `path` is relative to it);
     `from_hub`: fetch a missing one from the hub copy its task names (online, opt-in)."""
-    raw = _mapping(path, _read_yaml(path), "a task file is a mapping with id, kind and source "
+    raw = _mapping(path, read_yaml(path), "a task file is a mapping with id, kind and source "
                    "(e.g. tasks/clinical_core/clinical_core.yaml)")
     try:
         spec = TaskSpec.model_validate(raw)
@@ -449,7 +427,7 @@ def _passage_task(path: Path, spec: TaskSpec, files: list[Path], src: Path) -> T
     passages: list[Passage] = []
     where: dict[str, Path] = {}
     for f in files:
-        raw = _mapping(f, _read_yaml(f), "give `style:` and a list of `passages:` "
+        raw = _mapping(f, read_yaml(f), "give `style:` and a list of `passages:` "
                        "(see tasks/clinical_reference/README.md)")
         try:
             parsed = PassageFile.model_validate(raw)
@@ -474,6 +452,54 @@ def _passage_task(path: Path, spec: TaskSpec, files: list[Path], src: Path) -> T
                 content_hash=hashlib.sha256(payload.encode()).hexdigest(), path=str(path))
 
 
+def task_files(root: Path) -> list[Path]:
+    """The task definition files under a folder: every `*.yaml` except those inside `items/`,
+    `passages/` or `data/` and those whose name starts with `_`."""
+    return [p for p in sorted(root.rglob("*.yaml"))
+            if not p.name.startswith("_") and not DATA_DIRS.intersection(p.relative_to(root).parts[:-1])]
+
+
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_task_path(entry: str) -> bool:
+    """A --tasks entry that names a task file or a folder of them rather than a task id: it ends in
+    .yaml/.yml, holds a path separator or starts with `.` or `~`. (A bare name is always an id,
+    even where a folder of that name exists.)"""
+    from qeval.tasks.lmeval import ID_PREFIX
+
+    if entry.startswith(ID_PREFIX):
+        return False
+    return entry.endswith(TASK_FILE_SUFFIXES) or "/" in entry or "\\" in entry or entry.startswith((".", "~"))
+
+
+def expand_task_refs(entries: Sequence[str]) -> tuple[str, ...]:
+    """--tasks entries as the run records them: an id stays an id; a task file becomes its
+    absolute path; a folder becomes the absolute paths of the task files under it. Your own tasks
+    can live anywhere (they often hold patient-derived text): they need not be copied into qeval."""
+    out: list[str] = []
+    for entry in entries:
+        if not is_task_path(entry):
+            out.append(entry)
+            continue
+        path = Path(entry).expanduser().resolve()
+        if path.is_file():
+            if path.suffix not in TASK_FILE_SUFFIXES:
+                raise QevalInputError(f"--tasks {entry}: {path} is not a .yaml task file; give a task "
+                                      "file (e.g. tasks/my_task/my_task.yaml as `qeval init` writes it)")
+            out.append(str(path))
+        elif path.is_dir():
+            found = task_files(path)
+            if not found:
+                raise QevalInputError(f"--tasks {entry}: {path} holds no task files (*.yaml outside "
+                                      "items/, passages/ and data/); give a folder of task files")
+            out.extend(str(p) for p in found)
+        else:
+            raise QevalInputError(f"--tasks {entry}: no such file or folder ({path}); give a task id "
+                                  "(`qeval tasks` lists them), a task YAML file or a folder of them")
+    return tuple(out)
+
+
 class TaskRegistry:
     """The tasks defined under some directories, loaded lazily by id."""
 
@@ -486,11 +512,8 @@ class TaskRegistry:
     def _paths(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for root in self.roots:
-            for path in sorted(root.rglob("*.yaml")):
-                rel = path.relative_to(root)
-                if path.name.startswith("_") or DATA_DIRS.intersection(rel.parts[:-1]):
-                    continue
-                raw = _read_yaml(path)
+            for path in task_files(root):
+                raw = read_yaml(path)
                 task_id = raw.get("id") if isinstance(raw, dict) else None
                 if not isinstance(task_id, str):
                     raise QevalInputError(f"{path}: task file has no string 'id'; add `id: my_task`")
@@ -537,6 +560,8 @@ def load_tasks(task_ids: Sequence[str], *, roots: list[Path], data_dir: Path | N
         try:
             if tid.startswith(ID_PREFIX):
                 task = load_lmeval_task(tid[len(ID_PREFIX):], include_path=lm_eval_include)
+            elif is_task_path(tid):
+                task = load_task(Path(tid), data_dir, from_hub)
             else:
                 task = registry.load(tid)
         except MissingData as exc:
@@ -544,6 +569,10 @@ def load_tasks(task_ids: Sequence[str], *, roots: list[Path], data_dir: Path | N
                 raise MissingData(f"{exc}; or pass --skip-missing-data to run the other tasks") from None
             skipped.append(str(exc))
             continue
+        twin = next((t for t in loaded if t.spec.id == task.spec.id), None)
+        if twin is not None:
+            raise QevalInputError(f"task id {task.spec.id!r} is given twice ({twin.path} and {task.path}); "
+                                  "each task may run once: drop one, or give one of them another id")
         loaded.append(first_n(task, limit))
     if not loaded:
         raise QevalInputError("no task left to run: every task's data file is missing"
