@@ -19,7 +19,7 @@ import argparse
 import time
 
 from qeval.engines.base import GenerationRequest
-from qeval.engines.factory import EngineFactory
+from qeval.run.factory import EngineFactory
 from qeval.run.config import parse_variant
 from qeval.settings import resource_dir
 from qeval.kinds.generate import build_generation_items

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from qeval.engines.factory import EngineFactory
+from qeval.run.factory import EngineFactory
 from qeval.run.config import parse_variant
 from qeval.model_source import resolve_model
 from qeval.settings import cache_dir

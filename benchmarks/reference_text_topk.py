@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from qeval.kinds import reference_text as rt
-from qeval.engines.factory import EngineFactory
+from qeval.run.factory import EngineFactory
 from qeval.run.config import parse_variant
 from qeval.settings import resource_dir
 from qeval.model_source import resolve_model

@@ -37,7 +37,8 @@ from qeval.pairing import compare_task  # noqa: E402
 from qeval.run.config import RunConfig  # noqa: E402
 from qeval.settings import resource_dir  # noqa: E402
 from qeval.report.terminal import QuietUI  # noqa: E402
-from qeval.gate import GatePolicy, TaskRules, judge  # noqa: E402
+from qeval.gate import GatePolicy, TaskRules  # noqa: E402
+from qeval.verdict import judge
 from qeval.run.pipeline import run_variant  # noqa: E402
 from qeval.types import Decision, Method, Risk, Sample, SourceSpec, Task, TaskSpec, VariantSpec  # noqa: E402
 

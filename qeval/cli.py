@@ -19,7 +19,7 @@ try:
 except ImportError:  # an older typer, on the click package
     import click
 
-from qeval.audit_log import audited
+from qeval.run.audit_log import audited
 from qeval.errors import QevalInputError
 from qeval.kinds import kind_of
 from qeval.publish.targets import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
@@ -209,7 +209,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
     """config → tasks + variants → runner → compare → gate → report, written atomically.
     `extra(res, factory)` returns more files (name → text) for the run directory; `trail`
     (audit.Trail) collects what the audit log records, as it becomes known."""
-    from qeval.audit_log import Trail
+    from qeval.run.audit_log import Trail
     from qeval.run.config import policy_path, task_roots
     from qeval.gate import GatePolicy
     from qeval.tasks.registry import load_tasks
@@ -240,7 +240,7 @@ def _execute(console: Console, cfg, *, out: Path | None, allow_contamination: bo
               f"which reveal the passages' text) will be stored in {cache_dir() / 'records'}"
               f"{os.sep}*.dists.npz; protect or delete them")
 
-    from qeval.engines.factory import EngineFactory
+    from qeval.run.factory import EngineFactory
     from qeval.engines.hf import resolve_device
     from qeval.settings import cache_dir, resource_dir
     from qeval.report.terminal import RichUI

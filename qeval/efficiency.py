@@ -205,7 +205,7 @@ class Measurement:
 def plan_format(variant: VariantSpec, compute_dtype: str = "") -> str | None:
     """The planner's weight format for a variant as it was held, or None when it cannot know (a
     brought file, the fake backend): its method's (qeval/variants/) answer."""
-    from qeval.variants.registry import method
+    from qeval.methods import method
 
     return method(variant.method).plan_format(variant, compute_dtype)
 

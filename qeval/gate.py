@@ -17,7 +17,7 @@ correction however many tasks there are. The run takes its worst candidate.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -26,11 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qeval import stats
 from qeval.errors import QevalInputError
-from qeval.kinds import DEFAULT_KIND, kind_of
 from qeval.util.yamlio import read_yaml
 from qeval.types import (
     Decision, GenerationComparison, PairedItems, RuleResult, TaskComparison, TaskVerdict,
-    TextComparison, Verdict,
+    TextComparison,
 )
 
 _SEVERITY = {Decision.GO: 0, Decision.INCONCLUSIVE: 1, Decision.NO_GO: 2}
@@ -74,12 +73,6 @@ class TaskRules(BaseModel):
     require_accuracy_evidence: bool = True
     # With a measured noise floor, a NO_GO needs an effect larger than numerics alone produce.
     require_above_noise_floor: bool = True
-
-    def interval_rules(self, kind: str = DEFAULT_KIND) -> int:
-        """How many rules here can say NO_GO from an interval on a task of this kind (the
-        Bonferroni family size)."""
-        limits = kind_of(kind).interval_limits(self)
-        return sum(x is not None for x in limits)
 
 
 class GatePolicy(BaseModel):
@@ -387,53 +380,3 @@ def judge_text(c: TextComparison, rules: TaskRules, *, go_alpha: float = 0.025,
             go_alpha, nogo_alpha, 1 - use_floor.same_top.estimate if use_floor else None))
     decision = worst([r.decision for r in results])
     return TaskVerdict(task=c.task, candidate=c.candidate, decision=decision, rules=tuple(results))
-
-
-def nogo_alpha_for(policy: GatePolicy, tasks: Sequence[tuple[str, str]]) -> tuple[float, int]:
-    """One-sided NO_GO error rate per test, and the family size it was corrected for.
-    `tasks`: (task id, task kind) of one candidate's comparisons."""
-    k = sum(policy.rules_for(t).interval_rules(kind) for t, kind in tasks)
-    if policy.nogo_correction == "none" or k <= 1:
-        return policy.alpha / 2, max(k, 1)
-    return policy.alpha / 2 / k, k
-
-
-def combination_text(policy: GatePolicy, k: int) -> str:
-    a = policy.alpha / 2
-    corr = (f"NO_GO bounds are Bonferroni-corrected over the candidate's {k} task × rule tests "
-            f"(one-sided α = {a:g}/{k} = {a / k:.2g} each)" if policy.nogo_correction == "bonferroni"
-            and k > 1 else f"NO_GO bounds use one-sided α = {a:g} (no multiplicity correction)")
-    return (f"all tasks must pass: a candidate is GO only when every task and rule is GO, each at "
-            f"one-sided α = {a:g} (an intersection–union test, so the false-GO rate stays at "
-            f"{a:g} without correction); {corr}; any NO_GO makes the candidate NO_GO; otherwise "
-            "INCONCLUSIVE. The run takes its worst candidate.")
-
-
-def judge(comparisons: Sequence[TaskComparison | TextComparison | GenerationComparison],
-          policy: GatePolicy, *,
-          floors: Mapping[str, TaskComparison | TextComparison | GenerationComparison] | None = None,
-          n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> Verdict:
-    floors = floors or {}
-    candidates = sorted({c.candidate for c in comparisons})
-    go_alpha = policy.alpha / 2
-    verdicts: list[TaskVerdict] = []
-    family = 1
-    for cand in candidates:
-        mine = [c for c in comparisons if c.candidate == cand]
-        nogo_alpha, family = nogo_alpha_for(policy, [(c.task, c.kind) for c in mine])
-        verdicts += [kind_of(c.kind).judge(c, policy.rules_for(c.task), go_alpha=go_alpha,
-                                           nogo_alpha=nogo_alpha, floor=floors.get(c.task),
-                                           n_boot=n_boot, seed=seed) for c in mine]
-    per_candidate = {
-        cand: worst([t.decision for t in verdicts if t.candidate == cand]) for cand in candidates
-    }
-    overall = worst(list(per_candidate.values()))
-    reasons = []
-    for t in verdicts:
-        if t.decision != Decision.GO:
-            first = next(r for r in t.rules if r.decision == t.decision)
-            reasons.append(f"{t.candidate} on {t.task}: {t.decision.value} — {first.reason}")
-    if not verdicts:
-        reasons.append("no task was compared")
-    return Verdict(decision=overall, per_candidate=per_candidate, tasks=tuple(verdicts),
-                   reasons=tuple(reasons), combination=combination_text(policy, family))

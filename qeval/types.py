@@ -7,10 +7,14 @@ the user opted in: records carry hashes and scores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RECORD_SCHEMA = 1  # bump when ItemRecord changes meaning; part of every record-store key
 
@@ -210,7 +214,7 @@ class Task(Strict):
 
 class Method(str, Enum):
     """The built-in quantization methods' names, for code and tests that name one. What each
-    method is lives in its module, listed in qeval.variants.registry.METHODS (the one source:
+    method is lives in its module, listed in qeval.methods.METHODS (the one source:
     VariantSpec.method accepts any name registered there)."""
 
     fp32 = "fp32"
@@ -227,7 +231,7 @@ class Method(str, Enum):
 
 class VariantSpec(Strict):
     name: str
-    # A name in qeval.variants.registry.METHODS, and the engine that scores it, a name in
+    # A name in qeval.methods.METHODS, and the engine that scores it, a name in
     # qeval.engines.registry.ENGINES (both checked where specs are made: qeval.variants.spec,
     # and RunConfig).
     method: str
@@ -608,3 +612,16 @@ class PowerRow(Strict):
     margin: float | None
     underpowered: bool  # mde > margin: a real drop of `margin` would likely go unseen
     n_needed: int | None  # items for mde = margin
+
+
+# ---------------------------------------------------------------- reference text
+
+
+@dataclass(frozen=True)
+class BaselineDist:
+    """One window's bounded baseline distributions (in memory only)."""
+
+    top_ids: np.ndarray  # (positions, k) int32, highest probability first
+    top_logprobs: np.ndarray  # (positions, k) float32
+    tail_mass: np.ndarray  # (positions,) float64: probability outside the top k
+    reference_logprob: np.ndarray  # (positions,) float64: log p(the token that follows)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from qeval import audit_log as audit
+from qeval.run import audit_log as audit
 from qeval.cli import app
 
 runner = CliRunner()
@@ -137,7 +137,7 @@ def test_an_unwritable_audit_log_warns_and_keeps_the_outcome(monkeypatch, tmp_pa
 
 _WRITER = """
 import sys
-from qeval import audit_log as audit
+from qeval.run import audit_log as audit
 path, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for i in range(n):
     audit.append({"writer": who, "i": i, "pad": "x" * 5000}, path=__import__("pathlib").Path(path))

@@ -318,7 +318,7 @@ def test_08b_gguf_export_of_an_architecture_the_converter_does_not_know(tmp_path
     baseline and the other candidates were scored)."""
     import shutil
 
-    from qeval.engines.factory import EngineFactory
+    from qeval.run.factory import EngineFactory
 
     def no_model(*a, **k):
         raise AssertionError("a model was prepared or loaded before the export check")
@@ -625,7 +625,7 @@ def _records() -> list[Path]:
 def test_21_last_candidate_infeasible_scores_nothing(tmp_path, tasks, models, monkeypatch, last, must):
     """Every check comes before the first model loads: a compare whose LAST candidate cannot run
     stops with one line, no model loaded, no record stored."""
-    from qeval.variants.registry import method
+    from qeval.methods import method
 
     if last.startswith("gptq"):
         pytest.importorskip("gptqmodel")

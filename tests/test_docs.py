@@ -25,7 +25,7 @@ PLANNED = {
     "qeval/kinds/base.py",
     "qeval/variants/spec.py",
     "qeval/variants/base.py",
-    "qeval/variants/registry.py",
+    "qeval/methods.py",
     "qeval/rundir/write.py",
     "qeval/run/app.py",
     "qeval/engines/registry.py",

@@ -14,7 +14,8 @@ from qeval.run.config import RunConfig
 from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
-from qeval.gate import GatePolicy, TaskRules, judge, judge_task, nogo_alpha_for, worst
+from qeval.gate import GatePolicy, TaskRules, judge_task, worst
+from qeval.verdict import interval_rules, judge, nogo_alpha_for
 from qeval.run.pipeline import run_compare
 from qeval.run.store import RecordStore
 from qeval.types import Decision, ItemRecord, Risk
@@ -180,7 +181,7 @@ def test_bonferroni_turns_a_borderline_no_go_into_inconclusive():
 def test_nogo_family_counts_tasks_times_enabled_rules_and_is_stated():
     pol = GatePolicy()
     alpha, k = nogo_alpha_for(pol, [("a", "multiple_choice"), ("b", "multiple_choice")])
-    assert k == 2 * TaskRules().interval_rules() == 8
+    assert k == 2 * interval_rules(TaskRules()) == 8
     assert alpha == pytest.approx(0.025 / 8)
     assert nogo_alpha_for(pol.model_copy(update={"nogo_correction": "none"}), [("a", "multiple_choice"), ("b", "multiple_choice")])[0] == 0.025
     v = judge([compare_task(*_pair(200, 0.8, 0))], pol)

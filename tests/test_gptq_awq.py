@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gptqmodel")
 
-from qeval.engines.factory import EngineFactory  # noqa: E402
+from qeval.run.factory import EngineFactory  # noqa: E402
 from qeval.quantize.calibration_sets import texts_sha256  # noqa: E402
 from qeval.run.config import parse_variant  # noqa: E402
 from qeval.errors import QevalInputError  # noqa: E402

@@ -21,7 +21,8 @@ from qeval import kinds
 from qeval.engines.base import LoglikelihoodRequest
 from qeval.engines.fake import FakeFactory
 from qeval.errors import QevalInputError
-from qeval.gate import GatePolicy, TaskRules, nogo_alpha_for
+from qeval.gate import GatePolicy, TaskRules
+from qeval.verdict import interval_rules, nogo_alpha_for
 from qeval.report.terminal import QuietUI
 from qeval.run.pipeline import run_compare
 from qeval.run.store import RecordStore
@@ -181,7 +182,7 @@ def test_a_fourth_kind_runs_beside_the_built_in_ones(yes_no):
     assert res.verdict.per_candidate == {"same": Decision.GO}
     # Its rules join the candidate's multiplicity family.
     _, k = nogo_alpha_for(GatePolicy(), [(c.task, c.kind) for c in res.comparisons])
-    assert k == TaskRules().interval_rules() + 1
+    assert k == interval_rules(TaskRules()) + 1
 
 
 def test_a_fourth_kind_checks_its_tasks_before_any_model_time(yes_no):

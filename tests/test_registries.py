@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import fake_variant, make_task
-from qeval.engines.factory import EngineFactory
+from qeval.run.factory import EngineFactory
 from qeval.engines.fake import FakeFactory
 from qeval.engines.registry import ENGINES
 from qeval.errors import QevalInputError
@@ -24,7 +24,7 @@ from qeval.run.pipeline import run_compare
 from qeval.types import VariantSpec
 from qeval.util.locking import build_once
 from qeval.variants.base import QuantMethod
-from qeval.variants.registry import METHODS, method
+from qeval.methods import METHODS, method
 
 POLICY = GatePolicy.from_yaml(resource_dir("configs") / "gates" / "default.yaml")
 MODEL = types.SimpleNamespace(spec="stub", path=Path("/nonexistent"), fingerprint="stub")

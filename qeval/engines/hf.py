@@ -20,7 +20,7 @@ from qeval.errors import QevalInputError
 from qeval.model_source import ResolvedModel
 from qeval.types import BackendInfo, VariantSpec
 from qeval.util.versions import installed_versions
-from qeval.variants.registry import method as method_of
+from qeval.methods import method as method_of
 from qeval.engines.base import (
     ForwardTiming, GenerationRequest, GenerationResult, GreedyOutput, LoglikelihoodRequest, NonFiniteScores, Progress,
     SharedPrefixJob, shared_prefix_jobs,

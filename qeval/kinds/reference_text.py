@@ -23,6 +23,7 @@ from qeval import gate
 from qeval import pairing as cmp
 from qeval.engines.base import Backend, NonFiniteScores, Progress
 from qeval.errors import QevalInputError
+from qeval.types import BaselineDist
 from qeval.types import Task, TaskSpec, TextComparison, TextRecord, TextUnits
 
 # Reference passages per journal chunk: each window is scored on its own, so this sets only how
@@ -45,16 +46,6 @@ class PassageTokens:
     @property
     def n_scored(self) -> int:
         return sum(len(w) - 1 for w in self.windows)
-
-
-@dataclass(frozen=True)
-class BaselineDist:
-    """One window's bounded baseline distributions (in memory only)."""
-
-    top_ids: np.ndarray  # (positions, k) int32, highest probability first
-    top_logprobs: np.ndarray  # (positions, k) float32
-    tail_mass: np.ndarray  # (positions,) float64: probability outside the top k
-    reference_logprob: np.ndarray  # (positions,) float64: log p(the token that follows)
 
 
 def tokenize_passages(spec: TaskSpec, passages, tokenize: Callable[[str], list[int]]) -> list[PassageTokens]:

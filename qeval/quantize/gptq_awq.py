@@ -25,7 +25,7 @@ from qeval.util.fileio import atomic_write_text
 from qeval.util.locking import build_once
 from qeval.types import VariantSpec
 from qeval.util.versions import installed_versions
-from qeval.variants.registry import method
+from qeval.methods import method
 
 RECIPE = 4  # bump when the way artefacts are made changes
 # Parameters that choose how an artefact is scored, not how it is made.

@@ -13,7 +13,7 @@ from qeval.errors import QevalInputError
 from qeval.model_source import DEFAULT_MODEL
 from qeval.types import EfficiencyProbe, VariantSpec
 from qeval.variants import spec
-from qeval.variants.registry import METHODS, method
+from qeval.methods import METHODS, method
 from qeval.util.yamlio import read_yaml
 
 

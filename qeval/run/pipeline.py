@@ -11,8 +11,9 @@ from typing import Protocol
 from qeval import efficiency as eff
 from qeval.engines.base import Backend
 from qeval.run.config import RunConfig, floor_replica
-from qeval.variants.registry import method
-from qeval.gate import GatePolicy, judge
+from qeval.methods import method
+from qeval.gate import GatePolicy
+from qeval.verdict import judge
 from qeval.power import power_table
 from qeval.kinds import check_spec, kind_of
 from qeval.kinds.base import TaskKind

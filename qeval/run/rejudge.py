@@ -2,7 +2,7 @@
 
 Pure, no model: every comparison's summary numbers come from results.json and what the gate
 recomputes its bounds from (per-item outcomes, per-passage sums) from paired.json beside it; the
-same `gate.judge` the compare ran then decides under the new policy, with the run's own bootstrap
+same `verdict.judge` the compare ran then decides under the new policy, with the run's own bootstrap
 size and seed — so the stored run's own policy reproduces its verdicts exactly.
 """
 
@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from qeval.efficiency import quality
 from qeval.errors import QevalInputError
-from qeval.gate import GatePolicy, judge
+from qeval.gate import GatePolicy
+from qeval.verdict import judge
 from qeval.kinds import DEFAULT_KIND, kind_of
 from qeval.run.document import verdict_fields
 from qeval.rundir.read import Run, run_of

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from qeval.engines.base import Backend, NonFiniteScores, Progress
 from qeval.util.fileio import append_durably, atomic_write_bytes, atomic_write_text
 from qeval.util.locking import locked
-from qeval.kinds.reference_text import BaselineDist
+from qeval.types import BaselineDist
 from qeval.types import BackendInfo, ItemRecord, RECORD_SCHEMA, Task, VariantSpec
 
 BASELINE_DIST_FIELDS = tuple(f.name for f in fields(BaselineDist))

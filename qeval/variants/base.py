@@ -2,7 +2,7 @@
 
 A method knows its parameters and their checks, the engine that scores it, how its artefact is
 made and opened, the layers a loaded model must show, and its planner format. The composition
-root (qeval/engines/factory.py) calls these hooks with itself as `ctx` (the model, the cache,
+root (qeval/run/factory.py) calls these hooks with itself as `ctx` (the model, the cache,
 the engines, the calibration sets); it never branches on a method's or an engine's name."""
 
 from __future__ import annotations

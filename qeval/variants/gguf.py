@@ -64,7 +64,7 @@ class GGUF(QuantMethod):
             # differently by a converter; normal and byte tokens must be the baseline's.
             skip = frozenset(i for i, t in enumerate(types) if t in (3, 4, 5))
             ctx.same_vocabulary(variant, f"the GGUF {path}", len(tokens), tokens, skip)
-        check_context(variant, tasks)
+        check_context(variant, ctx.context_needs(tasks))
         return None
 
     def identity(self, ctx, variant: VariantSpec) -> dict:
@@ -101,17 +101,13 @@ class GGUF(QuantMethod):
 METHOD = GGUF()
 
 
-def check_context(variant: VariantSpec, tasks) -> None:
-    """A llama.cpp variant's n_ctx holds one sequence of every task (a reference-text window, a
-    prompt and its generation: what the task's kind says it needs)."""
+def check_context(variant: VariantSpec, needs) -> None:
+    """A llama.cpp variant's n_ctx holds one sequence of every task: `needs` are (task id,
+    tokens, what) from the composition root, which asks each task's kind."""
     from qeval.engines.llamacpp import DEFAULT_N_CTX
-    from qeval.kinds import kind_of
 
     n_ctx = int(variant.params.get("n_ctx", DEFAULT_N_CTX))
-    for t in tasks:
-        needed = kind_of(t.spec.kind).context_needed(t.spec)
-        if needed is None or needed[0] <= n_ctx:
-            continue
-        need, what = needed
-        raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {t.spec.id}'s "
-                              f"{what}; pass n_ctx={need} or more, or leave the task out")
+    for task_id, need, what in needs:
+        if need > n_ctx:
+            raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {task_id}'s "
+                                  f"{what}; pass n_ctx={need} or more, or leave the task out")

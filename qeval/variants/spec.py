@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from qeval.errors import QevalInputError
 from qeval.types import VariantSpec
-from qeval.variants.registry import METHODS, method
+from qeval.methods import METHODS, method
 
 
 def registered(data: dict) -> dict:

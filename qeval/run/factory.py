@@ -14,7 +14,7 @@ from qeval.model_source import ResolvedModel
 from qeval.quantize.calibration_sets import CalibrationSet, Overlap, load_calibration
 from qeval.types import Artefact, Task, VariantSpec
 from qeval.util.digest import file_sha256  # noqa: F401  (kept importable from here)
-from qeval.variants.registry import method
+from qeval.methods import method
 
 
 class EngineFactory:
@@ -64,6 +64,19 @@ class EngineFactory:
             if found is not None:
                 overlaps[v.name] = found
         return overlaps
+
+    @staticmethod
+    def context_needs(tasks) -> list[tuple[str, int, str]]:
+        """(task id, tokens, what) of the longest sequence each task puts through an engine at
+        once (a reference-text window; a prompt and its generation), as its kind says."""
+        from qeval.kinds import kind_of
+
+        needs = []
+        for t in tasks:
+            needed = kind_of(t.spec.kind).context_needed(t.spec)
+            if needed is not None:
+                needs.append((t.spec.id, *needed))
+        return needs
 
     @functools.cached_property
     def _baseline_vocabulary(self) -> tuple[int, list[str | None], frozenset[int]]:

@@ -1,4 +1,4 @@
-"""Quantization methods by name: `method:` in configs/variants/*.yaml and VariantSpec.method.
+"""The quantization-method registry (a leaf: the methods live in qeval/variants/). Methods by name: `method:` in configs/variants/*.yaml and VariantSpec.method.
 
 Each entry is `module:ATTRIBUTE` (imported on first use) naming a `QuantMethod`
 (qeval/variants/base.py): its parameters and their checks, the engine that scores it, how its
