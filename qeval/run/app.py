@@ -235,8 +235,10 @@ def _execute(console, cfg, *, out: Path | None, allow_contamination: bool, start
             from qeval.report.markdown import write_run
 
             write_run(run_dir, res, results, log_text=cfg.log_text, extra_files=files)
+    except BAD_INPUT + (FileNotFoundError,):
+        raise  # bad input is one line naming the problem; library chatter adds nothing to it
     except BaseException:
-        _keep_noise(noise, None, warn)
+        _keep_noise(noise, None, warn)  # a crash: what libraries said may explain it
         raise
     from qeval.report.markdown import print_summary, time_breakdown
 
