@@ -3,8 +3,9 @@
 `qeval compare` runs in a child process (real stdout and stderr, real library output) on a tiny
 model built here and three tasks — multiple choice, generate, reference text — whose every text
 field carries a unique marker. The child's cache, audit log, home, temp and working directories
-all lie in a sandbox under tmp_path, and after each run every file there (run directories, stored
-records, GGUF artefacts read as bytes, the audit log, whatever a library dropped under ~) and the
+all lie in a sandbox under tmp_path, and after each run every file there (run directories with
+their qeval.log of library output, stored records, GGUF artefacts read as bytes, the audit log,
+whatever a library dropped under ~ or in TMPDIR) and the
 child's stdout and stderr are searched for the markers, as text and as their token ids. The first
 run also writes a JUnit file and logs to MLflow's default store beside the run directory: both
 are scanned too.
@@ -227,6 +228,12 @@ def test_default_run_writes_no_text_anywhere(world, runs):
     if HAVE_MLFLOW:
         assert (sb / "work" / "mlflow.db").is_file() and list((sb / "work" / "mlartifacts").rglob("results.json"))
     assert "qeval: warning" not in r["stderr"]
+    # What libraries printed while models loaded and scored went to <run>/qeval.log (among the
+    # files scanned above; a failed run's goes to a qeval-*.log in TMPDIR, scanned too), named
+    # on stdout, and not to the terminal.
+    log = run / "qeval.log"
+    assert (f"{log}" in r["stdout"]) == log.is_file()
+    assert "Failed to load" not in r["stderr"] and "_pytree" not in r["stderr"]
 
 
 def test_log_text_writes_text_to_the_run_texts_folder_only_and_warns(world, runs):

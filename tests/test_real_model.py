@@ -50,6 +50,19 @@ def first_run(tmp_path_factory):
     return out, *_compare(out, "--candidates", "int8wo,nf4", "--noise-floor", "batch1", efficiency=True)
 
 
+def test_library_noise_goes_to_the_run_log_not_the_terminal(first_run):
+    """torchao's unloadable CUDA kernels, torch's _pytree deprecations and bitsandbytes' missing
+    `kernels` package are printed while int8wo and nf4 load: into <run>/qeval.log, named once on
+    stdout; stderr keeps qeval's own lines only."""
+    out, proc, _ = first_run
+    log = out / "qeval.log"
+    assert log.is_file() and f"library messages (warnings, native-library output): {log}" in proc.stdout
+    text = log.read_text()
+    assert "Failed to load" in text, text[-2000:]
+    for noise in ("Failed to load", "_pytree", "kernels-community", "Warning"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_compare_prints_a_verdict_and_writes_results(first_run):
     out, proc, results = first_run
     assert results["schema"] == "qeval.results/2"

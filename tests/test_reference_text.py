@@ -9,13 +9,12 @@ import pytest
 from qeval.kinds import reference_text as rt
 from qeval import stats
 from qeval.engines.fake import FakeFactory
-from qeval.pairing import compare_text
 from qeval.run.config import RunConfig
 from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.errors import QevalInputError
 from qeval.gate import GatePolicy, TaskRules
-from qeval.verdict import judge, nogo_alpha_for
+from qeval.verdict import nogo_alpha_for
 from qeval.run.pipeline import run_compare
 from qeval.run.store import RecordStore
 from qeval.tasks.registry import load_task

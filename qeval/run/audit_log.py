@@ -96,6 +96,7 @@ class Trail:
         self.tasks = None  # list[types.Task]
         self.factory = None  # backends.engines.EngineFactory (for variant identities)
         self.result = None  # pipeline.CompareResult
+        self.exit_code = 0  # the verdict's, once the body knows it (a typer.Exit sets it too)
 
     def variants(self) -> list[dict]:
         from qeval.run.config import floor_replica
@@ -183,18 +184,19 @@ def append(entry: dict, path: Path | None = None) -> Path:
 
 @contextmanager
 def audited(command: str, cfg, *, bad_input: tuple[type[BaseException], ...], bad_input_code: int,
-            ctx=None, warn=None) -> Iterator[Trail]:
+            ctx=None, warn=None, argv: list[str] | None = None) -> Iterator[Trail]:
     """Run the body and append its audit line whatever happens. The exit code comes from the
-    typer.Exit the body raises (0 when it returns), `bad_input_code` for `bad_input` exceptions
+    typer.Exit the body raises (`trail.exit_code` when it returns), `bad_input_code` for `bad_input` exceptions
     and 1 for anything else. An audit log that cannot be written is reported
     through `warn(message)` and does not change the run's outcome."""
     import typer
 
-    trail = Trail(command, cfg, command_line(ctx))
+    trail = Trail(command, cfg, argv if argv is not None else command_line(ctx))
     error: BaseException | None = None
     code = 0
     try:
         yield trail
+        code = trail.exit_code
     except typer.Exit as exc:
         code = exc.exit_code
         raise

@@ -1,5 +1,5 @@
 """Release-gate commands: `qeval gate` (re-judge a stored run under another policy, no model) and
-`qeval init` (a starter policy, suite and task folder to begin from). cli.py registers them."""
+`qeval init` (a starter policy, suite and task folder to begin from)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-
+from qeval.cli.common import app, fail as _fail, out_console as Console, publish_options
 from qeval.errors import QevalInputError
-from qeval.publish.targets import InconclusiveFails, JunitXml, Mlflow, MlflowModel, MlflowUri, Publish
+from qeval.publish.targets import Publish
+
 
 def _check_gate_out(out_dir: Path) -> None:
     """A gate output folder may replace an earlier gate output, never anything else."""
@@ -27,22 +27,15 @@ def _check_gate_out(out_dir: Path) -> None:
                               "give a new folder")
 
 
-def _fail(message: str) -> None:
-    from qeval.cli import _fail as fail  # one error format for every command
-
-    fail(message)
-
-
+@app.command()
+@publish_options
 def gate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `qeval compare`.")],
     policy: Annotated[str, typer.Option(help="Gate policy to judge with: a name in configs/gates/ or a YAML path.")],
     out: Annotated[Optional[Path], typer.Option(help="Folder for the new results.json, report.md and report.html (default: RUN_DIR/gates/<policy>; an earlier one there is replaced).")] = None,
     write: Annotated[bool, typer.Option(help="Write the re-judged results (--no-write: print only).")] = True,
-    junit_xml: JunitXml = None,
-    inconclusive_fails: InconclusiveFails = False,
-    mlflow: Mlflow = False,
-    mlflow_uri: MlflowUri = None,
-    mlflow_model: MlflowModel = None,
+    *,
+    publish: dict,
 ) -> None:
     """Judge a stored run again under another policy, without a model: same statistics, new
     verdicts. Exit code: 0 GO, 1 NO_GO, 3 INCONCLUSIVE, 2 bad input."""
@@ -60,10 +53,9 @@ def gate(
         out_dir = out if out is not None else run_dir / "gates" / gate_file.stem
         if write:
             _check_gate_out(out_dir)
-        elif mlflow or mlflow_uri or mlflow_model:
+        elif publish["mlflow"] or publish["mlflow_uri"] or publish["mlflow_model"]:
             raise QevalInputError("--mlflow logs the re-judged files: drop --no-write")
-        publish = Publish.checked(junit_xml=junit_xml, inconclusive_fails=inconclusive_fails, mlflow=mlflow,
-                                  mlflow_uri=mlflow_uri, mlflow_model=mlflow_model, runs_parent=run_dir.parent)
+        target = Publish.checked(**publish, runs_parent=run_dir.parent)
         results = rejudge(run, gate_policy, policy_file=gate_file)
         print_summary(console, results, None)
         before = results["rejudged"]
@@ -73,7 +65,7 @@ def gate(
         if write:
             write_rejudged(out_dir, run, results)
             console.print(f"Written: {out_dir}  (results.json, report.md, report.html)", highlight=False)
-        publish.run(console, out_dir, results=results, timings_dir=run_dir)
+        target.run(console, out_dir, results=results, timings_dir=run_dir)
     except QevalInputError as exc:
         _fail(str(exc))
     raise typer.Exit(results["exit_code"])
@@ -93,6 +85,7 @@ def starter_policy(default_text: str) -> str:
     return head + body + tail
 
 
+@app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to write into.")] = Path("."),
     force: Annotated[bool, typer.Option(help="Overwrite files that exist.")] = False,

@@ -1,0 +1,3 @@
+from qeval.cli import main
+
+main()
