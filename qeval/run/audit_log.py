@@ -128,7 +128,8 @@ class Trail:
                 for t in self.tasks]
 
     def entry(self, *, exit_code: int, error: BaseException | None) -> dict[str, Any]:
-        from qeval import __version__
+        from qeval.util.versions import QEVAL_VERSION as __version__
+
         res = self.result if error is None else None
         tasks = self._tasks()
         known = [t for t in tasks if t["item_set_sha256"] is not None]

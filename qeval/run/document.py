@@ -9,15 +9,18 @@ import datetime as _dt
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qeval.report.markdown import markdown_report
-from qeval.run.pipeline import CompareResult
 from qeval.run.store import write_jsonl
 from qeval.rundir.schema import RESULTS_SCHEMA, RunResults
 from qeval.rundir.write import paired_document, safe_name, write_documents, write_paired
 from qeval.types import EXIT_CODES, Verdict
 from qeval.util.fileio import atomic_write_text
 from qeval.util.versions import QEVAL_VERSION as __version__
+
+if TYPE_CHECKING:
+    from qeval.run.pipeline import CompareResult
 
 
 def verdict_fields(comparisons: Sequence, verdict: Verdict) -> dict:
