@@ -13,7 +13,7 @@ from qeval.engines.fake import FakeFactory
 from qeval.settings import resource_dir
 from qeval.report.terminal import QuietUI
 from qeval.gate import GatePolicy, TaskRules
-from qeval.tasks.item_audit import audit_lines, audit_samples, best_cue, heuristic_credits, warning_line
+from qeval.item_audit import audit_lines, audit_samples, best_cue, heuristic_credits, warning_line
 from qeval.run.pipeline import run_compare
 from qeval.tasks.registry import MissingData, TaskRegistry
 from qeval.types import Decision, Sample, SourceSpec, Task, TaskSpec
