@@ -237,8 +237,8 @@ def test_gptq_on_the_default_model_and_the_same_checkpoint_brought_back(tmp_path
     art = results["artefacts"][variant]
     assert art["calibration"]["name"] == "generic" and art["params"]["samples"] == 8
     assert [o["overlapping"] for o in art["contamination"]] == [0]
-    [path] = [p for p in (cache_dir() / "artefacts").iterdir()
-              if json.loads((p / "qeval_artefact.json").read_text())["params"]["samples"] == 8]
+    [path] = [p for p in (cache_dir() / "artefacts").iterdir() if p.is_dir()  # (not the build locks)
+              and json.loads((p / "qeval_artefact.json").read_text())["params"]["samples"] == 8]
     _, again = _compare(tmp_path / "brought", "--candidates", f"gptq={path}", tasks="clinical_core", limit="12")
 
     made_dir = next(p for p in (tmp_path / "made" / "records").iterdir() if p.name.startswith("gptq"))
