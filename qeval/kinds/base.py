@@ -107,6 +107,20 @@ def check_same_prompts(task: Task, expected: Mapping[str, str], items: Sequence,
             )
 
 
+class ItemKind:
+    """What the two item-level kinds (choice, generate) share: a unit of work is one item with a
+    `sample` and a `prompt_hash`, checked against the baseline's, and no baseline reference."""
+
+    def identify(self, work: Any) -> tuple[str, str]:
+        return work.sample.id, work.prompt_hash
+
+    def check_same(self, task: Task, expected: Mapping[str, str], work: Sequence, variant: str) -> None:
+        check_same_prompts(task, expected, work, variant)
+
+    def reference(self, task, work, backend, advance):
+        return None
+
+
 def item_rows(base_records: Sequence, runs: Sequence[Sequence], per_item: Callable[[Any, Any], float]
               ) -> tuple[np.ndarray, None, list[str]]:
     """Calibrate's (seeds × items) matrix of `per_item(baseline record, candidate record)`."""

@@ -8,7 +8,7 @@ scored under each cyclic rotation of its options and the scores are averaged in 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ from qeval import gate
 from qeval import pairing as cmp
 from qeval.engines.base import Backend, LoglikelihoodRequest, Progress
 from qeval.errors import QevalInputError
-from qeval.kinds.base import accuracy_change, check_same_prompts, item_rows, labelled_limits
+from qeval.kinds.base import ItemKind, accuracy_change, item_rows, labelled_limits
 from qeval.stats import choice_kl
 from qeval.item_audit import heuristic_credits
 from qeval.types import ItemRecord, PairedItems, Sample, Task, TaskComparison, TaskSpec
@@ -175,7 +175,7 @@ def chance_levels(task: Task) -> list[float] | None:
     return [task.spec.chance_level] * len(task.samples) if task.spec.chance_level is not None else None
 
 
-class ChoiceKind:
+class ChoiceKind(ItemKind):
     name = "multiple_choice"
     record_type = ItemRecord
     comparison_type = TaskComparison
@@ -208,18 +208,8 @@ class ChoiceKind:
     def prepare(self, task: Task, tokenize: Callable[[str], list[int]]) -> list[ItemRequests]:
         return build_requests(task, tokenize)
 
-    def identify(self, work: ItemRequests) -> tuple[str, str]:
-        return work.sample.id, work.prompt_hash
-
     def units(self, work: ItemRequests) -> int:
         return len(work.requests)
-
-    def check_same(self, task: Task, expected: Mapping[str, str], work: Sequence[ItemRequests],
-                   variant: str) -> None:
-        check_same_prompts(task, expected, work, variant)
-
-    def reference(self, task, work, backend, advance):
-        return None
 
     def score_chunk(self, task: Task, chunk: Sequence[ItemRequests], backend: Backend,
                     advance: Progress | None, reference: object) -> tuple[list[ItemRecord], None]:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qeval import gate
 from qeval import pairing as cmp
 from qeval.engines.base import Backend, GenerationRequest, Progress
 from qeval.errors import QevalInputError
-from qeval.kinds.base import accuracy_change, check_same_prompts, item_rows, labelled_limits
+from qeval.kinds.base import ItemKind, accuracy_change, item_rows, labelled_limits
 from qeval.kinds.choice import chance_levels, render_prompt
 from qeval.item_audit import heuristic_credits
 from qeval.util.numeric import first_number, format_number
@@ -163,7 +163,7 @@ def score_generation(task: Task, items: Sequence[GenerationItem], backend: Backe
     return records, [r.text for r in results]
 
 
-class GenerateKind:
+class GenerateKind(ItemKind):
     name = "generate"
     record_type = GenerationRecord
     comparison_type = GenerationComparison
@@ -200,18 +200,8 @@ class GenerateKind:
     def prepare(self, task: Task, tokenize: Callable[[str], list[int]]) -> list[GenerationItem]:
         return build_generation_items(task, tokenize)
 
-    def identify(self, work: GenerationItem) -> tuple[str, str]:
-        return work.sample.id, work.prompt_hash
-
     def units(self, work: GenerationItem) -> int:
         return 1
-
-    def check_same(self, task: Task, expected: Mapping[str, str], work: Sequence[GenerationItem],
-                   variant: str) -> None:
-        check_same_prompts(task, expected, work, variant)
-
-    def reference(self, task, work, backend, advance):
-        return None
 
     def score_chunk(self, task: Task, chunk: Sequence[GenerationItem], backend: Backend,
                     advance: Progress | None, reference: object) -> tuple[list[GenerationRecord], list[str]]:
