@@ -20,6 +20,7 @@ METHODS: dict[str, Any] = {
     "gguf": "qeval.variants.gguf:METHOD",
     "gptq": "qeval.variants.gptq:METHOD",
     "awq": "qeval.variants.awq:METHOD",
+    "vllm": "qeval.variants.vllm:METHOD",
     "fake": "qeval.variants.fake:METHOD",
 }
 

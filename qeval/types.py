@@ -226,6 +226,7 @@ class Method(str, Enum):
     gguf = "gguf"  # a GGUF file on llama.cpp's kernels (exported and quantized, or brought)
     gptq = "gptq"  # gptqmodel GPTQ on a calibration set, or a GPTQ checkpoint brought
     awq = "awq"  # gptqmodel AWQ on a calibration set, or an AWQ checkpoint brought
+    vllm = "vllm"  # scored by vLLM in its own environment (full precision, fp8, gptq/awq/ct)
     fake = "fake"  # statistics and gate tests only
 
 

@@ -134,7 +134,7 @@ def load_shape(model: str) -> ModelShape:
 
 
 def bits_per_weight(fmt: str) -> tuple[float, str]:
-    """(bits per quantized weight, how it was computed) for fp16, bf16, fp32, int8, int4/gptq/awq
+    """(bits per quantized weight, how it was computed) for fp16, bf16, fp32, fp8, int8, int4/gptq/awq
     with `:group=N`, or gguf:<type>."""
     name, _, rest = fmt.lower().partition(":")
     params = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
@@ -144,6 +144,8 @@ def bits_per_weight(fmt: str) -> tuple[float, str]:
         return 32.0, "32-bit weights"
     if name == "int8":
         return 8.0 + 16 / 4096, "8-bit weights + one fp16 scale per row (~8.0)"
+    if name == "fp8":  # e4m3 weights; vLLM's dynamic FP8 keeps one fp32 scale per tensor (or per row)
+        return 8.0 + 32 / 4096, "8-bit e4m3 weights + an fp32 scale per row at most (~8.0)"
     if name == "nf4":  # bitsandbytes: 4-bit codes + an absmax per block of 64 (fp32, or 8-bit doubly quantized)
         if str(params.get("double_quant", "false")).lower() == "true":
             return 4 + 8 / 64 + 32 / (64 * 256), "4 bits + 8-bit absmax per 64 (+ fp32 per 256 blocks)"
@@ -159,7 +161,7 @@ def bits_per_weight(fmt: str) -> tuple[float, str]:
         if kind not in GGUF_BPW:
             raise QevalInputError(f"--format {fmt!r}: unknown GGUF type; choose from {', '.join(GGUF_BPW)}")
         return GGUF_BPW[kind], f"GGUF {kind}: {GGUF_BPW[kind]} bits per weight (llama.cpp's figure)"
-    raise QevalInputError(f"--format {fmt!r}: choose fp16, bf16, fp32, int8, nf4, gptq[:group=N], "
+    raise QevalInputError(f"--format {fmt!r}: choose fp16, bf16, fp32, fp8, int8, nf4, gptq[:group=N], "
                           "awq[:group=N] or gguf:<type>")
 
 
@@ -269,3 +271,58 @@ def plan(shape: ModelShape, *, fmt: str = "fp16", context: int = 4096, sequences
                 gpu=gpu, gpu_bytes=gpu_bytes, lines=lines, total_bytes=total, kv_bytes_per_token=per_token,
                 gpus_needed=needed, tensor_parallel=tp, gpu_memory_utilization=util,
                 sequences_that_fit=fits, notes=tuple(notes))
+
+
+# ---------------------------------------------------------------- the plan as vLLM arguments
+
+VLLM_QUANTIZATION = {"fp8": "fp8", "nf4": "bitsandbytes"}  # formats vLLM quantizes while loading
+VLLM_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+VLLM_KV = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}  # auto: the model's dtype
+
+
+class VllmServe(BaseModel):
+    """What a plan implies for vLLM: the `vllm serve` command, and the qeval variant that scores
+    the same configuration (so the gate evaluates what will be served)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    argv: tuple[str, ...]
+    variant: str | None  # the qeval candidate (None: vLLM serves this format, qeval cannot make it)
+    notes: tuple[str, ...]
+
+
+def vllm_serve(result: Plan, model: str) -> VllmServe:
+    """`vllm serve` arguments from a plan: tensor-parallel size, gpu_memory_utilization, the
+    context as max-model-len, the KV-cache dtype, concurrent sequences; request logging off (a
+    PHI server logs no prompts) and statistics logging off."""
+    fmt = result.format.split(":")[0]
+    notes: list[str] = []
+    if result.tensor_parallel is None:
+        raise QevalInputError(f"no tensor-parallel size of 1..8 GPUs holds {result.model} as {result.format} "
+                              f"on {result.gpu}; plan a larger GPU (--gpu) or a smaller format")
+    argv = ["vllm", "serve", model, "--tensor-parallel-size", str(result.tensor_parallel),
+            "--gpu-memory-utilization", f"{result.gpu_memory_utilization:.2f}",
+            "--max-model-len", str(result.context), "--max-num-seqs", str(result.sequences)]
+    if fmt in VLLM_DTYPE:
+        argv += ["--dtype", VLLM_DTYPE[fmt]]
+    if fmt in VLLM_QUANTIZATION:
+        argv += ["--quantization", VLLM_QUANTIZATION[fmt]]
+    if fmt in ("gptq", "awq"):
+        notes.append(f"{fmt}: serve the checkpoint directory; vLLM reads the format from its config.json")
+    if fmt in ("int8", "gguf"):
+        notes.append(f"{result.format}: vLLM's kernels for this format differ from qeval's (bitsandbytes "
+                     "LLM.int8 / llama.cpp); evaluate the configuration you serve")
+    kv = VLLM_KV.get(result.kv_dtype)
+    if kv is None:
+        notes.append(f"KV cache {result.kv_dtype}: vLLM has no such cache dtype; it takes auto or fp8")
+    elif kv != "auto":
+        argv += ["--kv-cache-dtype", kv]
+    argv += ["--no-enable-log-requests", "--disable-log-stats", "--disable-uvicorn-access-log"]
+    engine = [f"tensor_parallel_size={result.tensor_parallel}",
+              f"gpu_memory_utilization={result.gpu_memory_utilization:.2f}", f"max_model_len={result.context}"]
+    if kv and kv != "auto":
+        engine.append(f"kv_cache_dtype={kv}")
+    base = {"fp16": "vllm:fp16", "bf16": "vllm:bf16", "fp32": "vllm:fp32", "fp8": "vllm:fp8",
+            "gptq": "vllm:gptq", "awq": "vllm:awq"}.get(fmt)
+    variant = None if base is None else ",".join([base, *engine])
+    return VllmServe(argv=tuple(argv), variant=variant, notes=tuple(notes))

@@ -145,7 +145,7 @@ def power(
 @app.command()
 def plan(
     model: Annotated[Optional[str], typer.Option(help="A preset (llama-2-70b, llama-3-70b, llama-3-8b), a built-in alias (smollm2-135m), a config.json or a checkpoint directory.")] = None,
-    format: Annotated[str, typer.Option("--format", help="Weight format: fp16, bf16, fp32, int8, nf4, gptq[:group=N], awq[:group=N], gguf:<type>.")] = "fp16",
+    format: Annotated[str, typer.Option("--format", help="Weight format: fp16, bf16, fp32, fp8, int8, nf4, gptq[:group=N], awq[:group=N], gguf:<type>.")] = "fp16",
     context: Annotated[int, typer.Option(min=1, help="Tokens per sequence (prompt + output).")] = 4096,
     sequences: Annotated[int, typer.Option(min=1, help="Concurrent sequences.")] = 1,
     kv_dtype: Annotated[str, typer.Option(help="KV-cache element type: fp16, bf16, fp8, int8, fp32.")] = "fp16",
@@ -160,10 +160,11 @@ def plan(
     intermediate: Annotated[Optional[int], typer.Option(min=1, help="Explicit shape: MLP intermediate size.")] = None,
     params: Annotated[Optional[float], typer.Option(min=1e6, help="Explicit total parameter count (else computed from the shape).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Print the plan as an engine's arguments: vllm (the `vllm serve` command and the qeval candidate that scores the same configuration).")] = None,
 ) -> None:
     """How much GPU memory a deployment needs: weights + KV cache + CUDA overhead + 15% headroom,
     the GPUs and tensor-parallel size, gpu_memory_utilization, and how many sequences fit."""
-    from qeval.vram import GiB, ModelShape, load_shape, plan as make_plan
+    from qeval.vram import GiB, ModelShape, load_shape, plan as make_plan, vllm_serve
 
     console = Console()
     try:
@@ -179,8 +180,23 @@ def plan(
         result = make_plan(shape, fmt=format, context=context, sequences=sequences, kv_dtype=kv_dtype,
                            gpu=gpu if gpu_memory is None else f"custom {gpu_memory:g} GiB",
                            gpu_bytes=int(gpu_memory * GiB) if gpu_memory is not None else None)
+        if emit not in (None, "vllm"):
+            raise QevalInputError(f"--emit {emit!r}: the engines it can emit for are: vllm")
+        serve = vllm_serve(result, model or "MODEL_DIR") if emit else None
     except QevalInputError as exc:
         _fail(str(exc))
+    if serve is not None:
+        import shlex
+
+        if as_json:
+            console.print_json(serve.model_dump_json())
+            return
+        print(shlex.join(serve.argv))
+        if serve.variant:
+            print(f"# the same configuration in qeval: --candidates {shlex.quote(serve.variant)}")
+        for note in serve.notes:
+            print(f"# note: {note}")
+        return
     if as_json:
         console.print_json(result.model_dump_json())
         return

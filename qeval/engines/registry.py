@@ -17,6 +17,7 @@ from typing import Any
 ENGINES: dict[str, Any] = {
     "hf": "qeval.engines.hf",
     "llamacpp": "qeval.engines.llamacpp",
+    "vllm": "qeval.engines.vllm",
     "fake": "qeval.engines.fake",
 }
 

@@ -41,6 +41,10 @@ class QuantMethod:
 
     # ---- before any model: parsing (no model known yet) and preflight (the model known)
 
+    def is_baseline(self, variant: VariantSpec) -> bool:
+        """Whether this variant may be the baseline (a full-precision one)."""
+        return self.baseline
+
     def check(self, variant: VariantSpec) -> VariantSpec:
         """Checks `parse_variant` runs on a variant of this method; returns it (maybe normalised)."""
         return variant

@@ -16,11 +16,24 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 
-import numpy as np  # noqa: E402
 
-import protocol  # noqa: E402  (this folder's protocol.py, the parent's own)
+def _load_protocol():
+    """This folder's protocol.py (the parent's own), loaded by path: the folder is not put on
+    sys.path, so nothing here can shadow a module vLLM imports."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location("qeval_vllm_protocol", os.path.join(here, "protocol.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _load_protocol()
 
 CHUNK_BYTES = 64 << 20  # logits travel in messages of at most this size
 
@@ -56,6 +69,8 @@ class Engine:
                 kwargs[key] = settings[key]
         if kwargs["tensor_parallel_size"] * kwargs["pipeline_parallel_size"] == 1:
             kwargs["distributed_executor_backend"] = "uni"
+        if settings.get("emulate_fp8_matmul"):
+            emulate_scaled_mm(torch)
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
         self.load_s = time.perf_counter() - t0
@@ -66,14 +81,14 @@ class Engine:
         import vllm
 
         cfg = self.llm.llm_engine.vllm_config
-        layers = self.llm.apply_model(_kernels)[0]
+        layers, weight_bytes = self.llm.apply_model(_kernels)[0]
         platform = vllm.platforms.current_platform
         return {
             "vllm": getattr(vllm, "__version__", "unknown"), "torch": self.torch.__version__,
             "device": str(platform.device_type), "device_name": _device_name(self.torch, platform),
             "quantization": cfg.model_config.quantization, "dtype": str(cfg.model_config.dtype).replace("torch.", ""),
             "kv_cache_dtype": str(cfg.cache_config.cache_dtype), "max_model_len": int(cfg.model_config.max_model_len),
-            "vocab": int(cfg.model_config.get_vocab_size()), "layers": layers, "load_seconds": self.load_s,
+            "vocab": int(cfg.model_config.get_vocab_size()), "layers": layers, "weight_bytes": weight_bytes, "load_seconds": self.load_s,
             "model_runner": "v2" if getattr(cfg, "use_v2_model_runner", False) else "v1",
             "block_size": int(cfg.cache_config.block_size or 0),
         }
@@ -165,6 +180,33 @@ class Engine:
         return {"prefill_s": prefill, "decode_s": max(total - prefill, 0.0)}, {}
 
 
+def emulate_scaled_mm(torch) -> None:
+    """On a CPU, torch's FP8 matmul (`torch._scaled_mm`) is a reference kernel, ~200× slower than
+    a float matmul (a 64-token prompt of the 135M model: 121 s against 0.07 s). It is replaced
+    by the same product computed in float32: e4m3 values are exact in float32, the products are
+    exact, the sums accumulate in float32 as the reference kernel's do; then the scales, the bias
+    and the output dtype as _scaled_mm applies them. vLLM's FP8 quantization of weights and
+    activations is untouched. tests/test_vllm.py compares the two on random FP8 operands."""
+    original = torch._scaled_mm
+
+    def scaled_mm(a, b, scale_a=None, scale_b=None, bias=None, scale_result=None, out_dtype=None,
+                  use_fast_accum=False):
+        if a.device.type != "cpu" or out_dtype is None or scale_result is not None:
+            return original(a, b, scale_a=scale_a, scale_b=scale_b, bias=bias, scale_result=scale_result,
+                            out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+        out = a.to(torch.float32) @ b.to(torch.float32)
+        if scale_a is not None:
+            out = out * scale_a.to(torch.float32)
+        if scale_b is not None:
+            out = out * scale_b.to(torch.float32)
+        if bias is not None:
+            out = out + bias.to(torch.float32)
+        return out.to(out_dtype)
+
+    scaled_mm.qeval_emulated = True
+    torch._scaled_mm = scaled_mm
+
+
 def _device_name(torch, platform) -> str:
     try:
         if platform.device_type == "cuda":
@@ -204,8 +246,9 @@ def _stop_capture(model):
     return calls or None
 
 
-def _kernels(model) -> dict:
-    """Per linear layer type: its quantization method and the kernel class vLLM chose."""
+def _kernels(model) -> tuple[dict, int]:
+    """Per linear layer type: its quantization method and the kernel class vLLM chose; and the
+    bytes of the model's parameters and buffers as loaded."""
     counts: dict[str, int] = {}
     for _, module in model.named_modules():
         qm = getattr(module, "quant_method", None)
@@ -214,7 +257,8 @@ def _kernels(model) -> dict:
         kernel = getattr(qm, "kernel", None)
         name = type(qm).__name__ + (f" → {type(kernel).__name__}" if kernel is not None else "")
         counts[name] = counts.get(name, 0) + 1
-    return counts
+    held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return counts, int(held)
 
 
 def _prompt_rows(calls: list, prompt_logprobs, seq: list[int], cached: int) -> np.ndarray:
@@ -241,6 +285,16 @@ def _prompt_rows(calls: list, prompt_logprobs, seq: list[int], cached: int) -> n
         if not worst <= 1e-3:
             raise RuntimeError(f"captured prompt logits disagree with vLLM's prompt log-probs by {worst:.3g}")
     return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: its first line, and a validation error's reason."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    reason = next((ln for ln in lines[1:] if ln.lower().startswith("value error")), None)
+    if reason:
+        text += f": {reason.split('[type=')[0].strip()}"
+    return f"{type(exc).__name__}: {text[:400]}"
 
 
 def main() -> None:
@@ -285,7 +339,7 @@ def main() -> None:
             else:
                 reply({"ok": False, "error": f"unknown operation {op!r}"})
         except Exception as exc:  # the parent turns it into one line; no request content is in it
-            reply({"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"})
+            reply({"ok": False, "error": _one_line(exc)})
 
 
 if __name__ == "__main__":
