@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -131,14 +132,14 @@ def world(tmp_path_factory):
             "sandbox": sandbox, "tok": tok}
 
 
-def _qeval(world, *args, fail=False, timeout=900):
+def _qeval(world, *args, fail=False, timeout=900, audit="audit.jsonl"):
     sb = world["sandbox"]
     for d in ("home", "tmp", "xdg-cache", "work"):
         (sb / d).mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QEVAL_", "PYTEST", "HF_", "XDG_", "MLFLOW_"))}
     env.update({
         "HOME": str(sb / "home"), "TMPDIR": str(sb / "tmp"), "XDG_CACHE_HOME": str(sb / "xdg-cache"),
-        "QEVAL_CACHE": str(sb / "cache"), "QEVAL_AUDIT_LOG": str(sb / "audit" / "audit.jsonl"),
+        "QEVAL_CACHE": str(sb / "cache"), "QEVAL_AUDIT_LOG": str(sb / "audit" / audit),
         "HF_HUB_OFFLINE": "1", "PHI_TEST_TASKS": str(world["tasks"]), "PYTHONDONTWRITEBYTECODE": "1",
         "COLUMNS": "200",
     })
@@ -298,3 +299,47 @@ def test_every_run_has_an_audit_line_without_text(world, runs):
     assert all(v["fingerprint"] for v in crash["variants"])
     assert {t["id"]: t["n"] for t in bad["tasks"]} == {"phi_mc": 8, "phi_bad": 3}
     assert _hits(world, (world["sandbox"] / "audit" / "audit.jsonl").read_bytes()) == set()
+
+
+def _new_files_in_tmp(since: float, skip: Path) -> dict[str, bytes]:
+    """Files under the system's /tmp changed since `since` (what a worker might drop there
+    whatever TMPDIR says), except the test's own inputs."""
+    found = {}
+    for path in Path("/tmp").rglob("*"):
+        try:
+            if (path.is_file() and not path.is_symlink() and path.stat().st_mtime >= since
+                    and skip not in path.parents and path.stat().st_size < (256 << 20)):
+                found[str(path)] = path.read_bytes()
+        except OSError:
+            continue
+    return found
+
+
+def test_a_vllm_run_writes_no_text_anywhere(world, tmp_path_factory):
+    """Baseline and candidate on the vLLM engine (its worker in .venv-vllm): the run directory,
+    the cache (vLLM's own cache folders are under it), HOME, TMPDIR, new files in /tmp, the
+    worker's output (qeval.log) and the terminal hold no marker, as text or token ids."""
+    from tiny_models import tiny_checkpoint
+
+    from qeval.engines.vllm.client import worker_python
+
+    worker_python()  # built by scripts/setup.sh: missing is a failure
+    ckpt = world["entry"].parent / "ckpt-vllm"  # head size 64: one vLLM's CPU attention takes
+    tiny_checkpoint(ckpt, "llama", hidden=256, intermediate=512, initializer_range=0.2)
+    since = time.time()
+    sb = world["sandbox"]
+    run = sb / "work" / "run-vllm"
+    code, stdout, stderr = _qeval(world, "--model", str(ckpt), "--base", "vllm:fp32", "--candidates",
+                                  "vllm:bf16", "--tasks", "phi_mc,phi_gen,phi_ref", "--out", str(run),
+                                  audit="audit-vllm.jsonl")
+    assert code in (0, 1, 3), stderr[-3000:]
+    assert _scan(world) == {}
+    assert _hits(world, (stdout + stderr).encode()) == set()
+    tmp_hits = {p: h for p, data in _new_files_in_tmp(since, world["entry"].parent).items()
+                if (h := _hits(world, data))}
+    assert tmp_hits == {}
+    results = json.loads((run / "results.json").read_text())
+    assert results["baseline"]["backend"] == "vllm"
+    # The scan covered what the worker wrote: its messages in the run's log, vLLM's cache folder.
+    assert (run / "qeval.log").is_file()
+    assert (sb / "cache" / "vllm").is_dir()

@@ -1,13 +1,14 @@
 """vllm: a variant scored by vLLM, the engine that serves it (qeval/engines/vllm/).
 
 `vllm:fp32|fp16|bf16` the baseline's weights (a baseline on vLLM); `vllm:fp8` vLLM's dynamic
-FP8 of the baseline's weights with bfloat16 activations (per-channel FP8 on a CPU, where vLLM has
+FP8 of the baseline's weights (per-channel FP8 on a CPU, where vLLM has
 no per-tensor dynamic path; the record says which); `vllm:gptq=DIR`, `vllm:awq=DIR`, `vllm:ct=DIR` a checkpoint
 brought (compressed-tensors for ct); `vllm:gptq` / `vllm:awq` the checkpoint qeval's own
 gptq / awq method makes (same parameters, same cache key), so a model made by qeval and served
 by vLLM is one candidate. Engine settings ride along: tensor_parallel_size,
 pipeline_parallel_size, gpu_memory_utilization (0.85), max_model_len, kv_cache_dtype,
-enable_prefix_caching (on), enforce_eager, dtype (of the activations, quantized formats)."""
+enable_prefix_caching (on), enforce_eager, dtype (a quantized format's activations: bf16, the
+default, or fp16; vLLM's quantized kernels refuse float32)."""
 
 from __future__ import annotations
 
@@ -176,6 +177,10 @@ class VLLM(QuantMethod):
                 s["emulate_fp8_matmul"] = True  # see worker.emulate_scaled_mm
         if device != "cpu":
             s.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION)
+        else:
+            # On a CPU, vLLM's torch.compile builds C++ kernels for minutes per engine on a new
+            # cache; eager mode runs the same kernels unfused (enforce_eager=false compiles).
+            s.setdefault("enforce_eager", True)
         return s
 
     def open(self, ctx, variant: VariantSpec, baseline_compute: str | None):
@@ -183,7 +188,9 @@ class VLLM(QuantMethod):
         device = engine.identity(variant)["device"]
         fmt = variant.params["format"]
         compute = variant.params.get("dtype")
-        compute = FULL[compute] if compute else "bfloat16" if fmt == "fp8" else _compute_of(baseline_compute, device)
+        # vLLM's quantized linear kernels take 16-bit activations (float32 is refused for FP8,
+        # GPTQ and AWQ): bfloat16 unless the variant says dtype=fp16.
+        compute = FULL[compute] if compute else "bfloat16"
         path, notes = self.checkpoint(ctx, variant)
         settings = self.engine_settings(variant, device, compute)
         if fmt == "fp8" and device == "cpu":
@@ -217,20 +224,9 @@ class VLLM(QuantMethod):
         p = variant.params
         if p.get("format") in FULL:
             return None
-        # fp8 computes in bfloat16 unless told otherwise (vLLM's FP8 linear layers take 16-bit
-        # activations); the others in the baseline's dtype (fp32 here: the floor's own default).
-        dtype = str(p.get("dtype") or ("bf16" if p.get("format") == "fp8" else "fp32"))
+        dtype = str(p.get("dtype") or "bf16")  # a quantized format computes in bfloat16 unless told
         return f"vllm:{dtype}" + "".join(f",{k}={str(p[k]).lower() if isinstance(p[k], bool) else p[k]}"
                                          for k in ENGINE_PARAMS if k in p)
-
-
-def _compute_of(baseline_compute: str | None, device: str) -> str:
-    """The activations' dtype of a quantized vLLM variant: the baseline's when it computed in
-    a float dtype, else float32 on a CPU and bfloat16 on a GPU."""
-    head = (baseline_compute or "").split(",")[0].strip()
-    if head in FULL.values():
-        return head
-    return "float32" if device == "cpu" else "bfloat16"
 
 
 METHOD = VLLM()

@@ -64,7 +64,8 @@ class VLLMBackend:
         runner_notes = (f"vLLM {described['vllm']} ({env_info['distribution']}), model runner "
                         f"{described.get('model_runner')}, quantization {quant}, KV cache "
                         f"{described.get('kv_cache_dtype')}, prefix caching "
-                        f"{'on' if settings.get('enable_prefix_caching', True) else 'off'}; loaded in "
+                        f"{'on' if settings.get('enable_prefix_caching', True) else 'off'}, "
+                        f"{'eager (no torch.compile)' if settings.get('enforce_eager') else 'torch.compile'}; loaded in "
                         f"{described.get('load_seconds', 0):.1f} s",)
         self.info = BackendInfo(
             variant=variant.name, backend=ENGINE, device=str(described.get("device")),

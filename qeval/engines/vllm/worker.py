@@ -257,8 +257,25 @@ def _kernels(model) -> tuple[dict, int]:
         kernel = getattr(qm, "kernel", None)
         name = type(qm).__name__ + (f" → {type(kernel).__name__}" if kernel is not None else "")
         counts[name] = counts.get(name, 0) + 1
-    held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    return counts, int(held)
+    return counts, _held_bytes(model)
+
+
+def _held_bytes(model) -> int:
+    """Bytes of every distinct tensor the model holds: parameters, buffers and the tensors a
+    kernel keeps beside them (vLLM's CPU layers repack weights into plain attributes)."""
+    import torch
+
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False),
+                   *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+        for t in tensors:
+            try:
+                key = t.untyped_storage().data_ptr()
+                seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+            except (RuntimeError, NotImplementedError):
+                continue
+    return int(sum(seen.values()))
 
 
 def _prompt_rows(calls: list, prompt_logprobs, seq: list[int], cached: int) -> np.ndarray:
