@@ -325,7 +325,7 @@ def test_a_vllm_run_writes_no_text_anywhere(world, tmp_path_factory):
 
     worker_python()  # built by scripts/setup.sh: missing is a failure
     ckpt = world["entry"].parent / "ckpt-vllm"  # head size 64: one vLLM's CPU attention takes
-    tiny_checkpoint(ckpt, "llama", hidden=256, intermediate=512, initializer_range=0.2)
+    tiny_checkpoint(ckpt, "llama", hidden=256, intermediate=512, initializer_range=0.2, max_position_embeddings=1024)
     since = time.time()
     sb = world["sandbox"]
     run = sb / "work" / "run-vllm"

@@ -101,7 +101,12 @@ def test_builtin_methods_are_the_registry():
     assert {m.value for m in Method} == set(METHODS)
     for name in METHODS:
         assert method(name).name == name
-    assert {n for n in METHODS if method(n).baseline} == {"fp32", "fp16", "bf16", "fake"}
+    assert {n for n in METHODS if method(n).baseline} == {"fp32", "fp16", "bf16", "fake", "vllm"}
+    # vLLM's method may be the baseline in its full-precision formats only.
+    vllm = method("vllm")
+    assert [f for f in ("fp32", "fp16", "bf16", "fp8", "gptq") if vllm.is_baseline(
+        vllm.check(VariantSpec(name=f"vllm:{f}", method="vllm", backend="vllm", params={"format": f})))] == [
+        "fp32", "fp16", "bf16"]
 
 
 # ---------------------------------------------------------------- build once
