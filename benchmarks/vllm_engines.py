@@ -64,12 +64,23 @@ def _prefill(eff: dict, variant: str) -> str:
 def table(out: Path) -> str:
     lines = ["# vLLM against transformers (embedded SmolLM2-135M, 2 CPU cores)", "",
              f"Made by `benchmarks/vllm_engines.py` from the run directories in {out.name}/.", ""]
+    if not (out / "engines" / "results.json").is_file():
+        lines += ["(engines run not made)", ""]
+    else:
+        lines += _engines_rows(out)
+    lines += _rest(out)
+    return "\n".join(lines) + "\n"
+
+
+def _engines_rows(out: Path) -> list[str]:
+    lines: list[str] = []
     results, timings, eff = _load(out / "engines")
     n_tok = {}
     lines += ["| engine | dtype | reference text tokens/s | prefill tokens/s (probe) | token KLD vs transformers fp32 | same top-1 | verdict vs transformers fp32 |",
               "|---|---|---|---|---|---|---|"]
     task_s = timings.get("task_s", {})
-    for variant in ["fp32", "vllm:fp32", "bf16", "vllm:bf16"]:
+    present = {v["variant"] for v in [results["baseline"], *results["candidates"]]}
+    for variant in [v for v in ["fp32", "vllm:fp32", "bf16", "vllm:bf16"] if v in present]:
         info = _engine(results, variant)
         text = _text(results, variant)
         if text:
@@ -81,7 +92,13 @@ def table(out: Path) -> str:
         top = f"{text['same_top']['estimate']:.4f}" if text else "–"
         verdict = results["per_candidate"].get(variant, "(baseline)")
         lines.append(f"| {info['backend']} | {info['compute_dtype']} | {speed} | {_prefill(eff, variant)} | {kld} | {top} | {verdict} |")
-    lines += ["", "## On vLLM alone: `--base vllm:fp32`", ""]
+    return lines
+
+
+def _rest(out: Path) -> list[str]:
+    lines = ["", "## On vLLM alone: `--base vllm:fp32`", ""]
+    if not (out / "onvllm" / "results.json").is_file():
+        return [*lines, "(not run)"]
     results, _, _ = _load(out / "onvllm")
     lines += ["| candidate | kernel | token KLD | engine floor KLD | verdict |", "|---|---|---|---|---|"]
     for cand in results["candidates"]:
@@ -91,13 +108,15 @@ def table(out: Path) -> str:
         lines.append(f"| {cand['variant']} | {cand['kernel']} | "
                      f"{text['kld_mean']['estimate']:.2e} | {floor_kld} | {results['per_candidate'][cand['variant']]} |")
     lines += ["", "## One GPTQ artefact, two engines' kernels (`--base fp32`, transformers)", ""]
+    if not (out / "gptq-kernels" / "results.json").is_file():
+        return [*lines, "(not run)"]
     results, _, _ = _load(out / "gptq-kernels")
     lines += ["| candidate | kernel | token KLD vs fp32 | same top-1 | verdict |", "|---|---|---|---|---|"]
     for cand in results["candidates"]:
         text = _text(results, cand["variant"])
         lines.append(f"| {cand['variant']} | {cand['kernel']} | {text['kld_mean']['estimate']:.4f} | "
                      f"{text['same_top']['estimate']:.4f} | {results['per_candidate'][cand['variant']]} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:

@@ -346,7 +346,8 @@ def run_engine_floor(spec: VariantSpec, tasks: Sequence[Task], cands: Sequence[V
     same = next((r for r in cands if r.spec.key() == spec.key()), None)
     if same is not None:
         return same
-    common["ui"].status(f"Engine floor: {spec.name} on llama.cpp against the baseline (reference text)")
+    common["ui"].status(f"Engine floor: {spec.name} (the baseline's weights on the candidates' engine) "
+                        "against the baseline (reference text)")
     try:
         return run_variant(spec, [t for t in tasks if relative(t)], baseline=base, probe=False, **common)
     except ScoringError:
