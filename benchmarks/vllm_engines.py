@@ -80,6 +80,7 @@ def _engines_rows(out: Path) -> list[str]:
               "|---|---|---|---|---|---|---|"]
     task_s = timings.get("task_s", {})
     present = {v["variant"] for v in [results["baseline"], *results["candidates"]]}
+    n_tok = {c["candidate"]: c["n_tokens"] for c in results["comparisons"] if c["kind"] == "reference_text"}
     for variant in [v for v in ["fp32", "vllm:fp32", "bf16", "vllm:bf16"] if v in present]:
         info = _engine(results, variant)
         text = _text(results, variant)
