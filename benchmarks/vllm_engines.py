@@ -96,28 +96,36 @@ def _engines_rows(out: Path) -> list[str]:
     return lines
 
 
-def _rest(out: Path) -> list[str]:
-    lines = ["", "## On vLLM alone: `--base vllm:fp32`", ""]
-    if not (out / "onvllm" / "results.json").is_file():
+def _section(out: Path, run: str, title: str, columns: list[str], row) -> list[str]:
+    """A table of one run's candidates (`row(results, candidate, text comparison)` → cells), or
+    "(not run)" when its run directory is missing."""
+    lines = ["", f"## {title}", ""]
+    if not (out / run / "results.json").is_file():
         return [*lines, "(not run)"]
-    results, _, _ = _load(out / "onvllm")
-    lines += ["| candidate | kernel | token KLD | engine floor KLD | verdict |", "|---|---|---|---|---|"]
+    results, _, _ = _load(out / run)
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for cand in results["candidates"]:
-        text = _text(results, cand["variant"])
-        floor = text.get("engine_floor") if text else None
-        floor_kld = f"{floor['kld_mean']['estimate']:.2e}" if isinstance(floor, dict) and "kld_mean" in floor else str(floor)
-        lines.append(f"| {cand['variant']} | {cand['kernel']} | "
-                     f"{text['kld_mean']['estimate']:.2e} | {floor_kld} | {results['per_candidate'][cand['variant']]} |")
-    lines += ["", "## One GPTQ artefact, two engines' kernels (`--base fp32`, transformers)", ""]
-    if not (out / "gptq-kernels" / "results.json").is_file():
-        return [*lines, "(not run)"]
-    results, _, _ = _load(out / "gptq-kernels")
-    lines += ["| candidate | kernel | token KLD vs fp32 | same top-1 | verdict |", "|---|---|---|---|---|"]
-    for cand in results["candidates"]:
-        text = _text(results, cand["variant"])
-        lines.append(f"| {cand['variant']} | {cand['kernel']} | {text['kld_mean']['estimate']:.4f} | "
-                     f"{text['same_top']['estimate']:.4f} | {results['per_candidate'][cand['variant']]} |")
+        cells = [cand["variant"], cand["kernel"], *row(results, cand, _text(results, cand["variant"])),
+                 results["per_candidate"][cand["variant"]]]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _floor_kld(text: dict) -> str:
+    floor = text.get("engine_floor")
+    return f"{floor['kld_mean']['estimate']:.2e}" if isinstance(floor, dict) and "kld_mean" in floor else str(floor)
+
+
+def _rest(out: Path) -> list[str]:
+    return [
+        *_section(out, "onvllm", "On vLLM alone: `--base vllm:fp32`",
+                  ["candidate", "kernel", "token KLD", "engine floor KLD", "verdict"],
+                  lambda results, cand, text: [f"{text['kld_mean']['estimate']:.2e}", _floor_kld(text)]),
+        *_section(out, "gptq-kernels", "One GPTQ artefact, two engines' kernels (`--base fp32`, transformers)",
+                  ["candidate", "kernel", "token KLD vs fp32", "same top-1", "verdict"],
+                  lambda results, cand, text: [f"{text['kld_mean']['estimate']:.4f}",
+                                               f"{text['same_top']['estimate']:.4f}"]),
+    ]
 
 
 def main() -> None:

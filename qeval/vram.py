@@ -322,7 +322,6 @@ def vllm_serve(result: Plan, model: str) -> VllmServe:
               f"gpu_memory_utilization={result.gpu_memory_utilization:.2f}", f"max_model_len={result.context}"]
     if kv and kv != "auto":
         engine.append(f"kv_cache_dtype={kv}")
-    base = {"fp16": "vllm:fp16", "bf16": "vllm:bf16", "fp32": "vllm:fp32", "fp8": "vllm:fp8",
-            "gptq": "vllm:gptq", "awq": "vllm:awq"}.get(fmt)
-    variant = None if base is None else ",".join([base, *engine])
+    served = (*VLLM_DTYPE, "fp8", "gptq", "awq")  # the formats qeval's vllm variants take
+    variant = ",".join([f"vllm:{fmt}", *engine]) if fmt in served else None
     return VllmServe(argv=tuple(argv), variant=variant, notes=tuple(notes))

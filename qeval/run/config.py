@@ -156,8 +156,7 @@ def policy_path(policy: str) -> Path:
 
 def check_roles(cfg: RunConfig) -> None:
     if not method(cfg.baseline.method).is_baseline(cfg.baseline):
-        baselines = sorted(name for name in METHODS if method(name).baseline)
-        baselines = [("vllm:fp32|fp16|bf16" if b == "vllm" else b) for b in baselines]
+        baselines = sorted(form for name in METHODS for form in method(name).baseline_forms())
         raise QevalInputError(
             f"--base {cfg.baseline.name!r} is a quantized variant; the baseline must be one of "
             f"{', '.join(baselines)}"

@@ -45,6 +45,10 @@ class QuantMethod:
         """Whether this variant may be the baseline (a full-precision one)."""
         return self.baseline
 
+    def baseline_forms(self) -> tuple[str, ...]:
+        """How its baselines are written, for the message that lists them."""
+        return (self.name,) if self.baseline else ()
+
     def check(self, variant: VariantSpec) -> VariantSpec:
         """Checks `parse_variant` runs on a variant of this method; returns it (maybe normalised)."""
         return variant

@@ -12,6 +12,23 @@ from qeval.variants.base import QuantMethod, weights_on_disk
 COMMON = frozenset({"bits", "group", "sym", "calib", "samples", "seqlen", "seed", "kernel"})
 
 
+def brought_identity(variant: VariantSpec) -> dict[str, str]:
+    """A checkpoint the user brings (`path`), known by its weights' hash; {} for none."""
+    if "path" not in variant.params:
+        return {}
+    from qeval.model_source import fingerprint_dir
+
+    return {"checkpoint": fingerprint_dir(Path(str(variant.params["path"])).expanduser())}
+
+
+def made_identity(ctx, resolved: VariantSpec) -> dict[str, str]:
+    """An artefact qeval makes: its calibration set's hash and its cache key."""
+    from qeval.quantize.gptq_awq import artefact_key
+
+    calib = ctx.calibration(resolved)
+    return {"calib_sha256": calib.sha256, "artefact": artefact_key(ctx.model.fingerprint, resolved, calib)}
+
+
 class Calibrated(QuantMethod):
     brought = "path"
     package = "gptqmodel"
@@ -61,21 +78,18 @@ class Calibrated(QuantMethod):
                           f"{calib.name} (sha256 {calib.sha256[:12]}, {m['params']['samples']} x "
                           f"{m['params']['seqlen']} tokens, seed {m['params']['seed']}{clip})",)
 
+    def artefact_identity(self, ctx, variant: VariantSpec) -> dict[str, str]:
+        """The artefact decides the numbers: a brought checkpoint by its weights' hash, a made
+        one by its key (weights, parameters as resolved where it runs, calibration texts,
+        versions, recipe), so records of an artefact made another way are never reused."""
+        return brought_identity(variant) or made_identity(ctx, self.resolved(ctx, variant))
+
     def identity(self, ctx, variant: VariantSpec) -> dict:
-        from qeval.model_source import fingerprint_dir
-        from qeval.quantize.gptq_awq import artefact_key, library_versions, scoring_kernel
+        from qeval.quantize.gptq_awq import library_versions, scoring_kernel
 
         engine = ctx.engine_for(variant)
         ident = engine.identity(variant)
-        # The artefact decides the numbers: a brought checkpoint by its weights' hash, a made
-        # one by its key (weights, parameters, calibration texts, versions, recipe), so
-        # records of an artefact made another way are never reused.
-        if "path" in variant.params:
-            extra = {"checkpoint": fingerprint_dir(Path(str(variant.params["path"])).expanduser())}
-        else:
-            calib = ctx.calibration(variant)
-            extra = {"calib_sha256": calib.sha256,
-                     "artefact": artefact_key(ctx.model.fingerprint, self.resolved(ctx, variant), calib)}
+        extra = self.artefact_identity(ctx, variant)
         extra["kernel"] = scoring_kernel(variant, engine.device) or "auto"
         return {**ident, "versions": {**ident["versions"], **library_versions(), **extra}}
 

@@ -17,8 +17,10 @@ from pathlib import Path
 from qeval.errors import QevalInputError
 from qeval.types import Artefact, VariantSpec
 from qeval.variants.base import QuantMethod, weights_on_disk
+from qeval.variants.calibrated import brought_identity
+from qeval.variants.full_precision import BF16, FP16, FP32
 
-FULL = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+FULL = {m.name: m.dtype for m in (FP32, FP16, BF16)}  # vllm:fp32 → float32, …
 BROUGHT = ("gptq", "awq", "ct")  # vllm:<format>=DIR
 MADE = ("gptq", "awq")  # vllm:<format> made by qeval's own method of that name
 FORMATS = (*FULL, "fp8", *BROUGHT)
@@ -50,6 +52,9 @@ class VLLM(QuantMethod):
     def is_baseline(self, variant: VariantSpec) -> bool:
         return variant.params.get("format") in FULL
 
+    def baseline_forms(self) -> tuple[str, ...]:
+        return (f"vllm:{'|'.join(FULL)}",)
+
     def check(self, variant: VariantSpec) -> VariantSpec:
         p = dict(variant.params)
         for fmt in BROUGHT:  # vllm:gptq=DIR → format gptq, path DIR
@@ -75,17 +80,7 @@ class VLLM(QuantMethod):
                 raise QevalInputError(f"variant {variant.name!r}: {directory} is not a checkpoint directory "
                                       "(no config.json); give the folder of a quantized HF checkpoint")
         for key, kind in ENGINE_PARAMS.items():
-            if key not in p:
-                continue
-            value = p[key]
-            ok = isinstance(value, bool) if kind is bool else (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0) if kind is not str else (
-                str(value) in KV_CACHE_DTYPES)
-            if kind is int and ok:
-                ok = isinstance(value, int)
-            if key == "gpu_memory_utilization" and ok:
-                ok = 0 < float(value) <= 1
-            if not ok:
+            if key in p and not _valid(kind, p[key]):
                 expect = {bool: "true or false", int: "a positive integer", float: "a number in (0, 1]",
                           str: f"one of {', '.join(KV_CACHE_DTYPES)}"}[kind]
                 raise QevalInputError(f"variant {variant.name!r}: {key} must be {expect}")
@@ -102,9 +97,7 @@ class VLLM(QuantMethod):
         p = variant.params
         if p["format"] not in MADE or "path" in p:
             return None
-        from qeval.methods import method
-
-        calib = {k: v for k, v in p.items() if k in method(p["format"]).params}
+        calib = {k: v for k, v in p.items() if k in made_method(p["format"]).params}
         return VariantSpec(name=f"{p['format']}" + "".join(f",{k}={v}" for k, v in sorted(calib.items())),
                            method=p["format"], params=calib)
 
@@ -142,27 +135,22 @@ class VLLM(QuantMethod):
 
     def identity(self, ctx, variant: VariantSpec) -> dict:
         ident = ctx.engine_for(variant).identity(variant)
-        p = variant.params
-        extra: dict[str, str] = {}
-        if "path" in p:
-            from qeval.model_source import fingerprint_dir
-
-            extra["checkpoint"] = fingerprint_dir(Path(str(p["path"])).expanduser())
         made = self._made(variant)
-        if made is not None:
-            from qeval.quantize.gptq_awq import artefact_key
-
-            calib = ctx.calibration(made)
-            extra.update(calib_sha256=calib.sha256, artefact=artefact_key(ctx.model.fingerprint, made, calib))
+        # The artefact as its own method knows it (a made one's key resolved as that method
+        # makes it, so it names the checkpoint `checkpoint` below loads).
+        extra = made_method(made.method).artefact_identity(ctx, made) if made is not None else brought_identity(variant)
         return {**ident, "versions": {**ident["versions"], **extra}}
 
     def prepare(self, ctx, variant: VariantSpec) -> Artefact:
         path, _ = self.checkpoint(ctx, variant)
         fmt = variant.params["format"]
-        what = {"fp8": "the baseline checkpoint, quantized to FP8 by vLLM while loading",
-                "ct": "compressed-tensors checkpoint (brought)"}.get(
-            fmt, f"{fmt.upper()} checkpoint" + (" (brought)" if "path" in variant.params else "")
-            if fmt in BROUGHT else "the baseline checkpoint (weight files)")
+        if fmt == "fp8":
+            what = "the baseline checkpoint, quantized to FP8 by vLLM while loading"
+        elif fmt in BROUGHT:
+            kind = "compressed-tensors" if fmt == "ct" else fmt.upper()
+            what = f"{kind} checkpoint" + (" (brought)" if "path" in variant.params else "")
+        else:
+            what = "the baseline checkpoint (weight files)"
         return Artefact(bytes=weights_on_disk(path), description=what)
 
     def engine_settings(self, variant: VariantSpec, device: str, compute: str) -> dict:
@@ -198,12 +186,9 @@ class VLLM(QuantMethod):
                              "per-token activations), not the per-tensor dynamic FP8 it runs on a GPU; "
                              "the FP8 matmul emulated (torch._scaled_mm's CPU reference kernel replaced by "
                              "the same product in float32: same FP8 operands, float32 accumulation)")
-        params = None
-        if fmt in FULL:
-            from qeval.quantize.gptq_awq import read_config  # noqa: F401  (kept light: counted by the worker)
         return engine.open(variant, baseline_compute, settings=settings, checkpoint=path,
                            requested_dtype=fmt if fmt in FULL else f"{fmt} ({compute} activations)",
-                           notes=notes, params=params)
+                           notes=notes)
 
     # ---- reporting
 
@@ -227,6 +212,17 @@ class VLLM(QuantMethod):
         dtype = str(p.get("dtype") or "bf16")  # a quantized format computes in bfloat16 unless told
         return f"vllm:{dtype}" + "".join(f",{k}={str(p[k]).lower() if isinstance(p[k], bool) else p[k]}"
                                          for k in ENGINE_PARAMS if k in p)
+
+
+def _valid(kind: type, value) -> bool:
+    """An engine parameter's value: a bool, a positive int, a fraction in (0, 1], a cache dtype."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is str:
+        return str(value) in KV_CACHE_DTYPES
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        return False
+    return 0 < value <= 1 if kind is float else value > 0
 
 
 METHOD = VLLM()

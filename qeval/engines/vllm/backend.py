@@ -12,7 +12,6 @@ decoding, stopped by qeval's own rule (GreedyOutput) on the ids it returns."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,29 +33,24 @@ BROKEN = ("the model or its quantization is numerically broken on vLLM; check th
           "try another dtype")
 
 
-def _eos(model_path: Path) -> frozenset[int]:
-    from qeval.engines.hf import checkpoint_eos_ids
-
-    return checkpoint_eos_ids(model_path)
-
-
 class VLLMBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, settings: dict, checkpoint: Path,
                  requested_dtype: str, worker: Worker, env_info: dict, notes: tuple[str, ...] = (),
                  params: int | None = None):
         from transformers import AutoTokenizer
 
+        from qeval.engines.hf import checkpoint_eos_ids
+
         self.variant = variant
         self.worker = worker
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)  # the baseline's: ids as the baseline's
-        self._eos = _eos(model.path)
+        self._eos = checkpoint_eos_ids(model.path)  # every engine stops at the same ids
         try:
             described, _ = worker.call({"op": "load", "settings": {**settings, "model": str(checkpoint)}})
         except WorkerError as exc:
             worker.close()
             raise QevalInputError(f"variant {variant.name!r}: vLLM cannot load {checkpoint.name} with "
                                   f"{_settings_text(settings)} ({exc})") from None
-        self.described = described
         self.max_model_len = int(described["max_model_len"])
         layers = described.get("layers", {})
         kernel = "; ".join(f"{name} x{n}" for name, n in sorted(layers.items(), key=lambda kv: -kv[1]))
@@ -156,11 +150,17 @@ class VLLMBackend:
         self._check_fits(len(tokens), "reference-text window")
         self.worker.send({"op": "logits"}, {"tokens": np.asarray(tokens, dtype=np.int64)})
         head, _ = self.worker.receive()
-        chunks = [self.worker.receive() for _ in range(int(head["chunks"]))]
-        for h, arrays in chunks:
-            logits = arrays["logits"]
-            for s in range(0, logits.shape[0], SLICE_ROWS):
-                yield int(h["start"]) + s, torch.from_numpy(logits[s:s + SLICE_ROWS].copy())
+        left = int(head["chunks"])
+        try:  # one chunk in memory at a time, as it arrives
+            while left:
+                h, arrays = self.worker.receive()
+                left -= 1
+                logits = arrays["logits"]
+                for s in range(0, logits.shape[0], SLICE_ROWS):
+                    yield int(h["start"]) + s, torch.from_numpy(logits[s:s + SLICE_ROWS].copy())
+        finally:  # a reader that stops early leaves no chunk in the pipe for the next request
+            for _ in range(left):
+                self.worker.receive()
 
     def token_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
         import torch
@@ -215,7 +215,6 @@ class VLLMFactory:
         self.model: ResolvedModel = settings.model
         self.cache = settings.cache
         self.progress = settings.progress
-        self.device_setting = settings.device
 
     def python(self) -> Path:
         return worker_python()
@@ -234,17 +233,14 @@ class VLLMFactory:
         env = self.environment()
         if self.progress:
             self.progress(f"Starting vLLM {env['vllm']} for {variant.name}")
-        t0 = time.perf_counter()
-        worker = Worker(self.python(), worker_env(self.cache, None))
+        worker = Worker(self.python(), worker_env(self.cache))
         try:
-            backend = VLLMBackend(self.model, variant, settings=settings, checkpoint=checkpoint,
-                                  requested_dtype=requested_dtype, worker=worker, env_info=env, notes=notes,
-                                  params=params)
+            return VLLMBackend(self.model, variant, settings=settings, checkpoint=checkpoint,
+                               requested_dtype=requested_dtype, worker=worker, env_info=env, notes=notes,
+                               params=params)
         except BaseException:
             worker.close()
             raise
-        backend.start_seconds = time.perf_counter() - t0
-        return backend
 
 
 def make_factory(settings) -> VLLMFactory:

@@ -65,12 +65,12 @@ def environment(python: str) -> dict[str, str]:
     return {"vllm": version, "distribution": dist, "torch": found.get("torch") or "unknown"}
 
 
-def worker_env(cache: Path | None, threads: int | None) -> dict[str, str]:
+def worker_env(cache: Path | None) -> dict[str, str]:
     """The worker's environment: offline, no usage statistics, vLLM's caches under qeval's cache
     (compile caches hold kernels and shapes, never text), its logs at warnings only, in-process
     engine, every core for its threads on a CPU."""
     env = dict(os.environ)
-    n = threads or os.cpu_count() or 1
+    n = os.cpu_count() or 1
     env.update({
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
         "VLLM_LOGGING_LEVEL": env.get("VLLM_LOGGING_LEVEL", "WARNING"), "HF_HUB_OFFLINE": "1",
