@@ -96,27 +96,27 @@ class Engine:
     # ---- prompt logits
 
     def _prompt_logits(self, seqs: list[list[int]], first_rows: list[int]):
-        """Per sequence, float32 logits of the rows first_row .. len−2 (row r predicts token r+1)."""
+        """Per sequence, in turn, float32 logits of the rows first_row .. len−2 (row r predicts
+        token r+1): one sequence's captured logits alive at a time."""
+        for seq, first in zip(seqs, first_rows):
+            yield self._rows_of(seq, first)
+
+    def _rows_of(self, seq: list[int], first: int) -> np.ndarray:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        out = []
-        for seq, first in zip(seqs, first_rows):
-            for skip_cache in ((False, True) if self.prefix_caching else (True,)):
-                params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0,
-                                        skip_reading_prefix_cache=skip_cache)
-                self.llm.apply_model(_start_capture)
-                result = self.llm.generate([TokensPrompt(prompt_token_ids=seq)], params, use_tqdm=False)[0]
-                calls = [c for c in self.llm.apply_model(_stop_capture) if c is not None][0]
-                cached = int(getattr(result, "num_cached_tokens", 0) or 0)
-                rows = _prompt_rows(calls, result.prompt_logprobs, seq, cached)
-                have = len(seq) - 1 - rows.shape[0]  # rows read from the prefix cache are not computed
-                if have <= first:
-                    out.append(rows[first - have:])
-                    break
-            else:
-                raise RuntimeError("vLLM returned no logits for the requested prompt rows")
-        return out
+        for skip_cache in ((False, True) if self.prefix_caching else (True,)):
+            params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0,
+                                    skip_reading_prefix_cache=skip_cache)
+            self.llm.apply_model(_start_capture)
+            result = self.llm.generate([TokensPrompt(prompt_token_ids=seq)], params, use_tqdm=False)[0]
+            calls = [c for c in self.llm.apply_model(_stop_capture) if c is not None][0]
+            cached = int(getattr(result, "num_cached_tokens", 0) or 0)
+            rows = _prompt_rows(calls, result.prompt_logprobs, seq, cached)
+            have = len(seq) - 1 - rows.shape[0]  # rows read from the prefix cache are not computed
+            if have <= first:
+                return rows[first - have:]
+        raise RuntimeError("vLLM returned no logits for the requested prompt rows")
 
     def score(self, head: dict, arrays: dict) -> tuple[dict, dict]:
         """Log-probs of target ids at prompt rows: per sequence, rows first..len−2, each row's
