@@ -3,7 +3,9 @@ embedded model give the same file, byte for byte, apart from `created_at` and th
 path (task files and policy are named by absolute path), and a GPTQ artefact's build time.
 
 The golden files under tests/golden/ were written by the code before the change (commit 58cbeec,
-checked out at /work/wt-old) with `--no-efficiency` (timings are not part of results.json, and
+checked out at /work/wt-old; rewritten on 2026-12-03 by d53600e, which gave 58cbeec's files in the
+old environment, because the package registry's newer dependencies changed int8/nf4 scores and
+the landed code then failed them too) with `--no-efficiency` (timings are not part of results.json, and
 efficiency.json is not deterministic), offline (HF_HUB_OFFLINE=1, as the test session is: the
 materialised tokenizer's config records it, and the model fingerprint covers that file), each run
 alone in its parent folder (the power table reads earlier runs beside a run)."""
