@@ -4,6 +4,7 @@ the message.
 
     QevalInputError        bad input: a message that names the problem, where, and the fix
     ├── MissingData        a benchmark task's data file is not where the data directory says
+    ├── JobFailed          a job on a Ray cluster failed (its variant, task, chunk and node named)
     └── ScoringError       what was scored cannot be compared (raised while scoring or pairing)
         ├── NonFiniteScores    a backend produced NaN or inf log-probabilities
         ├── PromptMismatch     baseline and candidate did not see the same token ids for an item
@@ -19,6 +20,11 @@ class QevalInputError(Exception):
 
 class MissingData(QevalInputError):
     """A benchmark task's data file is not where the data directory says."""
+
+
+class JobFailed(QevalInputError):
+    """A job on a Ray cluster failed past its retry: the line names its variant, task, chunk and
+    node; a rerun resumes from the chunks already stored."""
 
 
 class ScoringError(QevalInputError, ValueError):

@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 # mlflow: the optional MLflow logging (--mlflow), installed so the tests can run a real store and server.
 # transformers pinned here (the library itself takes >=5.0): tests/golden/ records library
 # versions, and it and the measured numbers were made with 5.24.0 (the registry now serves 5.25.0).
-.venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval,mlflow]" "transformers==5.24.0"
+.venv/bin/python -m pip install --quiet -e ".[cpu,dev,lmeval,mlflow,ray]" "transformers==5.24.0"
 # llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf.py, its conversion package and gguf-py),
 # unpacked from the pinned llama-cpp-python sdist (sha256-checked): the same llama.cpp commit as
 # the engine just built. gguf:<type> variants export with it.

@@ -195,6 +195,8 @@ def _tiny_args(models: Path, *candidates: str) -> list[str]:
                                           "gptq takes")),
     (["--candidates", "gguf:q9_k"], ("variant 'gguf:q9_k'", "unknown GGUF type 'q9_k'", "choose from")),
     (["--base", "nf4"], ("--base 'nf4'", "baseline must be one of")),
+    (["--executor", "dask"], ("--executor 'dask'", "choose local or ray")),
+    (["--ray-address", "auto"], ("--ray-address is for --executor ray", "add --executor ray")),
 ])
 def test_01_unknown_variant_or_method(tmp_path, tasks, args, must):
     # (tests/test_cli.py::test_bad_input_exits_2_with_one_line covers more spellings.)

@@ -344,3 +344,28 @@ def test_a_vllm_run_writes_no_text_anywhere(world, tmp_path_factory):
     # The scan covered what the worker wrote: its messages in the run's log, vLLM's cache folder.
     assert (run / "qeval.log").is_file()
     assert (sb / "cache" / "vllm").is_dir()
+
+
+def test_a_ray_run_writes_no_text_anywhere(world):
+    """Baseline and candidates as Ray jobs on a local cluster (--executor ray): Ray's session
+    directory (every worker's stdout and stderr, the raylet's and GCS's logs) under /tmp/ray, the
+    object store's spill folder, the sandbox (cache, HOME with Ray's ~/.ray, TMPDIR) and the
+    terminal hold no marker, as text or token ids."""
+    pytest.importorskip("ray")
+    since = time.time()
+    sb = world["sandbox"]
+    run = sb / "work" / "run-ray"
+    code, stdout, stderr = _qeval(world, "--candidates", "bf16,gguf:q8_0", "--tasks", "phi_mc,phi_gen,phi_ref",
+                                  "--executor", "ray", "--out", str(run), audit="audit-ray.jsonl")
+    assert code in (0, 1, 3), stderr[-3000:]
+    assert _scan(world, allowed=sb / "work" / "run-text" / "texts") == {}
+    assert _hits(world, (stdout + stderr).encode()) == set()
+    new = _new_files_in_tmp(since, world["entry"].parent)
+    assert {p: h for p, data in new.items() if (h := _hits(world, data))} == {}
+    # The scan covered Ray's session: its worker logs were written during this run, and no
+    # object was spilled to disk (spilling is off on a cluster qeval starts).
+    ray_files = [p for p in new if p.startswith("/tmp/ray/session_")]
+    assert any("/logs/worker-" in p for p in ray_files), sorted(new)[:20]
+    assert not [p for p in ray_files if "spill" in p]
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["executor"] == "ray" and {j["task"] for j in timings["jobs"]} == {"phi_mc", "phi_gen", "phi_ref"}

@@ -24,6 +24,7 @@ from qeval.util.fileio import atomic_write_text
 from qeval.gate import GatePolicy
 from qeval.run.pipeline import run_compare, run_variant
 from qeval.kinds.choice import build_requests, score_items
+from qeval.run.executor import LocalExecutor
 from qeval.run.store import CHUNK_ITEMS, Journal, RecordStore, chunk_items, resumable_count, score_in_chunks
 from qeval.types import ItemRecord, TextRecord
 from test_generate import gen_task
@@ -258,10 +259,10 @@ def test_tiny_transformers_model_resumed_is_bit_identical_to_uninterrupted(tmp_p
     common = dict(model_fingerprint="tiny", cfg=cfg, ui=QuietUI())
     store = RecordStore(tmp_path / "records")
     with pytest.raises(_Stop):
-        run_variant(cfg.baseline, [task], factory=Factory(stop_after=1), store=store, **common)
-    resumed = run_variant(cfg.baseline, [task], factory=Factory(), store=store, **common)
+        run_variant(cfg.baseline, [task], executor=LocalExecutor(Factory(stop_after=1)), store=store, **common)
+    resumed = run_variant(cfg.baseline, [task], executor=LocalExecutor(Factory()), store=store, **common)
     assert resumed.resumed == {"synthetic": 64}
-    straight = run_variant(cfg.baseline, [task], factory=Factory(), store=RecordStore(tmp_path / "fresh"),
+    straight = run_variant(cfg.baseline, [task], executor=LocalExecutor(Factory()), store=RecordStore(tmp_path / "fresh"),
                            **common)
     assert resumed.records["synthetic"] == straight.records["synthetic"]  # every float, exactly
 

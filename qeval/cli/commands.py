@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from qeval.cli.common import (
-    Base, BatchSize, DataDir, Device, Include, Model, Out, Policy, Suite, Tasks, app, fail as _fail,
+    Base, BatchSize, DataDir, Device, Executor, Include, Model, Out, Policy, RayAddress, RayCpus, Suite, Tasks, app,
+    fail as _fail,
     out_console as Console, publish_options,
 )
 from qeval.errors import QevalInputError
@@ -46,6 +47,9 @@ def compare(
     efficiency: Annotated[bool, typer.Option(help="Measure each variant's artefact size, memory, load time and prefill/decode speed in this run (opens variants whose records are reused, for the speed probe).")] = True,
     speed_batch: Annotated[int, typer.Option(min=2, max=256, help="The larger batch of the speed probe (batch 1 is always measured).")] = 8,
     include: Include = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = 1,
     *,
     publish: dict,
 ) -> None:
@@ -86,6 +90,9 @@ def calibrate(
     n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
     allow_contamination: Annotated[bool, typer.Option(help="Quantize even when a calibration set overlaps an evaluated task.")] = False,
     data_dir: DataDir = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = 1,
 ) -> None:
     """Which calibration text degrades clinical behaviour least? Sweep methods x sets x seeds.
 

@@ -111,6 +111,9 @@ Policy = Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/
 Out = Annotated[Optional[Path], typer.Option(help="Run directory to create (default: runs/<timestamp>).")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
+Executor = Annotated[str, typer.Option(help="Where variants run: local (this process, one after another) or ray (a Ray cluster: each variant in a worker holding its resources, its tasks as chunk jobs, the candidates in parallel).")]
+RayAddress = Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to use, auto (the one `ray start` runs on this machine) or ray://HOST:10001; default: a local cluster started for this run.")]
+RayCpus = Annotated[int, typer.Option(min=1, help="With --executor ray: CPUs each CPU job asks for.")]
 DataDir = Annotated[Optional[Path], typer.Option(help="Folder of benchmark files in their original formats (open-medical suite; default $QEVAL_DATA_DIR or configs/data.yaml).")]
 Include = Annotated[Optional[list[Path]], typer.Option(
     help="A folder of your own tasks/ and suites/ (as `qeval init` writes it); repeatable; also $QEVAL_TASK_PATH.")]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from qeval.util.threads import cpu_threads
 from qeval.errors import QevalInputError
 from qeval.quantize.gguf import gguf_artefact, tensor_type_mix
 from qeval.util.stderr import quiet_stderr
@@ -227,7 +227,7 @@ class LlamaCppBackend:
         else:
             qtype = str(p.get("type", "q4_k_m")).lower()
             path = gguf_artefact(model.path, model.fingerprint, qtype, cache, progress)
-        threads = int(p.get("threads", os.cpu_count() or 1))
+        threads = int(p.get("threads", cpu_threads()))
         n_ctx = int(p.get("n_ctx", DEFAULT_N_CTX))
         gpu_layers = int(p.get("gpu_layers", 0))
         extra, notes = safe_buffer_setting(path, threads, gpu_layers)
@@ -271,7 +271,10 @@ class LlamaCppBackend:
         self.info = BackendInfo(
             variant=variant.name, backend=ENGINE, device="cuda" if gpu_layers else "cpu",
             requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}, {bpw:.2f} bits per weight",
-            kernel=f"llama.cpp ggml kernels ({mix_text}; {threads} threads)",
+            # Not the thread count: it changes no number (the local and Ray executors, at 2 and
+            # 1 threads, give the same results.json) and is not in the record-store key; each
+            # job's threads are in timings.json.
+            kernel=f"llama.cpp ggml kernels ({mix_text})",
             weight_bytes=path.stat().st_size, versions={**llamacpp_versions(), **_brought_hash(p, path)},
             notes=tuple(notes),
         )

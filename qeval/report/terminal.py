@@ -36,18 +36,35 @@ from qeval.types import Decision
 class RichUI:
     def __init__(self, console: Console):
         self.console = console
+        self._shared: Progress | None = None  # while variants run in parallel: one display for all bars
 
     def status(self, message: str) -> None:
         self.console.print(f"[cyan]•[/] {message}")
 
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+
     @contextmanager
     def bar(self, description: str, total: int):
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
-        ) as progress:
+        if self._shared is not None:  # a row of the shared display (rich's Progress is thread-safe)
+            task = self._shared.add_task(description, total=total)
+            yield lambda n=1: self._shared.advance(task, n) if self._shared is not None else None
+            return
+        with self._progress() as progress:
             task = progress.add_task(description, total=total)
             yield lambda n=1: progress.advance(task, n)
+
+    @contextmanager
+    def shared(self):
+        """Every bar opened inside, from any thread, is a row of one live display: the progress of
+        variants scored in parallel (qeval compare --executor ray)."""
+        with self._progress() as progress:
+            self._shared = progress
+            try:
+                yield
+            finally:
+                self._shared = None
 
     def power(self, rows) -> None:
         if not rows:
@@ -74,6 +91,10 @@ class RichUI:
 class QuietUI:
     def status(self, message: str) -> None:
         pass
+
+    @contextmanager
+    def shared(self):
+        yield
 
     def power(self, rows) -> None:
         pass

@@ -45,6 +45,26 @@ class _Options(BaseModel):
     limit: Optional[int] = Field(None, ge=1)
     allow_contamination: bool = False
     data_dir: Optional[Path] = None
+    executor: str = "local"
+    ray_address: Optional[str] = None
+    ray_cpus: int = Field(1, ge=1)
+
+    def placement(self) -> dict:
+        """Where variants run (qeval/run/executor.py), checked before any model time. Not part
+        of the run's configuration: both executors give the same results.json."""
+        from qeval.run.executor import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise QevalInputError(f"--executor {self.executor!r}: choose {' or '.join(EXECUTORS)}")
+        if self.ray_address is not None and self.executor != "ray":
+            raise QevalInputError("--ray-address is for --executor ray; add --executor ray or drop it")
+        if self.executor == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise QevalInputError("--executor ray: Ray is not installed in this environment; "
+                                      "pip install 'qeval[ray]' (or ray), or use --executor local")
+        return {"name": self.executor, "address": self.ray_address, "cpus_per_job": self.ray_cpus}
 
 
 class CompareOptions(_Options):
@@ -129,7 +149,7 @@ def compare(*, console=None, engines: Callable | None = None, argv: Sequence[str
     with audited("compare", cfg, bad_input=BAD_INPUT + (FileNotFoundError,), bad_input_code=EXIT_BAD_INPUT,
                  argv=list(argv) if argv is not None else _api_argv("compare", o), warn=warn) as trail:
         res, run_dir = _execute(console, cfg, out=o.out, allow_contamination=o.allow_contamination,
-                                started=started, trail=trail, engines=engines, warn=warn)
+                                started=started, trail=trail, engines=engines, warn=warn, executor=o.placement())
         publish.run(console, run_dir, variants=trail.variants())
         trail.exit_code = EXIT_CODES[res.verdict.decision]
     from qeval.rundir.read import load_run
@@ -185,7 +205,7 @@ def _run_config(*, base: str, candidates: str | list[str], suite: str, tasks: st
 
 
 def _execute(console, cfg, *, out: Path | None, allow_contamination: bool, started: float,
-             extra=None, trail=None, engines=None, warn=warn):
+             extra=None, trail=None, engines=None, warn=warn, executor: dict | None = None):
     """config → tasks + variants → runner → compare → gate → report, written atomically.
     `extra(res, factory)` returns more files (name → text) for the run directory; `trail`
     (audit.Trail) collects what the audit log records, as it becomes known. Library noise while
@@ -231,7 +251,8 @@ def _execute(console, cfg, *, out: Path | None, allow_contamination: bool, start
         with capture_noise() as noise:
             res, results, files = _score(cfg, loaded, skipped, ui, run_dir, gate_file, gate_policy,
                                          allow_contamination=allow_contamination, extra=extra,
-                                         trail=trail, engines=engines or engine_factory, started=started)
+                                         trail=trail, engines=engines or engine_factory, started=started,
+                                         executor=executor or {"name": "local"})
             from qeval.run.document import write_run
 
             write_run(run_dir, res, results, log_text=cfg.log_text, extra_files=files)
@@ -271,7 +292,7 @@ def _keep_noise(noise, run_dir: Path | None, say: Callable[[str], None]) -> None
 
 
 def _score(cfg, loaded, skipped, ui, run_dir: Path, gate_file: Path, gate_policy, *, allow_contamination,
-           extra, trail, engines, started):
+           extra, trail, engines, started, executor: dict):
     from qeval.model_source import resolve_model
     from qeval.power import discordance_history
     from qeval.run.document import results_document
@@ -287,9 +308,13 @@ def _score(cfg, loaded, skipped, ui, run_dir: Path, gate_file: Path, gate_policy
     trail.factory = factory
     overlaps = factory.preflight([cfg.baseline, *cfg.candidates], loaded,
                                  allow_contamination=allow_contamination)
-    res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
-                      model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
-                      history=discordance_history(run_dir.parent))
+    runner = make_executor(executor, factory, log_text=cfg.log_text)
+    try:
+        res = run_compare(cfg, loaded, factory=factory, store=RecordStore(cache_dir() / "records"),
+                          model_fingerprint=resolved.fingerprint, policy=gate_policy, ui=ui,
+                          history=discordance_history(run_dir.parent), executor=runner)
+    finally:
+        runner.close()
     trail.result = res
     res.timings["model_preparation_s"] = model_seconds
     results = results_document(
@@ -303,6 +328,18 @@ def _score(cfg, loaded, skipped, ui, run_dir: Path, gate_file: Path, gate_policy
     files = extra(res, factory) if extra else {}
     res.timings["total_s"] = time.perf_counter() - started
     return res, results, files
+
+
+def make_executor(placement: dict, factory, *, log_text: bool = False):
+    """The executor `--executor` names (qeval/run/executor.py), around the run's factory."""
+    if placement["name"] == "local":
+        from qeval.run.executor import LocalExecutor
+
+        return LocalExecutor(factory)
+    from qeval.run.ray_executor import RayExecutor
+
+    return RayExecutor(factory, address=placement.get("address"), cpus_per_job=placement.get("cpus_per_job"),
+                       log_text=log_text)
 
 
 def _efficiency(res, cfg, resolved) -> dict:
@@ -352,7 +389,8 @@ def calibrate(*, console=None, engines: Callable | None = None, argv: Sequence[s
     with audited("calibrate", cfg, bad_input=BAD_INPUT, bad_input_code=EXIT_BAD_INPUT,
                  argv=list(argv) if argv is not None else _api_argv("calibrate", o), warn=warn) as trail:
         _, run_dir = _execute(console, cfg, out=o.out, allow_contamination=o.allow_contamination,
-                              started=started, extra=experiment, trail=trail, engines=engines, warn=warn)
+                              started=started, extra=experiment, trail=trail, engines=engines, warn=warn,
+                              executor=o.placement())
         _print_calibrate(console, holder["summary"], run_dir)
     from qeval.rundir.read import load_run
 

@@ -33,6 +33,13 @@ class EngineFactory:
         self._calibration: dict[str, CalibrationSet] = {}
         self.artefacts: dict[str, dict] = {}  # variant name → how its artefact was made
 
+    def detached(self) -> EngineFactory:
+        """The same factory without this process's terminal (progress callbacks) or opened
+        engines: what a Ray worker rebuilds and opens variants with."""
+        return EngineFactory(self.model, device=self.settings.device, strict_dtype=self.settings.strict_dtype,
+                             batch_size=self.settings.batch_size, cache=self.cache,
+                             calibration_root=self.calibration_root, tasks=self.settings.tasks)
+
     def engine_for(self, variant: VariantSpec):
         """The factory of the engine that scores `variant`, made on first use."""
         name = variant.backend

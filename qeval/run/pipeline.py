@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qeval import efficiency as eff
 from qeval.engines.base import Backend
 from qeval.run.config import RunConfig, floor_replica
 from qeval.methods import method
@@ -17,7 +16,8 @@ from qeval.verdict import judge
 from qeval.power import power_table
 from qeval.kinds import check_spec, kind_of
 from qeval.kinds.base import TaskKind
-from qeval.run.store import Journal, RecordStore, chunk_items, opened, score_in_chunks
+from qeval.run.executor import Executor, LocalExecutor, Session
+from qeval.run.store import Journal, RecordStore, chunk_items, score_in_chunks
 from qeval.errors import QevalInputError, ScoringError
 from qeval.types import (
     Artefact, BackendInfo, Efficiency, EngineFloor, GenerationComparison, GenerationRecord, ItemRecord, PowerRow, Task,
@@ -45,6 +45,8 @@ class UI(Protocol):
     def power(self, rows: Sequence[PowerRow]) -> None: ...
 
     def bar(self, description: str, total: int): ...  # context manager yielding advance(n)
+
+    def shared(self): ...  # context manager: bars opened inside (from any thread) share one display
 
 
 @dataclass
@@ -109,11 +111,11 @@ def _baseline_hashes(baseline: VariantRun, t: Task) -> dict[str, str]:
     return {r.sample_id: r.prompt_hash for r in baseline.records[t.spec.id]}
 
 
-def store_keys(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
+def store_keys(variant: VariantSpec, tasks: Sequence[Task], *, executor: Executor,
                model_fingerprint: str, cfg: RunConfig, baseline_keys: dict[str, str] | None = None
                ) -> dict[str, str]:
     """Record-store keys; a candidate's records of a relative kind also depend on the baseline's."""
-    ident = factory.identity(variant)
+    ident = executor.identity(variant)
     return {t.spec.id: RecordStore.key(
         model_fingerprint=model_fingerprint, variant=variant, device=ident.get("device", ""),
         strict_dtype=cfg.strict_dtype, versions=ident.get("versions", {}),
@@ -142,7 +144,7 @@ def exclusive(store: RecordStore | None, key: str, ui: UI, what: str) -> Iterato
         yield
 
 
-def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: BackendFactory,
+def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, executor: Executor,
                 store: RecordStore | None, model_fingerprint: str, cfg: RunConfig, ui: UI,
                 baseline: VariantRun | None = None, dists_for: frozenset[str] = frozenset(),
                 probe: bool = True) -> VariantRun:
@@ -151,7 +153,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     `dists_for` (reference_text: distributions), for candidates to score against.
     `probe=False`: no speed measurement."""
     start = time.perf_counter()
-    keys = store_keys(variant, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg,
+    keys = store_keys(variant, tasks, executor=executor, model_fingerprint=model_fingerprint, cfg=cfg,
                       baseline_keys=baseline.keys if baseline else None)
     records: dict[str, list[ItemRecord] | list[GenerationRecord]] = {}
     text: dict[str, list[TextRecord]] = {}
@@ -184,27 +186,16 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
     stages: dict[str, float] = {}
     task_seconds: dict[str, float] = {}
     if todo or measure:
-        clock = time.perf_counter()
-        artefact = factory.prepare(variant)
-        stages["prepare"] = time.perf_counter() - clock
         ui.status(f"Loading {variant.name}" + ("" if todo else " (records reused; speed probe only)"))
         base_compute = baseline.info.compute_dtype if baseline else None
-        ident = factory.identity(variant)
-        meter = eff.Measurement(eff.meter_for(variant.backend, str(ident.get("device", ""))), artefact)
-        clock = time.perf_counter()
-        with opened(lambda: factory.open(variant, base_compute)) as backend:
-            meter.loaded()
-            stages["load"] = time.perf_counter() - clock
+        with executor.open(variant, base_compute, ui) as session:
+            stages.update(session.stages)
             clock = time.perf_counter()
-            info = backend.info
+            info = session.info
             # Tokenise and check every task first: a prompt that differs from the baseline's
             # stops the run before any model time is spent.
-            prepared = []
-            for t in todo:
-                work = kind(t).prepare(t, backend.tokenize)
-                if baseline is not None:
-                    kind(t).check_same(t, _baseline_hashes(baseline, t), work, variant.name)
-                prepared.append((t, work))
+            prepared = session.prepare(
+                todo, {t.spec.id: _baseline_hashes(baseline, t) if baseline is not None else None for t in todo})
             stages["tokenize"] = time.perf_counter() - clock
             clock = time.perf_counter()
             scored_here = False
@@ -215,11 +206,12 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                 if relative(t) and baseline is None:
                     # Distributions hold token ids, so they are never written, not even to a
                     # journal: every run computes them again, a resumed one too.
-                    dists[t.spec.id] = baseline_reference(t, work, backend, ui, variant.name)
+                    dists[t.spec.id] = baseline_reference(t, work, session, ui, variant.name)
                     scored_here = True
                     if store is not None:
                         if cfg.keep_distributions:
-                            store.save_distributions(key, *dists[t.spec.id])
+                            hashes, kept = dists[t.spec.id]
+                            store.save_distributions(key, hashes, session.materialised(kept))
                         store.save(key, [], info)
                     continue
                 with exclusive(store, key, ui, f"{variant.name} · {t.spec.id}"):
@@ -234,7 +226,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
                     resume = cfg.reuse_records and not (kind(t).generates and cfg.log_text)
                     chunked = ChunkedScoring(journal, variant.name if resume else None, cfg.batch_size)
                     reference = baseline.dists[t.spec.id][1] if relative(t) else None
-                    recs, n_resumed, texts = score_task(t, work, reference, backend, ui, variant.name, chunked)
+                    recs, n_resumed, texts = score_task(t, work, reference, session, ui, variant.name, chunked)
                     _bucket(t, records, text)[t.spec.id] = recs
                     if kind(t).generates and cfg.log_text:
                         outputs[t.spec.id] = texts
@@ -250,7 +242,7 @@ def run_variant(variant: VariantSpec, tasks: Sequence[Task], *, factory: Backend
             if measure:
                 clock = time.perf_counter()
                 ui.status(f"Measuring {variant.name}: prefill and decode speed")
-                efficiency = meter.finish(eff.measure_speed(backend, cfg.efficiency), scored_here=scored_here)
+                efficiency = session.measure(cfg.efficiency, scored_here)
                 stages["probe"] = time.perf_counter() - clock
     assert info is not None
     return VariantRun(variant, info, records, text, keys, reused, time.perf_counter() - start, dists,
@@ -272,30 +264,35 @@ class ChunkedScoring:
                                units=units, advance=advance)
 
 
-def baseline_reference(t: Task, work: Sequence, backend: Backend, ui: UI, variant_name: str):
+def baseline_reference(t: Task, work: Sequence, session: Session, ui: UI, variant_name: str):
     """What a relative kind's candidates are scored against, computed by the baseline."""
-    k = kind(t)
-    with ui.bar(f"{variant_name} · {t.spec.id}{k.bar_suffix}", sum(k.units(w) for w in work)) as advance:
-        return k.reference(t, work, backend, advance)
+    total = sum(session.units(t, w) for w in work)
+    with ui.bar(f"{variant_name} · {t.spec.id}{kind(t).bar_suffix}", total) as advance:
+        return session.reference(t, work, advance)
 
 
-def score_task(t: Task, work: Sequence, reference, backend: Backend, ui: UI, variant_name: str,
+def score_task(t: Task, work: Sequence, reference, session: Session, ui: UI, variant_name: str,
                chunked: ChunkedScoring) -> tuple[list, int, dict[str, str]]:
     """Records, how many came from a journal, and the output text of each unit generated here
     (kept by the caller only when the user opted in to text logging)."""
     k = kind(t)
     texts: dict[str, str] = {}
+    chunk_size = k.fixed_chunk or chunk_items(chunked.batch_size)
+    position: dict[int, int] = {}
+    for n, w in enumerate(work):
+        position.setdefault(id(w), n)
 
     def score_chunk(chunk: Sequence) -> list:
-        recs, outs = k.score_chunk(t, chunk, backend, advance, reference)
+        recs, outs = session.score_chunk(t, chunk, advance, reference, position[id(chunk[0])] // chunk_size)
         if outs is not None:
-            texts.update((k.identify(w)[0], o) for w, o in zip(chunk, outs))
+            texts.update((session.identify(t, w)[0], o) for w, o in zip(chunk, outs))
         return recs
 
-    with ui.bar(f"{variant_name} · {t.spec.id}{k.bar_suffix}", sum(k.units(w) for w in work)) as advance:
-        recs, n_resumed = chunked.run(t, work, score_chunk,
-                                      chunk_size=k.fixed_chunk or chunk_items(chunked.batch_size),
-                                      identify=k.identify, units=k.units, advance=advance)
+    total = sum(session.units(t, w) for w in work)
+    with ui.bar(f"{variant_name} · {t.spec.id}{k.bar_suffix}", total) as advance:
+        recs, n_resumed = chunked.run(t, work, score_chunk, chunk_size=chunk_size,
+                                      identify=lambda w: session.identify(t, w),
+                                      units=lambda w: session.units(t, w), advance=advance)
     return recs, n_resumed, texts
 
 
@@ -373,27 +370,43 @@ def with_engine_floor(comparisons: Sequence[Comparison], floor: Sequence[Compari
 
 def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactory,
                 store: RecordStore | None, model_fingerprint: str, policy: GatePolicy,
-                ui: UI, history: dict | None = None) -> CompareResult:
+                ui: UI, history: dict | None = None, executor: Executor | None = None) -> CompareResult:
+    """Baseline first, then the noise-floor replica, the candidates and the engine floor: one
+    after another on the local executor, in parallel on Ray (qeval/run/executor.py). The record
+    store in this process is where every executor's records meet."""
+    executor = executor if executor is not None else LocalExecutor(factory)
     t0 = time.perf_counter()
     for t in tasks:  # before any model time
         check_spec(t.spec, f"task {t.spec.id}").check_task(t)
     power = power_table(tasks, [c.name for c in cfg.candidates], policy, history)
     ui.power(power)
-    common = dict(factory=factory, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
+    common = dict(executor=executor, store=store, model_fingerprint=model_fingerprint, cfg=cfg, ui=ui)
     engine_spec = engine_floor_variant(cfg.candidates, tasks)
     others = (([floor_replica(cfg.baseline, cfg.noise_floor)] if cfg.noise_floor else []) + list(cfg.candidates)
               + ([engine_spec] if engine_spec is not None else []))
-    base_keys = store_keys(cfg.baseline, tasks, factory=factory, model_fingerprint=model_fingerprint, cfg=cfg)
-    dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, factory=factory,
+    base_keys = store_keys(cfg.baseline, tasks, executor=executor, model_fingerprint=model_fingerprint, cfg=cfg)
+    dists_for = text_tasks_to_score(others, tasks, base_keys, store=store, cfg=cfg, executor=executor,
                                     model_fingerprint=model_fingerprint)
     if cfg.keep_distributions and store is not None:  # keep them now for the candidates of later runs
         dists_for |= {t.spec.id for t in tasks if relative(t) and not store.has_distributions(base_keys[t.spec.id])}
     base = run_variant(cfg.baseline, tasks, dists_for=dists_for, **common)
-    floor = None
-    if cfg.noise_floor:
-        floor = run_variant(others[0], tasks, baseline=base, **common)
-    cands = [run_variant(c, tasks, baseline=base, **common) for c in cfg.candidates]
-    engine = run_engine_floor(engine_spec, tasks, cands, base, common) if engine_spec is not None else None
+    # Every other variant depends on the baseline alone: the executor may run them in parallel.
+    jobs: list[tuple[str, VariantSpec]] = (
+        ([("floor", others[0])] if cfg.noise_floor else []) + [("candidate", c) for c in cfg.candidates]
+        + ([("engine", engine_spec)] if engine_spec is not None
+           and all(c.key() != engine_spec.key() for c in cfg.candidates) else []))
+
+    def one(job: tuple[str, VariantSpec]) -> VariantRun | None:
+        role, spec = job
+        if role == "engine":
+            return run_engine_floor(spec, tasks, [], base, common)
+        return run_variant(spec, tasks, baseline=base, **common)
+
+    done = executor.map(one, jobs, ui)
+    floor = done[0] if cfg.noise_floor else None
+    cands = [r for (role, _), r in zip(jobs, done) if role == "candidate"]
+    engine = (next((r for (role, _), r in zip(jobs, done) if role == "engine"), None)
+              or (run_engine_floor(engine_spec, tasks, cands, base, common) if engine_spec is not None else None))
     base.dists.clear()  # token ids: gone as soon as every candidate has been scored
     t1 = time.perf_counter()
     ui.status("Comparing")
@@ -410,6 +423,8 @@ def run_compare(cfg: RunConfig, tasks: Sequence[Task], *, factory: BackendFactor
                **{f"variant_{v.spec.name}_s": v.seconds for v in runs},
                "stages_s": {v.spec.name: {k: round(x, 3) for k, x in v.stages.items()} for v in runs},
                "task_s": {v.spec.name: {k: round(x, 3) for k, x in v.task_seconds.items()} for v in runs},
-               "resumed_items": {v.spec.name: v.resumed for v in runs}}
+               "resumed_items": {v.spec.name: v.resumed for v in runs},
+               "executor": executor.name,
+               "jobs": [j.as_dict() for j in executor.jobs]}
     return CompareResult(cfg, list(tasks), base, cands, comparisons, verdict, timings, power,
                          floor, floors, engine)

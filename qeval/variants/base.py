@@ -100,6 +100,10 @@ class QuantMethod:
         engine, scored on reference text), or None when its engine needs none."""
         return None
 
+    def gpus(self, variant: VariantSpec) -> int:
+        """GPUs one copy of the variant holds when it runs on GPUs (what a Ray job asks for)."""
+        return 1
+
 
 class OnLoad(QuantMethod):
     """Quantized (or cast) by transformers while the baseline's weights load."""

@@ -203,6 +203,10 @@ class VLLM(QuantMethod):
             return made_method(made.method).plan_format(made)
         return None
 
+    def gpus(self, variant: VariantSpec) -> int:
+        return (int(variant.params.get("tensor_parallel_size", 1))
+                * int(variant.params.get("pipeline_parallel_size", 1)))
+
     def floor_variant(self, variant: VariantSpec) -> str | None:
         """The baseline's weights on vLLM in the dtype this candidate computes in, with its
         engine settings: what vLLM itself changes, apart from the quantization."""
