@@ -197,12 +197,16 @@ def test_ray_executor_gives_the_local_results_json(local_run, tmp_path):
     assert json.loads((local_run / "timings.json").read_text())["executor"] == "local"
 
 
-def _processes(title: str) -> list[int]:
+def _processes(title: str, cache: Path) -> list[int]:
+    """This run's processes whose title starts with `title` (a Ray worker inherits the driver's
+    environment, so its QEVAL_CACHE names the run)."""
     found = []
+    mine = f"QEVAL_CACHE={cache}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().replace(b"\0", b" ").startswith(title.encode()):
+                if ((entry / "cmdline").read_bytes().replace(b"\0", b" ").startswith(title.encode())
+                        and mine in (entry / "environ").read_bytes().split(b"\0")):
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -227,7 +231,7 @@ def test_a_killed_ray_worker_costs_only_its_chunk(local_run, tmp_path):
         # the candidate's.
         while killed is None and proc.poll() is None and time.time() < deadline:
             if list((cache / "records").glob("*.info.json")):
-                scoring = _processes("ray::VariantWorker.score")
+                scoring = _processes("ray::VariantWorker.score", cache)
                 if scoring:
                     os.kill(scoring[0], signal.SIGKILL)
                     killed = scoring[0]
