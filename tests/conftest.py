@@ -4,6 +4,11 @@ import os
 
 import pytest
 
+# A Ray cluster a test starts listens on loopback only, and reports no usage (Ray reads these
+# when it is first imported in a process: qeval/run/ray_executor.py sets them the same way).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 from qeval.run.config import RunConfig
 from qeval.types import Method, Risk, Sample, Task, TaskSpec, SourceSpec, VariantSpec
 

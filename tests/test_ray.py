@@ -117,6 +117,27 @@ def test_fake_engine_gives_the_same_comparisons_on_ray(cluster, tmp_path):
     assert order.index("c1") > max(i for i, v in enumerate(order) if v == "base")
 
 
+def test_the_cluster_qeval_starts_never_spills_objects_to_disk():
+    """The reference distributions (token ids) travel through the object store: on the cluster
+    qeval starts, spilling them to disk is off, on loopback, in /tmp/ray; stopped at the end."""
+    import ray
+
+    from qeval.engines.fake import FakeFactory
+    from qeval.run.ray_executor import RayExecutor
+
+    assert not ray.is_initialized()
+    executor = RayExecutor(FakeFactory([make_task(4)]))
+    try:
+        executor.identity(fake_variant("base"))  # the first use starts the cluster
+        node = ray._private.worker._global_node
+        assert node._config["automatic_object_spilling_enabled"] is False
+        assert node.get_session_dir_path().startswith("/tmp/ray/session_")
+        assert node.node_ip_address == "127.0.0.1"
+    finally:
+        executor.close()
+    assert not ray.is_initialized()
+
+
 class _Exploding:
     """A fake engine whose candidate fails in its second chunk (a bug on a worker)."""
 

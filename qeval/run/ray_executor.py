@@ -20,6 +20,7 @@ shown in this terminal (`log_to_driver=False`)."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,8 @@ class Unit(NamedTuple):
 
 
 def cluster_env() -> dict[str, str]:
-    """Ray's own settings for a cluster qeval starts: loopback only, no usage report."""
+    """Ray's own settings for a cluster qeval starts: loopback only (Ray reads this when it is
+    imported), no usage report."""
     return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -181,6 +183,10 @@ class RayExecutor:
         self._worker_factory = getattr(factory, "detached", lambda: factory)()
 
     def _ray(self):
+        if self.address is None and "ray" not in sys.modules:
+            # Read once, when Ray is imported: a cluster qeval starts listens on loopback only.
+            for k, v in cluster_env().items():
+                os.environ.setdefault(k, v)
         import ray
 
         with self._lock:
@@ -191,8 +197,6 @@ class RayExecutor:
     def _init(self, ray) -> None:
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         if self.address is None:
-            for k, v in cluster_env().items():
-                os.environ.setdefault(k, v)
             # Ray's session directory (logs, sockets): /tmp/ray unless RAY_TMPDIR says where;
             # never under a long TMPDIR, where its socket paths would pass the OS limit.
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
