@@ -132,14 +132,14 @@ def world(tmp_path_factory):
             "sandbox": sandbox, "tok": tok}
 
 
-def _qeval(world, *args, fail=False, timeout=900, audit="audit.jsonl"):
+def _qeval(world, *args, fail=False, timeout=900, audit="audit.jsonl", cache="cache"):
     sb = world["sandbox"]
     for d in ("home", "tmp", "xdg-cache", "work"):
         (sb / d).mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QEVAL_", "PYTEST", "HF_", "XDG_", "MLFLOW_"))}
     env.update({
         "HOME": str(sb / "home"), "TMPDIR": str(sb / "tmp"), "XDG_CACHE_HOME": str(sb / "xdg-cache"),
-        "QEVAL_CACHE": str(sb / "cache"), "QEVAL_AUDIT_LOG": str(sb / "audit" / audit),
+        "QEVAL_CACHE": str(sb / cache), "QEVAL_AUDIT_LOG": str(sb / "audit" / audit),
         "HF_HUB_OFFLINE": "1", "PHI_TEST_TASKS": str(world["tasks"]), "PYTHONDONTWRITEBYTECODE": "1",
         "COLUMNS": "200",
     })
@@ -356,7 +356,8 @@ def test_a_ray_run_writes_no_text_anywhere(world):
     sb = world["sandbox"]
     run = sb / "work" / "run-ray"
     code, stdout, stderr = _qeval(world, "--candidates", "bf16,gguf:q8_0", "--tasks", "phi_mc,phi_gen,phi_ref",
-                                  "--executor", "ray", "--out", str(run), audit="audit-ray.jsonl")
+                                  "--executor", "ray", "--out", str(run), audit="audit-ray.jsonl",
+                                  cache="cache-ray")  # its own cache: the jobs run here, not earlier tests' records
     assert code in (0, 1, 3), stderr[-3000:]
     assert _scan(world, allowed=sb / "work" / "run-text" / "texts") == {}
     assert _hits(world, (stdout + stderr).encode()) == set()

@@ -86,7 +86,8 @@ def test_one_error_hierarchy_keeps_its_old_names_and_bases():
         assert issubclass(cls, errors.ScoringError) and issubclass(cls, ValueError)
     defined = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
     assert defined == {"QevalInputError", "MissingData", "ScoringError", "NonFiniteScores", "PromptMismatch",
-                       "PairingError"}
+                       "PairingError", "JobFailed"}
+    assert issubclass(errors.JobFailed, QevalInputError)
 
 
 def _own_task(folder: Path, task_id: str = "own_task") -> Path:
