@@ -16,6 +16,8 @@ METHODS: dict[str, Any] = {
     "bf16": "qeval.variants.full_precision:BF16",
     "int8": "qeval.variants.int8:METHOD",
     "int8wo": "qeval.variants.int8wo:METHOD",
+    "fp8": "qeval.variants.fp8:METHOD",
+    "fp8wo": "qeval.variants.fp8:WEIGHT_ONLY",
     "nf4": "qeval.variants.nf4:METHOD",
     "gguf": "qeval.variants.gguf:METHOD",
     "gptq": "qeval.variants.gptq:METHOD",

@@ -222,6 +222,8 @@ class Method(str, Enum):
     bf16 = "bf16"
     int8 = "int8"  # bitsandbytes LLM.int8
     int8wo = "int8wo"  # torchao int8 weight-only
+    fp8 = "fp8"  # FP8 e4m3 weights (per row) and dynamic per-token activations (torchao, or emulated)
+    fp8wo = "fp8wo"  # FP8 e4m3 weight-only, per row (torchao)
     nf4 = "nf4"  # bitsandbytes 4-bit NormalFloat
     gguf = "gguf"  # a GGUF file on llama.cpp's kernels (exported and quantized, or brought)
     gptq = "gptq"  # gptqmodel GPTQ on a calibration set, or a GPTQ checkpoint brought

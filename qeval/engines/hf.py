@@ -339,6 +339,7 @@ class HFBackend:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
+        notes = (*notes, *method.after_load(self.model, self.device))  # fp8: quantized after loading
         kernel = _kernel_summary(self.model)
         weight_bytes = _weight_bytes(self.model)
         notes = list(choice.notes) + list(notes)

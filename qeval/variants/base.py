@@ -84,6 +84,11 @@ class QuantMethod:
         """transformers' `quantization_config` for quantizing while loading (None: none)."""
         return None
 
+    def after_load(self, model: Any, device: str) -> tuple[str, ...]:
+        """Quantize the loaded transformers model in place (a method that quantizes after
+        loading instead of through `loading_config`, e.g. fp8); returns notes for the record."""
+        return ()
+
     def loaded(self, kernel: str, device: str) -> tuple[str, tuple[str, ...]]:
         """The kernel summary and notes, completed once the model is loaded."""
         return kernel, ()
