@@ -18,7 +18,7 @@ from qeval.item_audit import best_cue
 from qeval.types import (
     CategoryBreakdown, GenerationComparison, GenerationRecord, Interval, ItemRecord, NumericAnswer,
     PairedItems, Risk, RiskBreakdown, RotationComparison, RotationStats, Sample, Task, TaskComparison,
-    TextComparison, TextRecord, TextUnits,
+    PositionBucket, TextComparison, TextRecord, TextUnits,
 )
 
 Paired = TypeVar("Paired", ItemRecord, GenerationRecord)
@@ -326,18 +326,20 @@ def _ratio_interval(num: np.ndarray, den: np.ndarray, *, n_boot: int, seed: int,
                     method=f"bootstrap over passages, {n_boot} resamples, percentile")
 
 
+def _text_unit(r: TextRecord, cluster_by: str | None) -> str:
+    """The resampling unit of a passage: itself, or its cluster when the task declares clusters."""
+    if cluster_by == "cluster" and r.cluster:
+        return r.cluster
+    if cluster_by == "category":
+        return r.category
+    return r.sample_id
+
+
 def text_units(records: Sequence[TextRecord], cluster_by: str | None) -> TextUnits:
     """Sum each passage's numbers, merged by cluster when the task declares clusters."""
-    def unit(r: TextRecord) -> str:
-        if cluster_by == "cluster" and r.cluster:
-            return r.cluster
-        if cluster_by == "category":
-            return r.category
-        return r.sample_id
-
     acc: dict[str, list[float]] = {}
     for r in sorted(records, key=lambda r: r.sample_id):
-        a = acc.setdefault(unit(r), [0, 0.0, 0, 0.0])
+        a = acc.setdefault(_text_unit(r, cluster_by), [0, 0.0, 0, 0.0])
         a[0] += r.n_tokens
         a[1] += float(np.sum(r.kl))
         a[2] += r.same_top
@@ -348,8 +350,50 @@ def text_units(records: Sequence[TextRecord], cluster_by: str | None) -> TextUni
                      delta_nll=tuple(acc[i][3] for i in ids))
 
 
+def position_kld(records: Sequence[TextRecord], edges: Sequence[int], *, cluster_by: str | None = None,
+                 n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED
+                 ) -> tuple[PositionBucket, ...]:
+    """Per-token KL by position bucket ([0, e1), …, [ek, ∞); see stats.position_bucket_sums):
+    each bucket's mean is Σ KL / tokens over the passages with tokens in it, its interval a
+    bootstrap over those passages (or their clusters), never over tokens. Buckets no passage
+    reaches are left out."""
+    nb = len(edges) + 1
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    values: list[list[np.ndarray]] = [[] for _ in range(nb)]
+    passages = np.zeros(nb, dtype=np.int64)
+    for r in sorted(records, key=lambda r: r.sample_id):
+        s, c = stats.position_bucket_sums(r.kl, edges)
+        u = _text_unit(r, cluster_by)
+        sums[u] = sums.get(u, 0.0) + s
+        counts[u] = counts.get(u, 0) + c
+        passages += c > 0
+        kl = np.asarray(r.kl, dtype=np.float64)
+        bounds = [0, *edges]
+        for j in range(nb):
+            lo = max(bounds[j] - 1, 0)
+            hi = edges[j] - 1 if j < len(edges) else kl.size
+            if hi > lo:
+                values[j].append(kl[lo:hi])
+    units = sorted(sums)
+    out = []
+    for j in range(nb):
+        keep = [u for u in units if counts[u][j] > 0]
+        if not keep:
+            continue
+        num = np.array([sums[u][j] for u in keep])
+        den = np.array([counts[u][j] for u in keep], dtype=np.float64)
+        out.append(PositionBucket(
+            start=0 if j == 0 else int(edges[j - 1]), end=int(edges[j]) if j < len(edges) else None,
+            n=int(passages[j]), n_tokens=int(den.sum()),
+            kld_mean=_ratio_interval(num, den, n_boot=n_boot, seed=seed),
+            kld_p99=float(np.quantile(np.concatenate(values[j]), 0.99))))
+    return tuple(out)
+
+
 def compare_text(records: Sequence[TextRecord], *, top_k: int, cluster_by: str | None = None,
-                 n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED) -> TextComparison:
+                 n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = stats.DEFAULT_SEED,
+                 position_buckets: Sequence[int] | None = None) -> TextComparison:
     """Summarise a candidate's per-passage TextRecords (each already paired with the baseline:
     its KL and both negative log-likelihoods were computed on identical token ids)."""
     if not records:
@@ -378,4 +422,6 @@ def compare_text(records: Sequence[TextRecord], *, top_k: int, cluster_by: str |
         ppl_baseline=float(np.exp(nll_b / n_tok)), ppl_candidate=float(np.exp(nll_c / n_tok)),
         ppl_ratio=_ratio_interval(np.array(u.delta_nll), tokens, transform=np.exp, **common),
         units=u,
+        **({} if position_buckets is None else
+           {"by_position": position_kld(records, position_buckets, cluster_by=cluster_by, **common)}),
     )

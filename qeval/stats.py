@@ -185,6 +185,18 @@ def bootstrap_ratio(numerators: Sequence[float], denominators: Sequence[float], 
     return num[pick].sum(axis=1) / den[pick].sum(axis=1)
 
 
+def position_bucket_sums(kl: Sequence[float], edges: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One passage's per-token KL summed by position bucket: (Σ KL, tokens) for the buckets
+    [0, e1), [e1, e2), …, [ek, ∞) of `edges` (k + 1 buckets). `kl[i]` is the KL at the token in
+    position i + 1 of the passage (predicted from the i + 1 tokens before it; position 0 is never
+    predicted)."""
+    v = np.asarray(kl, dtype=np.float64)
+    pos = np.arange(1, v.size + 1)
+    idx = np.searchsorted(np.asarray(edges, dtype=np.int64), pos, side="right")
+    n = len(edges) + 1
+    return np.bincount(idx, weights=v, minlength=n), np.bincount(idx, minlength=n)
+
+
 def ratio_se(numerators: Sequence[float], denominators: Sequence[float]) -> float:
     """Standard error of Σ numerator / Σ denominator with units as clusters (linearisation)."""
     num = np.asarray(numerators, dtype=np.float64)

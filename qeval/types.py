@@ -176,6 +176,10 @@ class TaskSpec(Strict):
     # reference_text: passages longer than this are scored in windows of this many tokens (each
     # window's first token is context only), so any engine's context length suffices.
     window_tokens: int = Field(1024, ge=16, le=32768)
+    # reference_text: report the per-token KL also by position in the passage, in buckets that end
+    # at these token positions ([0, e1), [e1, e2), ...; positions past the last edge form one more
+    # bucket). Each bucket's mean has a bootstrap interval over passages. None: no buckets.
+    position_buckets: tuple[int, ...] | None = None
     generation: GenerationSpec | None = None  # generate tasks only
     # Every item must carry `source`, `region` and `reviewed` (the built-in banks' audit trail;
     # tasks a user brings can leave it off and keep simpler item files).
@@ -185,6 +189,17 @@ class TaskSpec(Strict):
     # and the item's choice scores are the mean over rotations of each option's log-softmax, so a
     # preference for a position (always "A") cancels out.
     rotations: Literal["none", "cyclic"] = "none"
+
+    @field_validator("position_buckets")
+    @classmethod
+    def _increasing_edges(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("position_buckets needs at least one edge, e.g. [1024, 2048, 4096, 8192]")
+            if v[0] < 1 or any(b <= a for a, b in zip(v, v[1:])):
+                raise ValueError("position_buckets must be positive token positions in increasing "
+                                 "order, e.g. [1024, 2048, 4096, 8192]")
+        return v
 
     @model_validator(mode="after")
     def _rotations_need_listed_options(self) -> "TaskSpec":
@@ -509,6 +524,18 @@ class EngineFloor(Strict):
     same_top: Interval
 
 
+class PositionBucket(Strict):
+    """Per-token KL of the tokens at positions [start, end) of their passage (position: the
+    number of tokens before the predicted one). The interval resamples passages, never tokens."""
+
+    start: int
+    end: int | None  # None: every position from `start` on
+    n: int  # passages with tokens in this bucket
+    n_tokens: int
+    kld_mean: Interval  # nats per token, KL(baseline ‖ candidate)
+    kld_p99: float
+
+
 class TextComparison(Strict):
     """Token-level, label-free comparison on reference text, following llama.cpp's
     --kl-divergence statistics. Intervals resample passages (or their clusters), never tokens:
@@ -534,6 +561,9 @@ class TextComparison(Strict):
     ppl_candidate: float
     ppl_ratio: Interval  # PPL(candidate) / PPL(baseline) = exp(Δ log PPL)
     engine_floor: EngineFloor | None = None  # GGUF candidates on llama.cpp: the F32 GGUF's numbers
+    # Tasks with `position_buckets`: the KL by position in the passage (left out when None, so
+    # tasks without buckets write what they always wrote).
+    by_position: tuple[PositionBucket, ...] | None = Field(None, exclude_if=lambda v: v is None)
     units: TextUnits = Field(exclude=True, repr=False)
 
 

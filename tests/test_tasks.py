@@ -150,7 +150,7 @@ def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
     later = ("cluster", "passage", "prompt_text", "continuations", "answers", "numeric")  # Sample fields
     spec = {k: v for k, v in plain.spec.model_dump(mode="json").items()
             if k not in ("cluster_by", "baseline_top_k", "window_tokens", "generation", "require_provenance",
-                         "rotations")}
+                         "rotations", "position_buckets")}
     spec["source"] = {k: v for k, v in spec["source"].items() if k != "ids_path"}
     legacy = json.dumps({
         "spec": spec,

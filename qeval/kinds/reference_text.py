@@ -261,7 +261,14 @@ class ReferenceTextKind:
     rank_per_task = True
 
     def check_spec(self, path: object, spec: TaskSpec) -> None:
-        pass
+        edges = spec.position_buckets
+        if edges is not None and edges[-1] > spec.window_tokens:
+            # Past the window, a position's context is cut where its window starts: its bucket
+            # would no longer measure what that much context does.
+            raise QevalInputError(
+                f"{path}: position_buckets ends at {edges[-1]} tokens but window_tokens is "
+                f"{spec.window_tokens}, so later positions would be scored without their full "
+                f"context; set window_tokens to at least {edges[-1]} or end the buckets there")
 
     def check_task(self, task: Task) -> None:
         pass
@@ -295,7 +302,7 @@ class ReferenceTextKind:
 
     def compare(self, task: Task, baseline, candidate, *, n_boot: int, seed: int) -> TextComparison:
         return cmp.compare_text(candidate, top_k=task.spec.baseline_top_k, cluster_by=task.spec.cluster_by,
-                                n_boot=n_boot, seed=seed)
+                                n_boot=n_boot, seed=seed, position_buckets=task.spec.position_buckets)
 
     def interval_limits(self, rules) -> tuple:
         return rules.max_token_kld_mean, rules.max_ppl_ratio, rules.max_top_token_disagreement

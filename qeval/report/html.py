@@ -86,6 +86,7 @@ def render_html(run: Run) -> str:
                 "when this run measured efficiency, at its peak memory after loading, while scoring "
                 "and in the speed probe (hollow marker on the same row)."),
         _task_table(r),
+        _position_table(run.results.get("comparisons") or []),
         _efficiency_table(run.results.get("efficiency")),  # report.md's cells, from the dict
         _why(r),
         '<p class="note">This page holds task ids, sample ids, variant names and numbers only: no prompt, '
@@ -233,6 +234,19 @@ def _efficiency_table(eff: dict | None) -> str:
             + _table(headers, rows, left=1, table_id="qeval-efficiency", cls="compact",
                      wrap={len(headers) - 1}, text={len(headers) - 1})
             + "".join(f'<p class="note">{_markdown_prose(line)}</p>' for line in prose))
+
+
+def _position_table(comparisons: list[dict]) -> str:
+    """Reference-text KLD by position bucket (tasks with `position_buckets`): report.md's cells."""
+    from qeval.report.tables import POSITION_HEADERS, POSITION_NOTE, position_rows
+
+    rows = position_rows(comparisons)
+    if not rows:
+        return ""
+    return ('<h2 id="positions">KL divergence by position</h2>'
+            + _table(POSITION_HEADERS, [[_esc(cell) for cell in row] for row in rows], left=2,
+                     table_id="qeval-positions", cls="compact")
+            + f'<p class="note">{_esc(POSITION_NOTE)}</p>')
 
 
 def _why(r: RunResults) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from qeval.power import row_labels
 from qeval.report.tables import (
+    POSITION_HEADERS,
+    POSITION_NOTE,
+    position_rows,
     choice_comparisons,
     delta,
     delta_pp,
@@ -128,6 +131,10 @@ def markdown_report(results: dict) -> str:
                 f"{c['kld_median']:.2e} | {c['kld_p90']:.2e} | {c['kld_p99']:.3g} | {c['kld_p999']:.3g} | "
                 f"{c['kld_max']:.3g} | {interval_pct(c['same_top'])} | {c['ppl_baseline']:.3f} | "
                 f"{c['ppl_candidate']:.3f} | {ratio_cell(c['ppl_ratio'])} | **{c['verdict']}** |")
+        positions = position_rows(results["comparisons"])
+        if positions:
+            lines += ["", "| " + " | ".join(POSITION_HEADERS) + " |", "|" + "---|" * len(POSITION_HEADERS),
+                      *["| " + " | ".join(row) + " |" for row in positions], "", POSITION_NOTE]
         floors = engine_floor_lines(results["comparisons"])
         if floors:
             lines += ["", "Engine floor of the GGUF candidates (the unquantized F32 GGUF of the same weights on "

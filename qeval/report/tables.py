@@ -54,6 +54,36 @@ def kld_cell(c: dict) -> str:
     return f"{k['estimate']:.4f} ± {c['kld_se']:.4f} [{k['low']:.4f}, {k['high']:.4f}]"
 
 
+def bucket_label(b: dict) -> str:
+    """A position bucket's range in tokens: "0–1k", "4k–8k", "8k+"."""
+    def k(n: int) -> str:
+        return f"{n // 1024}k" if n % 1024 == 0 and n else str(n)
+    return f"{k(b['start'])}+" if b.get("end") is None else f"{k(b['start'])}–{k(b['end'])}"
+
+
+def position_rows(comparisons: list[dict]) -> list[list[str]]:
+    """One row per reference-text comparison and position bucket (tasks with `position_buckets`):
+    task, candidate, positions, passages, tokens, KLD mean [95% CI], p99, and the mean relative to
+    the first bucket's."""
+    rows = []
+    for c in text_comparisons(comparisons):
+        buckets = c.get("by_position") or []
+        first = buckets[0]["kld_mean"]["estimate"] if buckets else 0.0
+        for b in buckets:
+            k = b["kld_mean"]
+            rel = f"{k['estimate'] / first:.2f}×" if first > 0 else "—"
+            rows.append([c["task"], c["candidate"], bucket_label(b), str(b["n"]), str(b["n_tokens"]),
+                         f"{k['estimate']:.4f} [{k['low']:.4f}, {k['high']:.4f}]", f"{b['kld_p99']:.3g}", rel])
+    return rows
+
+
+POSITION_HEADERS = ["task", "candidate", "positions", "passages", "tokens", "KLD mean [95% CI]", "p99",
+                    "vs first"]
+POSITION_NOTE = ("KLD by position in the passage (tokens before the predicted one): does the damage grow "
+                 "with context length? Each bucket's interval resamples whole passages, never tokens; "
+                 "\"vs first\" is the bucket's mean over the first bucket's.")
+
+
 def engine_floor_lines(comparisons: list[dict]) -> list[str]:
     """One line per GGUF candidate and reference-text task: its KLD beside the engine's floor."""
     out = []

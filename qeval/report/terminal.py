@@ -17,6 +17,8 @@ from rich.progress import (
 from rich.table import Table
 
 from qeval.report.tables import (
+    POSITION_HEADERS,
+    position_rows,
     COLOR,
     choice_comparisons,
     delta,
@@ -154,6 +156,14 @@ def print_summary(console: Console, results: dict, out: Path | None) -> None:
                        f"{c['kld_max']:.2f}", f"{100 * c['same_top']['estimate']:.2f}",
                        ratio_cell(c["ppl_ratio"]), f"[{COLOR[dec]}]{dec.value}[/]")
         console.print(tt)
+    positions = position_rows(results["comparisons"])
+    if positions:
+        pt = Table(title="reference text by position in the passage: per-token KLD")
+        for col in POSITION_HEADERS:
+            pt.add_column(col, justify="left" if col in ("task", "candidate") else "right")
+        for row in positions:
+            pt.add_row(*row)
+        console.print(pt)
     for task, variants in (results.get("rotation") or {}).items():
         console.print(f"rotated options on {task}: consistent under every rotation " + ", ".join(
             f"{name} {pct(r['consistency']['estimate'])}%" for name, r in variants.items()), highlight=False)

@@ -389,7 +389,7 @@ def _finish_items(path: Path, spec: TaskSpec, samples: list[Sample], where: str,
 # tasks that do not use them keep their hash (and their stored records stay reusable).
 _ADDED_DEFAULTS = {"cluster": None, "cluster_by": None, "passage": "", "prompt_text": None,
                    "continuations": None, "answers": [], "generation": None, "numeric": None,
-                   "require_provenance": False, "rotations": "none"}
+                   "require_provenance": False, "rotations": "none", "position_buckets": None}
 
 
 def _hashable(model: BaseModel) -> dict:
