@@ -58,7 +58,9 @@ def export_gguf(model_dir: Path, out: Path, *, dtype: str = "f32", pre: str | No
     return converter.convert(model_dir, out, dtype, candidates)
 
 
-def quantize(src: Path, out: Path, qtype: str, threads: int | None = None) -> None:
+def quantize(src: Path, out: Path, qtype: str, threads: int | None = None, imatrix: Path | None = None) -> None:
+    """llama.cpp's quantizer; `imatrix`: a llama.cpp imatrix GGUF (qeval/quantize/imatrix.py)
+    weighting each column's rounding error by its mean squared activation."""
     import ctypes
 
     import llama_cpp
@@ -66,6 +68,11 @@ def quantize(src: Path, out: Path, qtype: str, threads: int | None = None) -> No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[qtype]
     params.nthread = threads or (os.cpu_count() or 1)
+    if imatrix is not None:
+        from qeval.quantize.imatrix import c_imatrix, read_imatrix
+
+        entries, _buffers = c_imatrix(read_imatrix(imatrix))  # _buffers: alive until llama.cpp returns
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     with quiet_stderr():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0:
@@ -88,16 +95,27 @@ def tensor_type_mix(path: Path) -> tuple[dict[str, float], float]:
     return mix, 8 * data_bytes / total  # tensor data only: metadata is not weights
 
 
-def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, progress=None) -> Path:
-    """The cached GGUF of this model at qtype (f32 and f16 exported, others quantized from f32),
-    made once under a lock into a temporary folder, then renamed (qeval/util/locking.py)."""
-    if qtype not in QUANT_TYPES:
-        raise QevalInputError(f"unknown GGUF type {qtype!r}; choose from {', '.join(QUANT_TYPES)}")
+def gguf_dir(fingerprint: str, cache: Path) -> Path:
     import llama_cpp
 
-    folder = cache / "gguf" / f"{fingerprint[:16]}-r{RECIPE}-llamacpp{llama_cpp.__version__}"
-    path = folder / f"{qtype}.gguf"
-    manifest = folder / f"{qtype}.json"
+    return cache / "gguf" / f"{fingerprint[:16]}-r{RECIPE}-llamacpp{llama_cpp.__version__}"
+
+
+def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, progress=None,
+                  imatrix: tuple[Path, str] | None = None) -> Path:
+    """The cached GGUF of this model at qtype (f32 and f16 exported, others quantized from f32,
+    with an importance matrix when `imatrix` = (its file, its sha256) is given), made once under a
+    lock into a temporary folder, then renamed (qeval/util/locking.py)."""
+    if qtype not in QUANT_TYPES:
+        raise QevalInputError(f"unknown GGUF type {qtype!r}; choose from {', '.join(QUANT_TYPES)}")
+    if imatrix is not None and qtype in ("f32", "f16"):
+        raise QevalInputError(f"GGUF {qtype} is not quantized; imatrix= applies to quantized types only")
+    import llama_cpp
+
+    folder = gguf_dir(fingerprint, cache)
+    stem = qtype if imatrix is None else f"{qtype}-imatrix-{imatrix[1][:16]}"
+    path = folder / f"{stem}.gguf"
+    manifest = folder / f"{stem}.json"
     if path.is_file() and manifest.is_file():
         return path
     src = gguf_artefact(model_dir, fingerprint, "f32", cache, progress) if qtype not in ("f32", "f16") else None
@@ -109,11 +127,13 @@ def gguf_artefact(model_dir: Path, fingerprint: str, qtype: str, cache: Path, pr
             export_gguf(model_dir, staging, dtype=qtype)
         else:
             if progress:
-                progress(f"Quantizing with llama.cpp to {qtype.upper()} (once)")
-            quantize(src, staging, qtype)
+                progress(f"Quantizing with llama.cpp to {qtype.upper()}"
+                         f"{' with the importance matrix' if imatrix else ''} (once)")
+            quantize(src, staging, qtype, imatrix=imatrix[0] if imatrix else None)
         # The manifest describes the file about to be renamed into place (same bytes).
         atomic_write_text(manifest, json.dumps({
             "source_fingerprint": fingerprint, "type": qtype, "recipe": RECIPE,
+            **({"imatrix_sha256": imatrix[1]} if imatrix else {}),
             "llama_cpp_python": llama_cpp.__version__, "converter": converter.source(),
             "sha256": sha256_file(staging), "bytes": staging.stat().st_size}, indent=1))
 
