@@ -217,7 +217,10 @@ def _brought_hash(params: dict, path: Path) -> dict[str, str]:
 
 class LlamaCppBackend:
     def __init__(self, model: ResolvedModel, variant: VariantSpec, *, cache: Path,
-                 progress=None):
+                 progress=None, gguf: Path | None = None, method_notes: Sequence[str] = (),
+                 method_versions: dict[str, str] | None = None):
+        """`gguf`: the file its method made (a calibrated one), else the file is found here;
+        `method_notes`, `method_versions`: what its method adds to the record (how the file was made)."""
         llama_cpp = require_llama_cpp()
         check_gpu_layers(variant)
         p = variant.params  # checked by config.parse_variant (type, file, integers)
@@ -226,11 +229,12 @@ class LlamaCppBackend:
             qtype = "user file"
         else:
             qtype = str(p.get("type", "q4_k_m")).lower()
-            path = gguf_artefact(model.path, model.fingerprint, qtype, cache, progress)
+            path = gguf or gguf_artefact(model.path, model.fingerprint, qtype, cache, progress)
         threads = int(p.get("threads", cpu_threads()))
         n_ctx = int(p.get("n_ctx", DEFAULT_N_CTX))
         gpu_layers = int(p.get("gpu_layers", 0))
         extra, notes = safe_buffer_setting(path, threads, gpu_layers)
+        notes = [*method_notes, *notes]
         try:
             # Not logits_all: llama-cpp-python would keep an (n_ctx × vocabulary) float32 copy
             # of every position's logits (2 GB at Gemma-3's 262k vocabulary). Positions whose
@@ -275,7 +279,7 @@ class LlamaCppBackend:
             # 1 threads, give the same results.json) and is not in the record-store key; each
             # job's threads are in timings.json.
             kernel=f"llama.cpp ggml kernels ({mix_text})",
-            weight_bytes=path.stat().st_size, versions={**llamacpp_versions(), **_brought_hash(p, path)},
+            weight_bytes=path.stat().st_size, versions={**llamacpp_versions(), **_brought_hash(p, path), **(method_versions or {})},
             notes=tuple(notes),
         )
 
@@ -484,8 +488,10 @@ class LlamaCppFactory:
         gpu = variant is not None and variant.params.get("gpu_layers")
         return {"device": "cuda" if gpu else "cpu", "versions": llamacpp_versions()}
 
-    def open(self, variant: VariantSpec, baseline_compute: str | None, **loading) -> "LlamaCppBackend":
-        return LlamaCppBackend(self.model, variant, cache=self.cache, progress=self.progress)
+    def open(self, variant: VariantSpec, baseline_compute: str | None, *, gguf: Path | None = None,
+             notes: Sequence[str] = (), versions: dict[str, str] | None = None, **loading) -> "LlamaCppBackend":
+        return LlamaCppBackend(self.model, variant, cache=self.cache, progress=self.progress, gguf=gguf,
+                               method_notes=notes, method_versions=versions)
 
 
 def make_factory(settings) -> LlamaCppFactory:

@@ -47,10 +47,11 @@ class EngineFactory:
             self._engines[name] = engine(name).make_factory(self.settings)
         return self._engines[name]
 
-    def calibration(self, variant: VariantSpec) -> CalibrationSet:
+    def calibration(self, variant: VariantSpec, spec: str | None = None) -> CalibrationSet:
+        """The calibration set `spec` names (default: GPTQ/AWQ's `calib=`), loaded once."""
         from qeval.quantize.gptq_awq import settings
 
-        spec = str(settings(variant)["calib"])
+        spec = str(settings(variant)["calib"]) if spec is None else spec
         if spec not in self._calibration:
             if self.calibration_root is None:
                 raise QevalInputError(f"variant {variant.name!r}: no calibration directory configured")

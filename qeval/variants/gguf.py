@@ -1,5 +1,7 @@
 """gguf: a GGUF file on llama.cpp's own kernels, exported from the baseline and quantized by
-llama.cpp (`gguf:q4_k_m`), or a file the user brings (`gguf=path/to/model.gguf`)."""
+llama.cpp (`gguf:q4_k_m`), calibrated with an importance matrix computed on a calibration set
+(`gguf:q4_k_m,imatrix=clinical[,samples=64,seqlen=256,seed=0]`: qeval/quantize/imatrix.py), or a
+file the user brings (`gguf=path/to/model.gguf`)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,19 @@ from qeval.types import Artefact, VariantSpec
 from qeval.variants.base import QuantMethod
 
 ENGINE_PARAMS = ("threads", "n_ctx", "gpu_layers")  # how llama.cpp runs it, not what it is
+IMATRIX_PARAMS = ("samples", "seqlen", "seed")  # how the importance matrix's windows are drawn
+
+
+def imatrix_settings(variant: VariantSpec) -> dict:
+    from qeval.quantize.imatrix import DEFAULTS
+
+    return {**DEFAULTS, **{k: variant.params[k] for k in IMATRIX_PARAMS if k in variant.params}}
 
 
 class GGUF(QuantMethod):
     name = "gguf"
     engine = "llamacpp"
-    params = frozenset({"type", "file", *ENGINE_PARAMS})
+    params = frozenset({"type", "file", "imatrix", *IMATRIX_PARAMS, *ENGINE_PARAMS})
     positional = "type"
     brought = "file"
 
@@ -41,9 +50,25 @@ class GGUF(QuantMethod):
         elif str(p.get("type", "")).lower() not in QUANT_TYPES:
             raise QevalInputError(f"variant {variant.name!r}: unknown GGUF type {p.get('type')!r}; "
                                   f"choose from {', '.join(QUANT_TYPES)}")
-        for key in ENGINE_PARAMS:
+        for key in (*ENGINE_PARAMS, *IMATRIX_PARAMS):
             if key in p and (not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0):
                 raise QevalInputError(f"variant {variant.name!r}: {key} must be a non-negative integer")
+        drawn = [k for k in IMATRIX_PARAMS if k in p]
+        if drawn and "imatrix" not in p:
+            raise QevalInputError(f"variant {variant.name!r}: {', '.join(drawn)} set how the importance "
+                                  "matrix is computed; add imatrix=<calibration set>, e.g. imatrix=clinical")
+        if "imatrix" in p:
+            where = ("a GGUF file you bring is quantized already" if "file" in p else
+                     f"GGUF {p.get('type')} is not quantized" if str(p.get("type")) in ("f32", "f16") else None)
+            if where:
+                raise QevalInputError(f"variant {variant.name!r}: imatrix= calibrates llama.cpp's quantizer, "
+                                      f"but {where}; drop imatrix= or choose a quantized type such as q4_k_m")
+            if not str(p["imatrix"]).strip() or isinstance(p["imatrix"], bool):
+                raise QevalInputError(f"variant {variant.name!r}: imatrix= needs a calibration set: a built-in "
+                                      "name (generic, clinical) or a .jsonl/.txt file")
+            s = imatrix_settings(variant)
+            if s["samples"] < 1 or s["seqlen"] < 16:
+                raise QevalInputError(f"variant {variant.name!r}: samples must be >= 1 and seqlen >= 16")
         return variant
 
     def preflight(self, ctx, variant: VariantSpec, tasks, allow_contamination: bool):
@@ -57,6 +82,13 @@ class GGUF(QuantMethod):
             from qeval.quantize.converter import check_exportable
 
             check_exportable(ctx.model.path, variant.name)
+            if "imatrix" in variant.params:
+                from qeval.quantize.calibration_sets import check_contamination
+
+                check_context(variant, ctx.context_needs(tasks))
+                # The calibration text must not be the exam (the GPTQ/AWQ guard).
+                return check_contamination(ctx.calibration(variant, str(variant.params["imatrix"])), tasks,
+                                           allow=allow_contamination)
         else:
             path = Path(str(variant.params["file"])).expanduser()
             tokens, types = read_gguf_vocabulary(path, variant.name)
@@ -74,12 +106,53 @@ class GGUF(QuantMethod):
 
             # A file the user brings is known by its content, not its path.
             ident["versions"] = {**ident["versions"], "gguf_sha256": file_sha256(Path(str(variant.params["file"])))}
+        if "imatrix" in variant.params:
+            from qeval.quantize.imatrix import LIBRARIES, imatrix_key
+            from qeval.util.versions import installed_versions
+
+            # What makes the importance matrix (weights, calibration texts, windows, versions);
+            # its file's sha256 joins the record once it is made (open).
+            calib = ctx.calibration(variant, str(variant.params["imatrix"]))
+            ident["versions"] = {**ident["versions"], **installed_versions(LIBRARIES),
+                                 "imatrix_calib_sha256": calib.sha256,
+                                 "imatrix_key": imatrix_key(ctx.model.fingerprint, calib, imatrix_settings(variant))}
         return ident
+
+    def calibrated(self, ctx, variant: VariantSpec) -> tuple[Path, tuple[str, ...], dict[str, str]]:
+        """The imatrix-calibrated GGUF (made once: F32 export, importance matrix, quantization),
+        with the note and versions its record carries."""
+        from qeval.quantize.gguf import gguf_artefact
+        from qeval.quantize.imatrix import imatrix_artefact
+
+        qtype = str(variant.params.get("type", "q4_k_m")).lower()
+        calib = ctx.calibration(variant, str(variant.params["imatrix"]))
+        s = imatrix_settings(variant)
+        f32 = gguf_artefact(ctx.model.path, ctx.model.fingerprint, "f32", ctx.cache, ctx.progress)
+        ipath, made = imatrix_artefact(ctx.model.path, ctx.model.fingerprint, f32, calib, s, ctx.cache, ctx.progress)
+        path = gguf_artefact(ctx.model.path, ctx.model.fingerprint, qtype, ctx.cache, ctx.progress,
+                             imatrix=(ipath, made["sha256"]))
+        ctx.artefacts[variant.name] = {"method": "gguf", "type": qtype, "imatrix": made,
+                                       "quantize_seconds": made.get("seconds", 0.0)}
+        note = (f"{qtype} quantized by llama.cpp with an importance matrix computed by qeval in transformers "
+                f"(float32) from calibration set {calib.name} (sha256 {calib.sha256[:12]}, {s['samples']} x "
+                f"{s['seqlen']} tokens, seed {s['seed']}; {made['tensors']} tensors; imatrix sha256 "
+                f"{made["sha256"][:12]}, llama.cpp imatrix GGUF {ipath.name} in the qeval cache)")
+        return path, (note,), {"imatrix_sha256": made["sha256"], "imatrix_calib": calib.name}
+
+    def open(self, ctx, variant: VariantSpec, baseline_compute: str | None):
+        engine = ctx.engine_for(variant)
+        if "imatrix" not in variant.params:
+            return engine.open(variant, baseline_compute)
+        path, notes, versions = self.calibrated(ctx, variant)
+        return engine.open(variant, baseline_compute, gguf=path, notes=notes, versions=versions)
 
     def prepare(self, ctx, variant: VariantSpec) -> Artefact:
         if "file" in variant.params:
             path = Path(str(variant.params["file"])).expanduser()
             what = "GGUF file (brought)"
+        elif "imatrix" in variant.params:
+            path, _, _ = self.calibrated(ctx, variant)
+            what = f"GGUF {str(variant.params.get('type', 'q4_k_m')).lower()} file (imatrix {variant.params['imatrix']})"
         else:
             from qeval.quantize.gguf import gguf_artefact
 
