@@ -167,3 +167,36 @@ def test_calibrated_candidate_loads_scores_and_records_its_imatrix(made):
     assert art["contamination"][0]["overlapping"] == 0
     kld = [c["kld_mean"]["estimate"] for c in results["comparisons"]]
     assert kld[0] != kld[1] and all(k > 0 for k in kld)
+
+
+def test_calibrate_sweeps_gguf_arms_like_gptq():
+    from qeval.run.app import CalibrateOptions, _arms
+
+    arms, names = _arms(CalibrateOptions(methods="gguf:q4_k_m,gptq", sets="generic,clinical", seeds=2,
+                                         params="samples=8"))
+    assert names[:4] == ["gguf:q4_k_m,imatrix=generic,seed=0,samples=8", "gguf:q4_k_m,imatrix=generic,seed=1,samples=8",
+                         "gguf:q4_k_m,imatrix=clinical,seed=0,samples=8", "gguf:q4_k_m,imatrix=clinical,seed=1,samples=8"]
+    assert [(a.method, a.calib) for a in arms][:2] == [("gguf:q4_k_m", "generic"), ("gguf:q4_k_m", "clinical")]
+    assert names[4] == "gptq:calib=generic,seed=0,samples=8"
+    for bad, match in [("gguf:f16", "choose from gptq, awq, gguf:<type>"), ("gguf:q9", "gguf:<type>")]:
+        with pytest.raises(QevalInputError, match=match):
+            _arms(CalibrateOptions(methods=bad))
+    with pytest.raises(QevalInputError, match="imatrix for gguf"):
+        _arms(CalibrateOptions(methods="gguf:q4_k_m", params="imatrix=clinical"))
+
+
+def test_qeval_calibrate_sweeps_an_imatrix_gguf(made):
+    """`qeval calibrate --methods gguf:q4_k_m --sets generic,clinical --seeds 2` runs end to end
+    with the two-level bootstrap; each seed's imatrix is another file."""
+    out = made["root"] / "calibrate"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qeval.cli", "calibrate", "--model", str(made["ckpt"]), "--base", "fp32",
+         "--methods", "gguf:q4_k_m", "--sets", "generic,clinical", "--seeds", "2", "--params", "samples=4",
+         "--tasks", "clinical_reference", "--limit", "4", "--n-boot", "200", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "QEVAL_CACHE": str(made["cache"])})
+    assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
+    summary = json.loads((out / "calibrate.json").read_text())
+    assert [(a["method"], a["calib"]) for a in summary["arms"]] == [("gguf:q4_k_m", "generic"), ("gguf:q4_k_m", "clinical")]
+    assert all(len(s["per_seed"]) == 2 for a in summary["arms"] for s in a["stats"])
+    shas = {c["versions"]["imatrix_sha256"] for c in json.loads((out / "results.json").read_text())["candidates"]}
+    assert len(shas) == 4 and made["manifest"]["sha256"] in shas  # clinical seed 0: the fixture's

@@ -74,7 +74,7 @@ def compare(
 @app.command()
 def calibrate(
     ctx: typer.Context,
-    methods: Annotated[str, typer.Option(help="Comma-separated quantization methods: gptq, awq.")] = "gptq,awq",
+    methods: Annotated[str, typer.Option(help="Comma-separated quantization methods: gptq, awq, gguf:<type> (llama.cpp with an importance matrix, e.g. gguf:q4_k_m).")] = "gptq,awq",
     sets: Annotated[str, typer.Option(help="Comma-separated calibration sets: built-in names (see `qeval calibration-sets`), .jsonl/.txt files or hf:<dataset>.")] = "generic,clinical",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method x set (seed 0..N-1 picks the calibration windows).")] = 2,
     params: Annotated[str, typer.Option(help="Parameters for every arm, e.g. bits=4,group=64,samples=64,seqlen=256.")] = "",

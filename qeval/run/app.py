@@ -404,15 +404,19 @@ def _arms(o: CalibrateOptions):
     methods, sets, params, seeds = o.methods, o.sets, o.params, o.seeds
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     set_list = [x.strip() for x in sets.split(",") if x.strip()]
-    bad = [m for m in method_list if m not in ("gptq", "awq")]
+    from qeval.quantize.gguf import QUANT_TYPES
+
+    gguf_types = [t for t in QUANT_TYPES if t not in ("f32", "f16")]
+    bad = [m for m in method_list if m not in ("gptq", "awq") and m.removeprefix("gguf:") not in gguf_types]
     if bad or not method_list:
-        raise QevalInputError(f"--methods {methods!r}: choose from gptq, awq")
+        raise QevalInputError(f"--methods {methods!r}: choose from gptq, awq, gguf:<type> (importance "
+                              f"matrix; type one of {', '.join(gguf_types)})")
     if len(set(set_list)) != len(set_list) or not set_list:
         raise QevalInputError(f"--sets {sets!r}: name each calibration set once")
     if params and any("=" not in p for p in params.split(",")):
         raise QevalInputError(f"--params {params!r}: use key=value pairs, e.g. bits=4,group=64")
-    if any(p.split("=")[0].strip() in ("calib", "seed") for p in params.split(",") if p):
-        raise QevalInputError("--params: calib and seed are set by --sets and --seeds")
+    if any(p.split("=")[0].strip() in ("calib", "imatrix", "seed") for p in params.split(",") if p):
+        raise QevalInputError("--params: calib (imatrix for gguf) and seed are set by --sets and --seeds")
     # A set given as a file is labelled by its stem in the tables.
     labels = {cs: Path(cs).stem if cs.endswith((".jsonl", ".txt", ".md")) else cs for cs in set_list}
     if len(set(labels.values())) != len(labels):
@@ -421,8 +425,9 @@ def _arms(o: CalibrateOptions):
     arms, names = [], []
     for m in method_list:
         for cs in set_list:
-            cands = tuple(f"{m}:calib={cs},seed={k}" + (f",{params}" if params else "")
-                          for k in range(seeds))
+            # gguf:<type> calibrates llama.cpp's quantizer with an importance matrix on the set.
+            head = f"{m},imatrix={cs}" if m.startswith("gguf:") else f"{m}:calib={cs}"
+            cands = tuple(f"{head},seed={k}" + (f",{params}" if params else "") for k in range(seeds))
             arms.append(Arm(m, labels[cs], tuple(range(seeds)), cands))
             names.extend(cands)
     return arms, names
