@@ -200,3 +200,25 @@ def test_qeval_calibrate_sweeps_an_imatrix_gguf(made):
     assert all(len(s["per_seed"]) == 2 for a in summary["arms"] for s in a["stats"])
     shas = {c["versions"]["imatrix_sha256"] for c in json.loads((out / "results.json").read_text())["candidates"]}
     assert len(shas) == 4 and made["manifest"]["sha256"] in shas  # clinical seed 0: the fixture's
+
+
+@pytest.mark.parametrize("case", ["missing", "contaminated"])
+def test_a_bad_imatrix_set_is_one_line_before_model_time(made, tmp_path, case):
+    """A set that does not exist, or one holding the evaluated passages, stops the run with
+    exit 2 and one line, before the baseline is loaded."""
+    from qeval.settings import resource_dir
+    from qeval.tasks.registry import load_task
+
+    calib = tmp_path / "mine.jsonl"
+    if case == "contaminated":
+        task = load_task(resource_dir("tasks") / "clinical_reference" / "clinical_reference.yaml")
+        calib.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in task.passages[:4]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "qeval.cli", "compare", "--model", str(made["ckpt"]), "--base", "fp32",
+         "--candidates", f"gguf:q4_k_m,imatrix={calib}", "--tasks", "clinical_reference", "--limit", "4",
+         "--no-efficiency", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "QEVAL_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    assert ("not found" in text) if case == "missing" else ("overlaps task 'clinical_reference'" in text)
+    assert "Loading fp32" not in text and not (tmp_path / "cache" / "imatrix").exists()
