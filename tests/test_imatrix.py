@@ -120,6 +120,22 @@ def test_the_imatrix_key_follows_what_makes_it(made):
     assert key != imatrix_key("0" * 64, made["calib"], SETTINGS)
 
 
+def test_the_variant_identity_changes_with_the_imatrix(made):
+    """The record-store key of a calibrated GGUF names its calibration texts and how its matrix
+    was made: another set, another seed, or none is another identity."""
+    from qeval.model_source import ResolvedModel
+    from qeval.run.factory import EngineFactory
+
+    factory = EngineFactory(ResolvedModel("tiny", made["ckpt"], made["fp"], "tiny"), device="cpu",
+                            cache=made["cache"], calibration_root=ROOT / "calibration")
+    ids = [factory.identity(parse_variant(t)) for t in (
+        "gguf:q4_k_m", "gguf:q4_k_m,imatrix=clinical", "gguf:q4_k_m,imatrix=generic",
+        "gguf:q4_k_m,imatrix=clinical,seed=1")]
+    assert "imatrix_key" not in ids[0]["versions"]
+    assert ids[1]["versions"]["imatrix_calib_sha256"] == made["calib"].sha256
+    assert len({json.dumps(i, sort_keys=True) for i in ids}) == 4
+
+
 @pytest.mark.parametrize("text, params", [
     ("gguf:q4_k_m,imatrix=clinical", {"type": "q4_k_m", "imatrix": "clinical"}),
     ("gguf:q2_k,imatrix=generic,seed=1,samples=16", {"type": "q2_k", "imatrix": "generic", "seed": 1, "samples": 16}),
