@@ -39,10 +39,17 @@ DEFAULTS = {"samples": 64, "seqlen": 256, "seed": 0}
 LIBRARIES = ("transformers", "torch")
 
 
+def collect_device() -> str:
+    """Where the activations are computed: the first GPU when there is one (float32 either way)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def imatrix_key(model_fingerprint: str, calib: CalibrationSet, settings: dict) -> str:
     blob = json.dumps({"model": model_fingerprint, "calib": calib.sha256,
                        "settings": {k: settings[k] for k in DEFAULTS}, "recipe": RECIPE,
-                       "versions": installed_versions(LIBRARIES)}, sort_keys=True)
+                       "device": collect_device(), "versions": installed_versions(LIBRARIES)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -52,16 +59,17 @@ def collect(model_dir: Path, windows: list[list[int]]) -> dict[str, tuple[np.nda
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    device = collect_device()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
     stats: dict[str, list] = {}
     hooks = []
     head = model.get_output_embeddings()
 
     def hook(name):
         def record(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64 if device == "cpu" else torch.float32)
             entry = stats.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64), 0])
-            entry[0] += (x * x).sum(0)
+            entry[0] += (x * x).sum(0).to("cpu", torch.float64)  # one window in the GPU's float32
             entry[1] += x.shape[0]
         return record
 
@@ -71,7 +79,7 @@ def collect(model_dir: Path, windows: list[list[int]]) -> dict[str, tuple[np.nda
     try:
         with torch.no_grad():
             for w in windows:
-                model(input_ids=torch.tensor([w]), use_cache=False)
+                model(input_ids=torch.tensor([w], device=device), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
@@ -179,7 +187,7 @@ def imatrix_artefact(model_dir: Path, model_fingerprint: str, f32_gguf: Path, ca
                       chunk_count=len(windows), chunk_size=settings["seqlen"])
         atomic_write_text(manifest, json.dumps({
             "sha256": sha256_file(staging), "calibration": calib.describe(), "model_fingerprint": model_fingerprint,
-            "settings": {k: settings[k] for k in DEFAULTS}, "tensors": len(entries),
+            "settings": {k: settings[k] for k in DEFAULTS}, "tensors": len(entries), "device": collect_device(),
             "unmapped_linear_layers": sorted(set(stats) - set(names)), "versions": installed_versions(LIBRARIES),
             "seconds": round(time.perf_counter() - started, 1), "recipe": RECIPE}, indent=1, sort_keys=True))
 

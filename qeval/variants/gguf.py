@@ -134,7 +134,7 @@ class GGUF(QuantMethod):
         ctx.artefacts[variant.name] = {"method": "gguf", "type": qtype, "imatrix": made,
                                        "quantize_seconds": made.get("seconds", 0.0)}
         note = (f"{qtype} quantized by llama.cpp with an importance matrix computed by qeval in transformers "
-                f"(float32) from calibration set {calib.name} (sha256 {calib.sha256[:12]}, {s['samples']} x "
+                f"(float32 on {made.get('device', 'cpu')}) from calibration set {calib.name} (sha256 {calib.sha256[:12]}, {s['samples']} x "
                 f"{s['seqlen']} tokens, seed {s['seed']}; {made['tensors']} tensors; imatrix sha256 "
                 f"{made['sha256'][:12]}, llama.cpp imatrix GGUF {ipath.name} in the qeval cache)")
         return path, (note,), {"imatrix_sha256": made["sha256"], "imatrix_calib": calib.name}
