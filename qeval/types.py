@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 if TYPE_CHECKING:
     import numpy as np
@@ -256,11 +256,23 @@ class VariantSpec(Strict):
     backend: str = "hf"
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     description: str = ""
+    # The KV cache's dtype (`+kv=q8_0`, qeval/variants/spec.py), composable with any weight
+    # variant whose engine can hold it; None: the engine's default cache. Left out of dumps and
+    # of key() when None, so earlier results.json and record-store keys stay byte-identical.
+    kv_cache: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_default_kv(self, handler):
+        out = handler(self)
+        if self.kv_cache is None and isinstance(out, dict):
+            out.pop("kv_cache", None)
+        return out
 
     def key(self) -> str:
         """Canonical text of everything that changes the numbers this variant produces."""
         params = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
-        return f"{self.backend}:{self.method}:{params}"
+        kv = "" if self.kv_cache is None else f"+kv={self.kv_cache}"
+        return f"{self.backend}:{self.method}:{params}{kv}"
 
 
 class BackendInfo(Strict):
@@ -278,6 +290,16 @@ class BackendInfo(Strict):
     # Parameters of the unquantized model (full-precision variants only: packed quantized tensors
     # do not count weights); the denominator of every variant's bits per weight.
     params: int | None = None
+    # The KV cache's bytes as the engine allocated them (variants with `+kv=`; measured, see
+    # the engine). Left out of dumps when None, so earlier results.json stay byte-identical.
+    kv_cache_bytes: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unmeasured_kv(self, handler):
+        out = handler(self)
+        if self.kv_cache_bytes is None and isinstance(out, dict):
+            out.pop("kv_cache_bytes", None)
+        return out
 
 
 # ---------------------------------------------------------------- efficiency

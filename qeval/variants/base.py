@@ -38,6 +38,8 @@ class QuantMethod:
     brought: str | None = None  # `name=PATH` brings an artefact: the parameter that holds PATH
     package: str | None = None  # the package that quantizes it while loading
     kernels: tuple[str, ...] = ()  # layer names one of which a loaded model must show
+    # KV-cache dtypes its engine can hold (`+kv=DTYPE`, qeval/variants/spec.py); () takes none.
+    kv_cache_dtypes: tuple[str, ...] = ()
 
     # ---- before any model: parsing (no model known yet) and preflight (the model known)
 

@@ -20,13 +20,19 @@ def imatrix_settings(variant: VariantSpec) -> dict:
 
     return {**DEFAULTS, **{k: variant.params[k] for k in IMATRIX_PARAMS if k in variant.params}}
 
+# flash_attn=true|false: llama.cpp's flash attention (default: on for a quantized V cache, which
+# needs it; else off, llama-cpp-python's default). It changes numbers, so it is in the key.
+SWITCHES = ("flash_attn",)
+
 
 class GGUF(QuantMethod):
     name = "gguf"
     engine = "llamacpp"
-    params = frozenset({"type", "file", "imatrix", *IMATRIX_PARAMS, *ENGINE_PARAMS})
+    params = frozenset({"type", "file", "imatrix", *IMATRIX_PARAMS, *ENGINE_PARAMS, *SWITCHES})
     positional = "type"
     brought = "file"
+    # llama.cpp's --cache-type-k/-v (both set); f16 is its default cache.
+    kv_cache_dtypes = ("f16", "q8_0", "q4_0")
 
     def check(self, variant: VariantSpec) -> VariantSpec:
         """Catch a wrong GGUF type, parameter or file before any model is loaded."""
@@ -69,6 +75,12 @@ class GGUF(QuantMethod):
             s = imatrix_settings(variant)
             if s["samples"] < 1 or s["seqlen"] < 16:
                 raise QevalInputError(f"variant {variant.name!r}: samples must be >= 1 and seqlen >= 16")
+        for key in SWITCHES:
+            if key in p and not isinstance(p[key], bool):
+                raise QevalInputError(f"variant {variant.name!r}: {key} must be true or false")
+        if p.get("flash_attn") is False and variant.kv_cache not in (None, "f16"):
+            raise QevalInputError(f"variant {variant.name!r}: llama.cpp needs flash attention for a quantized "
+                                  "V cache; drop flash_attn=false or use +kv=f16")
         return variant
 
     def preflight(self, ctx, variant: VariantSpec, tasks, allow_contamination: bool):
@@ -168,7 +180,8 @@ class GGUF(QuantMethod):
 
     def floor_variant(self, variant: VariantSpec) -> str | None:
         """The unquantized (F32) GGUF of the baseline, with this candidate's engine settings."""
-        return "gguf:f32" + "".join(f",{k}={variant.params[k]}" for k in ENGINE_PARAMS if k in variant.params)
+        return "gguf:f32" + "".join(f",{k}={str(variant.params[k]).lower()}" for k in (*ENGINE_PARAMS, *SWITCHES)
+                                    if k in variant.params)
 
 
 METHOD = GGUF()

@@ -1,10 +1,12 @@
 """`--candidates` / `--base` text → VariantSpec: `int8`, `nf4:double_quant=true`, `gguf:q4_k_m`,
 `gptq:bits=4,group=64,calib=clinical`, `gguf=path/to/model.gguf`, `gptq=path/to/checkpoint`, or a
-name from configs/variants/*.yaml. What each method accepts is its module's (qeval/variants/);
+name from configs/variants/*.yaml, each optionally with a KV-cache suffix `+kv=DTYPE`
+(`gguf:q4_k_m+kv=q8_0`). What each method accepts is its module's (qeval/variants/);
 nothing here names a method."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,8 +42,8 @@ def known_variants(files: Iterable[tuple[str, Path, dict]]) -> dict[str, Variant
     specs = {}
     for name, path, data in files:
         try:
-            specs[name] = VariantSpec.model_validate(registered({"name": name, **data}) if "method" in data
-                                                     else {"name": name, **data})
+            specs[name] = check_kv(VariantSpec.model_validate(
+                registered({"name": name, **data}) if "method" in data else {"name": name, **data}))
         except ValidationError as exc:
             e = exc.errors()[0]
             raise QevalInputError(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
@@ -102,9 +104,55 @@ def brought_name(text: str, method_name: str, path: str, given: object) -> str:
     return name
 
 
+KV_SUFFIX = re.compile(r"\+kv=([^,+]*)")
+
+
+def split_kv(text: str) -> tuple[str, str | None]:
+    """`gguf:q4_k_m+kv=q8_0` → (`gguf:q4_k_m`, `q8_0`); (text, None) without the suffix. The
+    suffix may stand before the variant's other parameters (`gguf:q4_k_m+kv=q8_0,threads=2`)."""
+    found = list(KV_SUFFIX.finditer(text))
+    if not found:
+        return text, None
+    if len(found) > 1:
+        raise QevalInputError(f"variant {text!r}: +kv= given {len(found)} times; give one KV-cache dtype")
+    m = found[0]
+    dtype = m.group(1).strip().lower()
+    if not dtype:
+        raise QevalInputError(f"variant {text!r}: +kv= needs a KV-cache dtype, e.g. +kv=q8_0")
+    return text[:m.start()] + text[m.end():], dtype
+
+
+def check_kv(variant: VariantSpec) -> VariantSpec:
+    """A KV-cache dtype the variant's engine can hold (its method's `kv_cache_dtypes`)."""
+    if variant.kv_cache is None:
+        return variant
+    m = method(variant.method)
+    allowed = tuple(m.kv_cache_dtypes)
+    if variant.kv_cache not in allowed:
+        known = {d for n in METHODS for d in getattr(method(n), "kv_cache_dtypes", ())}
+        engine = f"the {variant.backend} engine ({variant.method})"
+        if variant.kv_cache not in known:
+            problem = f"unknown KV-cache dtype {variant.kv_cache!r}"
+        else:
+            problem = f"{engine} cannot hold a {variant.kv_cache} KV cache"
+        fix = (f"{engine} takes +kv={'|'.join(allowed)}" if allowed
+               else f"{engine} takes no +kv=; leave the suffix out")
+        raise QevalInputError(f"variant {variant.name!r}: {problem}; {fix}")
+    return variant
+
+
 def parse_variant(text: str, known: dict[str, VariantSpec]) -> VariantSpec:
-    """One variant's text → its VariantSpec, checked by its method (no model known yet)."""
+    """One variant's text → its VariantSpec, checked by its method (no model known yet); a
+    `+kv=DTYPE` suffix sets its KV-cache dtype (checked against what its engine can hold)."""
     text = text.strip()
+    rest, kv = split_kv(text)
+    if kv is None:
+        return _parse_weights(text, known)
+    spec = _parse_weights(rest, known).model_copy(update={"name": text, "kv_cache": kv})
+    return method(spec.method).check(check_kv(spec))  # its checks again, now knowing the cache
+
+
+def _parse_weights(text: str, known: dict[str, VariantSpec]) -> VariantSpec:
     name, eq, path = text.partition("=")
     if eq and text.startswith(brought_prefixes()) and name in known:
         m = method(known[name].method)
