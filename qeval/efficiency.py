@@ -252,7 +252,10 @@ def _row(role: str, variant: VariantSpec, info, e: Efficiency, params: int | Non
     def above_start(x: int | None) -> int | None:
         return None if x is None or e.memory_before_bytes is None else max(0, x - e.memory_before_bytes)
 
+    # The KV cache's measured bytes: only for variants with `+kv=` (older tables stay as they were).
+    kv = {} if getattr(info, "kv_cache_bytes", None) is None else {"kv_cache_bytes": info.kv_cache_bytes}
     return {
+        **kv,
         "variant": variant.name, "role": role, "backend": info.backend, "device": info.device,
         "params": params, "bits_per_weight": 8 * info.weight_bytes / params if params else None,
         "artefact_bytes": e.artefact.bytes, "artefact": e.artefact.description,

@@ -27,6 +27,9 @@ from qeval.engines.base import (
 )
 
 ENGINE = "llamacpp"  # its name in qeval/engines/registry.py
+# `+kv=DTYPE` (qeval/variants/gguf.py lists them) → llama.cpp's GGML type for both K and V, as
+# --cache-type-k/-v. A quantized V cache needs flash attention in llama.cpp.
+KV_GGML_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
 DEFAULT_N_CTX = 2048
 LOGIT_ROWS_BYTES = 256 << 20  # llama.cpp's logits buffer when every position is scored
 BROKEN = ("the GGUF's weights or its quantization are numerically broken; check the file, or try "
@@ -235,6 +238,13 @@ class LlamaCppBackend:
         gpu_layers = int(p.get("gpu_layers", 0))
         extra, notes = safe_buffer_setting(path, threads, gpu_layers)
         notes = [*method_notes, *notes]
+        kv = variant.kv_cache
+        # llama-cpp-python 0.3.x: flash_attn=True sets flash_attn_type ENABLED, False DISABLED
+        # (its default, kept for f16 so that +kv=f16 equals the default cache).
+        cache_args = {"flash_attn": bool(p.get("flash_attn", kv not in (None, "f16")))}
+        if kv is not None:
+            ggml_type = getattr(llama_cpp, KV_GGML_TYPES[kv])
+            cache_args.update(type_k=ggml_type, type_v=ggml_type)
         try:
             # Not logits_all: llama-cpp-python would keep an (n_ctx × vocabulary) float32 copy
             # of every position's logits (2 GB at Gemma-3's 262k vocabulary). Positions whose
@@ -244,8 +254,13 @@ class LlamaCppBackend:
                 self.llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_ubatch=min(512, n_ctx),
                     n_threads=threads, n_threads_batch=threads, logits_all=False, n_gpu_layers=gpu_layers,
-                    verbose=False, seed=0)
+                    verbose=False, seed=0, **cache_args)
         except (ValueError, RuntimeError) as exc:
+            if kv is not None:
+                raise QevalInputError(
+                    f"variant {variant.name!r}: llama.cpp could not make a {kv} KV cache for {path.name} "
+                    f"({exc}); a quantized cache needs the model's head size to be a multiple of 32 "
+                    "(the q8_0/q4_0 block); try +kv=f16 or leave the suffix out") from None
             raise QevalInputError(f"llama.cpp could not load {path}: {exc}") from None
         self.n_ctx = n_ctx
         # An item's several prompts (rotated options) share their beginning in the KV cache;
@@ -272,16 +287,72 @@ class LlamaCppBackend:
                 f"{qtype}: only {100 * k_share:.0f}% of the weights are k-quants — rows whose length is "
                 f"not a multiple of 256 fell back to {fallback} (llama.cpp's rule) — so this file "
                 f"holds {bpw:.2f} bits per weight; compare GGUF variants by bits per weight, not by name")
+        kernel = f"llama.cpp ggml kernels ({mix_text})"
+        if kv is None and "flash_attn" in p:
+            kernel += f"; flash attention {'on' if cache_args['flash_attn'] else 'off'}"
+        kv_bytes = None
+        if kv is not None:
+            self.info_name = variant.name
+            per_cell = self._kv_bytes_per_cell(cache_args["type_k"])
+            cells = llama_cpp.llama_n_ctx(self.llm._ctx.ctx)
+            kv_bytes = per_cell * cells
+            attention = "flash attention" if cache_args["flash_attn"] else "flash attention off"
+            kernel += f"; KV cache {kv} (K and V), {attention}"
+            notes.append(
+                f"KV cache {kv} for K and V (llama.cpp type_k/type_v), {attention}"
+                + (" (llama.cpp needs it for a quantized V cache)" if kv != "f16" else "")
+                + f": {kv_bytes:,} bytes allocated ({per_cell:,} bytes per cell — ggml's row size of "
+                f"each layer's K and V, checked against llama.cpp's state size — × {cells} cells); "
+                "every score reads keys and values back from this cache")
         self.info = BackendInfo(
             variant=variant.name, backend=ENGINE, device="cuda" if gpu_layers else "cpu",
             requested_dtype=qtype, compute_dtype=f"llama.cpp {qtype}, {bpw:.2f} bits per weight",
             # Not the thread count: it changes no number (the local and Ray executors, at 2 and
             # 1 threads, give the same results.json) and is not in the record-store key; each
             # job's threads are in timings.json.
-            kernel=f"llama.cpp ggml kernels ({mix_text})",
+            kernel=kernel,
             weight_bytes=path.stat().st_size, versions={**llamacpp_versions(), **_brought_hash(p, path), **(method_versions or {})},
-            notes=tuple(notes),
+            notes=tuple(notes), kv_cache_bytes=kv_bytes,
         )
+
+    def _kv_bytes_per_cell(self, ggml_type: int) -> int:
+        """Bytes one cache cell (one position: K and V of every layer) takes in a KV cache of
+        `ggml_type`: ggml's own row size (block scales included) of each layer's K and V rows,
+        at llama.cpp's own layer, KV-head and head sizes. Checked against llama.cpp's state size of
+        sequence 0 after 1 and after 9 positions (the state writes each cell's rows in the cache's
+        own type, plus a small per-cell header); the cache is emptied again afterwards.
+        tests/test_kv_cache.py also checks the allocation against llama.cpp's own log line."""
+        import ctypes
+
+        import llama_cpp
+        from llama_cpp._ggml import libggml
+
+        row_size = libggml.ggml_row_size
+        row_size.restype, row_size.argtypes = ctypes.c_size_t, [ctypes.c_int, ctypes.c_int64]
+        model = self.llm._model.model
+        layers = llama_cpp.llama_model_n_layer(model)
+        heads, kv_heads = llama_cpp.llama_model_n_head(model), llama_cpp.llama_model_n_head_kv(model)
+        meta = self.llm.metadata
+        arch = meta.get("general.architecture", "")
+        default_head = llama_cpp.llama_model_n_embd(model) // heads
+        k_dim = int(meta.get(f"{arch}.attention.key_length", default_head))
+        v_dim = int(meta.get(f"{arch}.attention.value_length", default_head))
+        per_cell = layers * (row_size(ggml_type, kv_heads * k_dim) + row_size(ggml_type, kv_heads * v_dim))
+
+        llm = self.llm
+        sizes = []
+        for n in (1, 9):
+            llm.reset()
+            for _ in self._decode([0] * n, every=False):
+                pass
+            sizes.append(int(llama_cpp.llama_state_seq_get_size(llm._ctx.ctx, 0)))
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self.kv_state_cell_header = (sizes[1] - sizes[0]) / 8 - per_cell
+        if not 0 <= self.kv_state_cell_header <= 64:
+            raise RuntimeError(f"{self.info_name}: llama.cpp's state grows by {(sizes[1] - sizes[0]) / 8} "
+                               f"bytes per position, not the {per_cell} its KV rows take")
+        return per_cell
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

@@ -222,14 +222,14 @@ def _efficiency_table(eff: dict | None) -> str:
     (qeval.report.markdown.efficiency_rows / efficiency_markdown); older runs have none."""
     if not eff or not eff.get("variants"):
         return ""
-    from qeval.report.tables import EFFICIENCY_COLUMNS, efficiency_markdown, efficiency_rows  # report → html_report
+    from qeval.report.tables import efficiency_markdown, efficiency_table  # report → html_report
 
     markdown = efficiency_markdown(eff)
     heading = next((line[3:] for line in markdown if line.startswith("## ")), "Efficiency")
     prose = [line for line in markdown if line.strip() and not line.startswith(("|", "#"))]
-    headers = [c.replace("bN", f"b{eff['probe']['batch']}") for c in EFFICIENCY_COLUMNS]
+    headers, cells = efficiency_table(eff)
     verdicts = ("INCONCLUSIVE", "NO_GO", "GO")
-    rows = [[_efficiency_cell(cell, verdicts) for cell in row] for row in efficiency_rows(eff)]
+    rows = [[_efficiency_cell(cell, verdicts) for cell in row] for row in cells]
     return (f'<h2 id="efficiency">{_esc(heading)}</h2>'
             + _table(headers, rows, left=1, table_id="qeval-efficiency", cls="compact",
                      wrap={len(headers) - 1}, text={len(headers) - 1})

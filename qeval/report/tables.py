@@ -150,6 +150,18 @@ def efficiency_rows(eff: dict) -> list[list[str]]:
     return rows
 
 
+def efficiency_table(eff: dict) -> tuple[list[str], list[list[str]]]:
+    """The columns (bN spelled with the probe's batch) and rows of report.md's and the HTML
+    report's table: efficiency_rows, plus a `KV cache MiB` column after `peak vs base` only when
+    some variant measured its KV cache (`+kv=` variants), so older reports stay as they were."""
+    columns, rows = list(EFFICIENCY_COLUMNS), efficiency_rows(eff)
+    if any(r.get("kv_cache_bytes") is not None for r in eff["variants"]):
+        columns.insert(8, "KV cache MiB")
+        for r, row in zip(eff["variants"], rows):
+            row.insert(8, mib(r.get("kv_cache_bytes")))
+    return [c.replace("bN", f"b{eff['probe']['batch']}") for c in columns], rows
+
+
 EFFICIENCY_COLUMNS = ["variant", "bits/weight", "artefact MiB", "weights MiB", "planner MiB",
                       "weights vs base", "peak MiB", "peak vs base", "load s", "prefill tok/s b1",
                       "decode tok/s b1", "prefill tok/s bN", "decode tok/s bN", "quality"]
@@ -159,10 +171,10 @@ def efficiency_markdown(eff: dict | None) -> list[str]:
     if not eff or not eff.get("variants"):
         return []
     p = eff["probe"]
-    head = [c.replace("bN", f"b{p['batch']}") for c in EFFICIENCY_COLUMNS]
+    head, rows = efficiency_table(eff)
     lines = ["", "## What each variant buys (measured in this run)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in efficiency_rows(eff)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     kinds = sorted({r["memory_kind"] for r in eff["variants"]})
     reused = [r["variant"] for r in eff["variants"] if not r["scored_here"]]
     lines += ["", f"Speed: a fixed neutral {p['prompt_tokens']}-token prompt (no task text), one prefill "

@@ -223,6 +223,7 @@ class EfficiencyRow(Doc):
     weight_bytes: int
     predicted_weight_bytes: int | None
     plan_format: str | None = None  # None also in runs written before the planner column
+    kv_cache_bytes: int | None = None  # measured; only for variants with `+kv=` (KV-cache dtype)
     peak_memory_bytes: int | None
     load_peak_bytes: int | None = None
     process_peak_bytes: int | None = None

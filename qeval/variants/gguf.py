@@ -20,6 +20,7 @@ def imatrix_settings(variant: VariantSpec) -> dict:
 
     return {**DEFAULTS, **{k: variant.params[k] for k in IMATRIX_PARAMS if k in variant.params}}
 
+
 # flash_attn=true|false: llama.cpp's flash attention (default: on for a quantized V cache, which
 # needs it; else off, llama-cpp-python's default). It changes numbers, so it is in the key.
 SWITCHES = ("flash_attn",)
