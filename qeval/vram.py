@@ -46,7 +46,21 @@ GPUS: dict[str, int] = {
 GGUF_BPW = {"f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.5625, "q5_k_m": 5.69,
             "q5_k_s": 5.54, "q5_1": 6.0, "q5_0": 5.5, "q4_k_m": 4.85, "q4_k_s": 4.58, "q4_1": 5.0,
             "q4_0": 4.5, "q3_k_l": 4.27, "q3_k_m": 3.91, "q3_k_s": 3.5, "q2_k": 2.63}
-KV_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+# Bytes per KV-cache element, block scales included: llama.cpp's q8_0 is 34 bytes per 32 (an fp16
+# scale per block), q4_0 18 per 32; transformers' quantized cache (quanto, groups of 64) keeps an
+# fp16 scale and zero point per group: int8 1 + 4/64, int4 0.5 + 4/64 (its last residual_length
+# tokens, 128 by default, stay in the compute dtype; not counted). f16 is llama.cpp's name for fp16.
+KV_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "f16": 2, "fp8": 1, "int8": 1 + 4 / 64, "q8_0": 34 / 32,
+            "int4": 0.5 + 4 / 64, "q4_0": 18 / 32}
+KV_SCALES = {"q8_0": ", 34 B per block of 32", "q4_0": ", 18 B per block of 32",
+             "int8": ", fp16 scale and zero per 64", "int4": ", fp16 scale and zero per 64"}
+KV_SUFFIX = "+kv="  # a variant's KV-cache dtype, as qeval/variants/spec.py reads it
+
+
+def split_kv_format(fmt: str) -> tuple[str, str | None]:
+    """`gguf:q4_k_m+kv=q8_0` → (`gguf:q4_k_m`, `q8_0`): the planner follows a variant's cache."""
+    base, sep, kv = fmt.partition(KV_SUFFIX)
+    return (base, kv.strip().lower() or None) if sep else (fmt, None)
 
 
 class ModelShape(BaseModel):
@@ -195,7 +209,7 @@ class Plan(BaseModel):
 
 def kv_bytes_per_token(shape: ModelShape, kv_dtype: str, *, with_gqa: bool = True) -> int:
     heads = shape.kv_heads if with_gqa else shape.heads
-    return 2 * shape.layers * heads * shape.head_dim * KV_BYTES[kv_dtype]
+    return math.ceil(2 * shape.layers * heads * shape.head_dim * KV_BYTES[kv_dtype])
 
 
 def _gib(n: float) -> str:
@@ -203,7 +217,13 @@ def _gib(n: float) -> str:
 
 
 def plan(shape: ModelShape, *, fmt: str = "fp16", context: int = 4096, sequences: int = 1,
-         kv_dtype: str = "fp16", gpu: str = "H100-80GB", gpu_bytes: int | None = None) -> Plan:
+         kv_dtype: str | None = None, gpu: str = "H100-80GB", gpu_bytes: int | None = None) -> Plan:
+    """`kv_dtype` None: the format's own `+kv=` suffix (a variant's KV cache), else fp16."""
+    fmt, fmt_kv = split_kv_format(fmt)
+    if fmt_kv is not None and kv_dtype is not None and kv_dtype != fmt_kv:
+        raise QevalInputError(f"--format {fmt}+kv={fmt_kv} and --kv-dtype {kv_dtype} disagree; give the "
+                              "KV-cache dtype once")
+    kv_dtype = fmt_kv or kv_dtype or "fp16"
     if kv_dtype not in KV_BYTES:
         raise QevalInputError(f"--kv-dtype {kv_dtype!r}: choose from {', '.join(KV_BYTES)}")
     if gpu_bytes is None:
@@ -232,7 +252,8 @@ def plan(shape: ModelShape, *, fmt: str = "fp16", context: int = 4096, sequences
             f"embedding/head/norm params × {other_bits:g} bits")),
         PlanLine(item="KV cache", bytes=kv, how=(
             f"2 (K,V) × {shape.layers} layers × {shape.kv_heads} KV heads × {shape.head_dim} head dim × "
-            f"{KV_BYTES[kv_dtype]} B ({kv_dtype}) = {per_token:,} B/token × {context} tokens × {sequences} sequences")),
+            f"{KV_BYTES[kv_dtype]:.4g} B ({kv_dtype}{KV_SCALES.get(kv_dtype, '')}) = {per_token:,} B/token × "
+            f"{context} tokens × {sequences} sequences")),
         PlanLine(item="CUDA + activations", bytes=overhead, how=(
             f"{_gib(CUDA_CONTEXT_BYTES)} CUDA context/workspaces + {_gib(act)} activations of a "
             f"{PREFILL_CHUNK_TOKENS}-token prefill chunk + {_gib(logits)} fp32 logits of one decode step "
@@ -277,7 +298,7 @@ def plan(shape: ModelShape, *, fmt: str = "fp16", context: int = 4096, sequences
 
 VLLM_QUANTIZATION = {"fp8": "fp8", "nf4": "bitsandbytes"}  # formats vLLM quantizes while loading
 VLLM_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-VLLM_KV = {"fp16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}  # auto: the model's dtype
+VLLM_KV = {"fp16": "auto", "f16": "auto", "bf16": "auto", "fp32": "auto", "fp8": "fp8"}  # auto: the model's dtype
 
 
 class VllmServe(BaseModel):

@@ -212,3 +212,34 @@ def test_compare_with_a_kv_candidate_end_to_end(tiny, tmp_path):
     report = (out / "report.md").read_text()
     assert "KV cache MiB" in report
 
+
+# ------------------------------------------------------------------ the planner
+
+
+def test_planner_kv_line_follows_the_variants_cache_dtype():
+    from qeval.vram import PRESETS, plan
+
+    shape = PRESETS["llama-2-70b"]  # 80 layers × 8 KV heads × 128
+    elements = 2 * 80 * 8 * 128  # K and V elements per token
+    default = plan(shape, fmt="gguf:q4_k_m", context=4096, sequences=16)
+    want = {"f16": elements * 2, "q8_0": elements * 34 // 32, "q4_0": elements * 18 // 32, "fp8": elements,
+            "int8": elements * 68 // 64, "int4": elements * 36 // 64}
+    for kv, per_token in want.items():
+        p = plan(shape, fmt=f"gguf:q4_k_m+kv={kv}", context=4096, sequences=16)
+        lines = {line.item: line for line in p.lines}
+        assert (p.kv_dtype, p.kv_bytes_per_token, p.format) == (kv, per_token, "gguf:q4_k_m")
+        assert lines["KV cache"].bytes == per_token * 4096 * 16 and f"({kv}" in lines["KV cache"].how
+        assert lines["weights"].bytes == default.lines[0].bytes  # the cache changes only its own line
+    assert default.kv_dtype == "fp16" and default.kv_bytes_per_token == want["f16"]
+    assert plan(shape, fmt="gguf:q4_k_m+kv=q8_0", kv_dtype="q8_0").kv_dtype == "q8_0"
+    with pytest.raises(QevalInputError, match="disagree"):
+        plan(shape, fmt="gguf:q4_k_m+kv=q8_0", kv_dtype="fp8")
+
+
+def test_plan_cli_reads_the_kv_suffix():
+    res = runner.invoke(app, ["plan", "--model", "llama-2-70b", "--format", "gguf:q4_k_m+kv=q4_0",
+                              "--context", "4096", "--sequences", "16"])
+    assert res.exit_code == 0, res.output
+    assert "KV q4_0" in res.output and "18 B per block of 32" in res.output
+    res = runner.invoke(app, ["plan", "--model", "llama-2-70b", "--format", "gguf:q4_k_m+kv=q3"])
+    assert res.exit_code == 2 and "--kv-dtype 'q3'" in res.output

@@ -155,7 +155,7 @@ def plan(
     format: Annotated[str, typer.Option("--format", help="Weight format: fp16, bf16, fp32, fp8, int8, nf4, gptq[:group=N], awq[:group=N], gguf:<type>.")] = "fp16",
     context: Annotated[int, typer.Option(min=1, help="Tokens per sequence (prompt + output).")] = 4096,
     sequences: Annotated[int, typer.Option(min=1, help="Concurrent sequences.")] = 1,
-    kv_dtype: Annotated[str, typer.Option(help="KV-cache element type: fp16, bf16, fp8, int8, fp32.")] = "fp16",
+    kv_dtype: Annotated[Optional[str], typer.Option(help="KV-cache element type: fp16, bf16, fp8, int8, int4, q8_0, q4_0, fp32 (default: the --format's +kv= suffix, e.g. gguf:q4_k_m+kv=q8_0, else fp16).")] = None,
     gpu: Annotated[str, typer.Option(help="T4, A10G, L4, A100-40GB, A100-80GB, H100-80GB or H200.")] = "H100-80GB",
     gpu_memory: Annotated[Optional[float], typer.Option(min=0.1, help="Custom GPU memory in GiB (overrides --gpu).")] = None,
     layers: Annotated[Optional[int], typer.Option(min=1, help="Explicit shape: decoder layers.")] = None,
