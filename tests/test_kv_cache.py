@@ -243,3 +243,28 @@ def test_plan_cli_reads_the_kv_suffix():
     assert "KV q4_0" in res.output and "18 B per block of 32" in res.output
     res = runner.invoke(app, ["plan", "--model", "llama-2-70b", "--format", "gguf:q4_k_m+kv=q3"])
     assert res.exit_code == 2 and "--kv-dtype 'q3'" in res.output
+
+
+# ------------------------------------------------------------------ vLLM (parameter plumbing only)
+
+
+def test_vllm_kv_fp8_reaches_the_engine_settings():
+    from qeval.methods import method
+
+    v = parse_variant("vllm:fp8+kv=fp8")
+    assert v.kv_cache == "fp8" and v.key().endswith("+kv=fp8")
+    m = method("vllm")
+    assert m.engine_settings(v, "cuda", "bfloat16")["kv_cache_dtype"] == "fp8"
+    assert "kv_cache_dtype" not in m.engine_settings(parse_variant("vllm:fp8"), "cuda", "bfloat16")
+    # the engine floor (what vLLM changes apart from the quantization) keeps the model's own cache
+    assert m.floor_variant(v) == "vllm:bf16"
+    with pytest.raises(QevalInputError, match="both set the KV cache"):
+        parse_variant("vllm:fp8,kv_cache_dtype=fp8+kv=fp8")
+    with pytest.raises(QevalInputError, match=r"\+kv=fp8\|fp8_e4m3\|fp8_e5m2"):
+        parse_variant("vllm:bf16+kv=q8_0")
+
+
+def test_the_baseline_takes_no_kv_suffix(tmp_path):
+    res = runner.invoke(app, ["compare", "--out", str(tmp_path / "run"), "--base", "vllm:bf16+kv=fp8",
+                              "--candidates", "vllm:fp8", "--no-efficiency"])
+    assert res.exit_code == 2 and "put +kv= on a candidate" in res.stderr, res.output

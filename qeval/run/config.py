@@ -155,6 +155,9 @@ def policy_path(policy: str) -> Path:
 
 
 def check_roles(cfg: RunConfig) -> None:
+    if cfg.baseline.kv_cache is not None:
+        raise QevalInputError(f"--base {cfg.baseline.name!r}: the baseline keeps its engine's full-precision "
+                              "KV cache; put +kv= on a candidate instead")
     if not method(cfg.baseline.method).is_baseline(cfg.baseline):
         baselines = sorted(form for name in METHODS for form in method(name).baseline_forms())
         raise QevalInputError(

@@ -46,6 +46,9 @@ class VLLM(QuantMethod):
     baseline = True  # vllm:fp32|fp16|bf16 (is_baseline refuses the quantized formats)
     positional = "format"
     params = frozenset({"format", "path", "dtype", *ENGINE_PARAMS})
+    # `+kv=fp8`: vLLM's kv_cache_dtype (the same as the kv_cache_dtype= parameter, which the
+    # engine floor shares; +kv= leaves the floor on the model's own cache dtype).
+    kv_cache_dtypes = ("fp8", "fp8_e4m3", "fp8_e5m2")
 
     # ---- parsing
 
@@ -88,6 +91,9 @@ class VLLM(QuantMethod):
             raise QevalInputError(f"variant {variant.name!r}: dtype must be one of {', '.join(FULL)}")
         if fmt in FULL and "dtype" in p:
             raise QevalInputError(f"variant {variant.name!r}: vllm:{fmt} is its dtype; leave dtype out")
+        if variant.kv_cache is not None and "kv_cache_dtype" in p:
+            raise QevalInputError(f"variant {variant.name!r}: +kv= and kv_cache_dtype= both set the KV cache; "
+                                  "give one")
         return variant.model_copy(update={"params": p})
 
     # ---- before model time
@@ -158,6 +164,8 @@ class VLLM(QuantMethod):
         fmt = p["format"]
         s: dict = {k: p[k] for k in ENGINE_PARAMS if k in p}
         s["dtype"] = FULL[fmt] if fmt in FULL else compute
+        if variant.kv_cache is not None:
+            s["kv_cache_dtype"] = variant.kv_cache
         if fmt == "fp8":
             # vLLM's dynamic FP8 (per-tensor scales) has no CPU path; its per-channel variant has.
             s["quantization"] = "fp8" if device != "cpu" else "fp8_per_channel"
