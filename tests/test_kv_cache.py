@@ -46,6 +46,13 @@ def test_kv_suffix_parses_into_its_own_field(text, weights, kv):
     # the cache dtype joins the record-store key only when set
     assert v.key() == plain.key() + f"+kv={kv}"
 
+def test_kv_candidates_in_one_list():
+    from qeval.variants.spec import split_variants
+
+    assert split_variants("gguf:q4_k_m+kv=q8_0,gguf:q4_k_m,threads=2+kv=q4_0,int8+kv=q8_0,vllm:fp8+kv=fp8") == [
+        "gguf:q4_k_m+kv=q8_0", "gguf:q4_k_m,threads=2+kv=q4_0", "int8+kv=q8_0", "vllm:fp8+kv=fp8"]
+
+
 def test_without_kv_the_variant_dumps_and_keys_as_before():
     v = parse_variant("gguf:q4_k_m")
     assert v.key() == "llamacpp:gguf:type=q4_k_m"

@@ -69,6 +69,9 @@ def _coerce(value: str) -> str | int | float | bool:
     return value
 
 
+KV_SUFFIX = re.compile(r"\+kv=([^,+]*)")  # a variant's KV-cache dtype: `gguf:q4_k_m+kv=q8_0`
+
+
 def brought_prefixes() -> tuple[str, ...]:
     """Artefacts a user brings instead of having qeval make them: `<method>=<path>`."""
     return tuple(f"{name}=" for name in METHODS if method(name).brought)
@@ -83,7 +86,7 @@ def split_variants(text: str) -> list[str]:
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
             continue
-        name = piece.split(":", 1)[0]
+        name = KV_SUFFIX.sub("", piece).split(":", 1)[0]  # `int8+kv=…` starts a variant
         if out and "=" in name and not name.startswith(brought):
             out[-1] += "," + piece
         else:
@@ -102,9 +105,6 @@ def brought_name(text: str, method_name: str, path: str, given: object) -> str:
         raise QevalInputError(f"variant {text!r}: name={given!r} must be a non-empty name without "
                               "commas or slashes, e.g. name=mine-q4")
     return name
-
-
-KV_SUFFIX = re.compile(r"\+kv=([^,+]*)")
 
 
 def split_kv(text: str) -> tuple[str, str | None]:
