@@ -29,16 +29,17 @@ runner = CliRunner()
 # ------------------------------------------------------------------ parsing and identity
 
 
-@pytest.mark.parametrize("text,weights,kv", [
-    ("gguf:q4_k_m+kv=q8_0", {"type": "q4_k_m"}, "q8_0"),
-    ("gguf:q8_0+kv=q4_0", {"type": "q8_0"}, "q4_0"),
-    ("gguf:q8_0+kv=f16", {"type": "q8_0"}, "f16"),
-    ("gguf:q4_k_m+kv=q8_0,threads=2", {"type": "q4_k_m", "threads": 2}, "q8_0"),
-    ("gguf:q4_k_m,threads=2+kv=Q8_0", {"type": "q4_k_m", "threads": 2}, "q8_0"),
+@pytest.mark.parametrize("text,weights,kv,name", [
+    ("gguf:q4_k_m+kv=q8_0", {"type": "q4_k_m"}, "q8_0", "gguf:q4_k_m+kv=q8_0"),
+    ("gguf:q8_0+kv=q4_0", {"type": "q8_0"}, "q4_0", "gguf:q8_0+kv=q4_0"),
+    ("gguf:q8_0+kv=f16", {"type": "q8_0"}, "f16", "gguf:q8_0+kv=f16"),
+    # the suffix written before other parameters: named with it at the end, lower case
+    ("gguf:q4_k_m+kv=q8_0,threads=2", {"type": "q4_k_m", "threads": 2}, "q8_0", "gguf:q4_k_m,threads=2+kv=q8_0"),
+    ("gguf:q4_k_m,threads=2+kv=Q8_0", {"type": "q4_k_m", "threads": 2}, "q8_0", "gguf:q4_k_m,threads=2+kv=q8_0"),
 ])
-def test_kv_suffix_parses_into_its_own_field(text, weights, kv):
+def test_kv_suffix_parses_into_its_own_field(text, weights, kv, name):
     v = parse_variant(text)
-    assert (v.method, v.params, v.kv_cache, v.name) == ("gguf", weights, kv, text)
+    assert (v.method, v.params, v.kv_cache, v.name) == ("gguf", weights, kv, name)
     from qeval.variants.spec import split_kv
 
     plain = parse_variant(split_kv(text)[0])
@@ -51,6 +52,14 @@ def test_kv_candidates_in_one_list():
 
     assert split_variants("gguf:q4_k_m+kv=q8_0,gguf:q4_k_m,threads=2+kv=q4_0,int8+kv=q8_0,vllm:fp8+kv=fp8") == [
         "gguf:q4_k_m+kv=q8_0", "gguf:q4_k_m,threads=2+kv=q4_0", "int8+kv=q8_0", "vllm:fp8+kv=fp8"]
+
+
+def test_a_brought_gguf_keeps_its_short_name(tmp_path):
+    f = tmp_path / "mine.gguf"
+    f.write_bytes(b"GGUF")
+    v = parse_variant(f"gguf={f}+kv=q4_0")
+    assert (v.name, v.params["file"], v.kv_cache) == ("gguf=mine.gguf+kv=q4_0", str(f), "q4_0")
+    assert parse_variant(f"gguf={f},name=m4+kv=q8_0").name == "m4+kv=q8_0"
 
 
 def test_without_kv_the_variant_dumps_and_keys_as_before():

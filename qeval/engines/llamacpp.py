@@ -292,8 +292,7 @@ class LlamaCppBackend:
             kernel += f"; flash attention {'on' if cache_args['flash_attn'] else 'off'}"
         kv_bytes = None
         if kv is not None:
-            self.info_name = variant.name
-            per_cell = self._kv_bytes_per_cell(cache_args["type_k"])
+            per_cell = self._kv_bytes_per_cell(cache_args["type_k"], variant.name)
             cells = llama_cpp.llama_n_ctx(self.llm._ctx.ctx)
             kv_bytes = per_cell * cells
             attention = "flash attention" if cache_args["flash_attn"] else "flash attention off"
@@ -315,7 +314,7 @@ class LlamaCppBackend:
             notes=tuple(notes), kv_cache_bytes=kv_bytes,
         )
 
-    def _kv_bytes_per_cell(self, ggml_type: int) -> int:
+    def _kv_bytes_per_cell(self, ggml_type: int, variant: str) -> int:
         """Bytes one cache cell (one position: K and V of every layer) takes in a KV cache of
         `ggml_type`: ggml's own row size (block scales included) of each layer's K and V rows,
         at llama.cpp's own layer, KV-head and head sizes. Checked against llama.cpp's state size of
@@ -350,7 +349,7 @@ class LlamaCppBackend:
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         self.kv_state_cell_header = (sizes[1] - sizes[0]) / 8 - per_cell
         if not 0 <= self.kv_state_cell_header <= 64:
-            raise RuntimeError(f"{self.info_name}: llama.cpp's state grows by {(sizes[1] - sizes[0]) / 8} "
+            raise RuntimeError(f"{variant}: llama.cpp's state grows by {(sizes[1] - sizes[0]) / 8} "
                                f"bytes per position, not the {per_cell} its KV rows take")
         return per_cell
 

@@ -148,7 +148,8 @@ def parse_variant(text: str, known: dict[str, VariantSpec]) -> VariantSpec:
     rest, kv = split_kv(text)
     if kv is None:
         return _parse_weights(text, known)
-    spec = _parse_weights(rest, known).model_copy(update={"name": text, "kv_cache": kv})
+    spec = _parse_weights(rest, known)  # its name: the text, or a brought file's short name
+    spec = spec.model_copy(update={"name": f"{spec.name}+kv={kv}", "kv_cache": kv})
     return method(spec.method).check(check_kv(spec))  # its checks again, now knowing the cache
 
 
