@@ -284,3 +284,15 @@ def test_the_baseline_takes_no_kv_suffix(tmp_path):
     res = runner.invoke(app, ["compare", "--out", str(tmp_path / "run"), "--base", "vllm:bf16+kv=fp8",
                               "--candidates", "vllm:fp8", "--no-efficiency"])
     assert res.exit_code == 2 and "put +kv= on a candidate" in res.stderr, res.output
+
+
+def test_planner_predicts_the_measured_cache_of_the_tiny_model(tiny, runs):
+    """The planner's KV line for the tiny checkpoint at the run's context equals what llama.cpp
+    allocated, for each cache dtype (f16 is the planner's fp16)."""
+    from qeval.vram import load_shape, plan
+
+    root, _ = tiny
+    shape = load_shape(str(root / "ckpt"))
+    for kv in ("f16", "q8_0", "q4_0"):
+        p = plan(shape, fmt=f"gguf:q8_0+kv={kv}", context=N_CTX, sequences=1)
+        assert p.lines[1].item == "KV cache" and p.lines[1].bytes == runs[kv][0].kv_cache_bytes, kv
