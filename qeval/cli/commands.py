@@ -25,7 +25,7 @@ def compare(
     ctx: typer.Context,
     model: Model = "smollm2-135m",
     base: Base = "fp16",
-    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4, gguf:q4_k_m, gptq:bits=4,group=64,calib=clinical, awq, or a file you bring: gguf=model.gguf, gptq=DIR, awq=DIR (see `qeval variants`).")] = "int8,int8wo,nf4",
+    candidates: Annotated[str, typer.Option(help="Comma-separated candidate variants, e.g. int8,int8wo,nf4, gguf:q4_k_m, gptq:bits=4,group=64,calib=clinical, awq, or a file you bring: gguf=model.gguf, gptq=DIR, awq=DIR; a KV-cache suffix on llama.cpp and vLLM variants: gguf:q4_k_m+kv=q8_0|q4_0|f16, vllm:fp8+kv=fp8 (see `qeval variants`).")] = "int8,int8wo,nf4",
     suite: Suite = "clinical-core",
     tasks: Tasks = None,
     policy: Policy = "default",
