@@ -164,3 +164,19 @@ def test_a_compare_reports_kl_by_position(tmp_path):
     report = (out / "report.md").read_text()
     assert "| long_tiny | fp8wo | 0–16 | 6 |" in report and "vs first" in report
     assert "KL divergence by position" in (out / "report.html").read_text()
+
+
+def test_llama_cpp_variants_get_the_context_a_long_task_needs():
+    from qeval.run.config import RunConfig, fit_contexts, parse_variant
+
+    long = TaskRegistry([resource_dir("tasks")]).load("clinical_long_context")
+    short = TaskRegistry([resource_dir("tasks")]).load("clinical_reference")
+    cfg = RunConfig(baseline=parse_variant("fp32"), tasks=("clinical_long_context",), candidates=tuple(
+        parse_variant(v) for v in ("gguf:q4_k_m+kv=q8_0", "gguf:q8_0,n_ctx=4096", "int8wo")))
+    fitted = fit_contexts(cfg, [short, long])
+    auto, given, hf = fitted.candidates
+    assert auto.params["n_ctx"] == 8192 and auto.kv_cache == "q8_0" and auto.name == "gguf:q4_k_m+kv=q8_0"
+    assert given == cfg.candidates[1]  # the user's n_ctx stays (and preflight refuses it as too small)
+    assert hf == cfg.candidates[2] and fitted.baseline == cfg.baseline
+    assert fit_contexts(cfg, [short]) == cfg  # within the default 2048: nothing changes, keys included
+    assert auto.key() != cfg.candidates[0].key()  # what ran is in the record-store key

@@ -304,6 +304,9 @@ def _score(cfg, loaded, skipped, ui, run_dir: Path, gate_file: Path, gate_policy
     resolved = resolve_model(cfg.model, progress=ui.status)
     trail.model = resolved
     model_seconds = time.perf_counter() - t_model
+    from qeval.run.config import fit_contexts
+
+    cfg = fit_contexts(cfg, loaded)  # llama.cpp's n_ctx for a long-context task, unless given
     factory = engines(resolved, loaded, cfg, ui)
     trail.factory = factory
     overlaps = factory.preflight([cfg.baseline, *cfg.candidates], loaded,

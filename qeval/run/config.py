@@ -128,6 +128,17 @@ split_variants = spec.split_variants
 brought_name = spec.brought_name
 
 
+def fit_contexts(cfg: RunConfig, tasks) -> RunConfig:
+    """The run's variants, each with a context that holds the longest sequence its tasks put
+    through an engine at once, where its method sizes one (llama.cpp's n_ctx; QuantMethod.fit_context)."""
+    from qeval.kinds import kind_of
+
+    needs = [kind_of(t.spec.kind).context_needed(t.spec) for t in tasks]
+    longest = max((n[0] for n in needs if n is not None), default=0)
+    fit = lambda v: method(v.method).fit_context(v, longest)  # noqa: E731
+    return cfg.model_copy(update={"baseline": fit(cfg.baseline), "candidates": tuple(map(fit, cfg.candidates))})
+
+
 def suite_tasks(suite: str, include: Sequence[str] = ()) -> tuple[str, ...]:
     suites: dict[str, tuple[Path, dict]] = {}
     for directory in suite_dirs(include):

@@ -55,6 +55,12 @@ class QuantMethod:
         """Checks `parse_variant` runs on a variant of this method; returns it (maybe normalised)."""
         return variant
 
+    def fit_context(self, variant: VariantSpec, longest: int) -> VariantSpec:
+        """The variant with a context that holds `longest` tokens (the longest sequence the run's
+        tasks put through an engine at once), for engines whose context is fixed when they load
+        and that the variant leaves unset; others unchanged."""
+        return variant
+
     def check_ready(self, variant: VariantSpec) -> None:
         """Parameters the engine takes and the package it needs, checked before any model loads."""
 
@@ -114,6 +120,12 @@ class QuantMethod:
 
 class OnLoad(QuantMethod):
     """Quantized (or cast) by transformers while the baseline's weights load."""
+
+    def fit_context(self, variant: VariantSpec, longest: int) -> VariantSpec:
+        """The variant with a context that holds `longest` tokens (the longest sequence the run's
+        tasks put through an engine at once), for engines whose context is fixed when they load
+        and that the variant leaves unset; others unchanged."""
+        return variant
 
     def check_ready(self, variant: VariantSpec) -> None:
         """A transformers variant's parameters are ones it takes, and the package that quantizes

@@ -179,6 +179,18 @@ class GGUF(QuantMethod):
             return None
         return f"gguf:{str(variant.params.get('type', 'q4_k_m')).lower()}"
 
+    def fit_context(self, variant: VariantSpec, longest: int) -> VariantSpec:
+        """llama.cpp allocates its KV cache for n_ctx positions when the model loads: without an
+        n_ctx= of the user's, a run whose tasks need more than the default 2048 gets n_ctx of the
+        longest sequence rounded up to 256 (a long-context task: its window), which the record
+        then shows. An n_ctx= given stays, and check_context refuses it when too small."""
+        from qeval.engines.llamacpp import DEFAULT_N_CTX
+
+        if "n_ctx" in variant.params or longest <= DEFAULT_N_CTX:
+            return variant
+        n_ctx = -(-longest // 256) * 256
+        return variant.model_copy(update={"params": {**variant.params, "n_ctx": n_ctx}})
+
     def floor_variant(self, variant: VariantSpec) -> str | None:
         """The unquantized (F32) GGUF of the baseline, with this candidate's engine settings."""
         return "gguf:f32" + "".join(f",{k}={str(variant.params[k]).lower()}" for k in (*ENGINE_PARAMS, *SWITCHES)
