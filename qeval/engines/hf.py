@@ -58,8 +58,11 @@ def text_slice_rows(config) -> int:
     return max(16, min(1024, TEXT_SLICE_BYTES // (4 * vocab)))
 
 
-def library_versions() -> dict[str, str]:
-    return installed_versions(LIBRARIES)
+def library_versions(variant: VariantSpec | None = None) -> dict[str, str]:
+    """Versions that change a variant's numbers: hqq too for a `+kv=` variant (its cache's
+    backend; other variants' versions, and so their records and keys, stay as they were)."""
+    kv = variant is not None and variant.kv_cache is not None
+    return installed_versions(LIBRARIES + (("hqq",) if kv else ()))
 
 
 def resolve_device(device: str) -> str:
@@ -357,14 +360,25 @@ class HFBackend:
                          "candidate measures it alone)")
         kernel, more = method.loaded(kernel, self.device)
         notes.extend(more)
+        # `+kv=int8|int4`: scoring runs through transformers' quantized KV cache (hf_kv.py);
+        # without it the paths below are the default ones, untouched.
+        self.kv = None
+        if variant.kv_cache is not None:
+            from qeval.engines import hf_kv
+
+            hf_kv.check_model(variant, self.model.config, str(model.path))
+            self.kv = hf_kv.measure(self.model, variant.kv_cache, dtype.itemsize, self.device, self._kv_forward)
+            kernel += f"; {self.kv.kernel}"
+            notes.append(self.kv.note(compute))
         self.info = BackendInfo(
             variant=variant.name, backend=ENGINE, device=self.device,
             requested_dtype=choice.requested, compute_dtype=compute, kernel=kernel,
-            weight_bytes=weight_bytes, versions=library_versions(), notes=tuple(notes),
+            weight_bytes=weight_bytes, versions=library_versions(variant), notes=tuple(notes),
             # Quantized tensors are packed (several weights per element): only a full-precision
             # variant's tensors count the model's weights.
             params=(sum(p.numel() for p in self.model.parameters())
                     if method.dtype is not None and checkpoint is None else None),
+            kv_cache_bytes=None if self.kv is None else self.kv.cache_bytes,
         )
         self._check_quantized(variant, kernel)
 
@@ -399,6 +413,8 @@ class HFBackend:
                       advance: Progress | None = None) -> list[float]:
         import torch
 
+        if self.kv is not None:
+            return self._kv_loglikelihood(requests, advance)
         jobs = shared_prefix_jobs(requests, across_prompts=self.across_prompts)
         out = [0.0] * len(requests)
         with self._memory("scoring"), torch.inference_mode():
@@ -463,6 +479,58 @@ class HFBackend:
         picked = logits[where_rows, torch.tensor([column[c] for c in cols], device=self.device)]
         return torch.log_softmax(picked, dim=-1, dtype=torch.float32).gather(1, target)[:, 0]
 
+    # ---- `+kv=`: scoring through the quantized KV cache (qeval/engines/hf_kv.py)
+
+    def _kv_forward(self, ids, cache, keep=None):
+        """One forward pass of a (1, n) chunk through `cache`; its logits (the last `keep` only)."""
+        extra = {} if keep is None else {"logits_to_keep": keep}
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, **extra).logits[0]
+
+    def _kv_chunks(self, tokens: Sequence[int], cache, keep_logits: bool = True):
+        """Feed `tokens` through `cache` in chunks of hf_kv.CHUNK; (start, float32 logits) per chunk."""
+        import torch
+
+        from qeval.engines.hf_kv import CHUNK
+
+        for s in range(0, len(tokens), CHUNK):
+            ids = torch.tensor([list(tokens[s:s + CHUNK])], dtype=torch.long, device=self.device)
+            logits = self._kv_forward(ids, cache, None if keep_logits else 1)
+            if keep_logits:
+                yield s, logits.float()
+
+    def _kv_loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                          advance: Progress | None) -> list[float]:
+        """Each distinct context but its last token is prefilled through a fresh quantized cache;
+        each of its requests then continues from a copy of that cache with the context's last
+        token and its continuation but the last, so every scored log-prob reads the whole
+        context's keys and values back from the quantized cache."""
+        import copy
+
+        import torch
+
+        jobs = shared_prefix_jobs(requests)  # one per distinct context
+        out = [0.0] * len(requests)
+        with self._memory("scoring through the quantized KV cache"), torch.inference_mode():
+            for job in jobs:
+                cache = self.kv.new_cache()
+                for _ in self._kv_chunks(job.context[:-1], cache, keep_logits=False):
+                    pass
+                for m, i in enumerate(job.members):
+                    r = requests[i]
+                    branch = cache if m == len(job.members) - 1 else copy.deepcopy(cache)
+                    fed = (job.context[-1], *r.continuation[:-1])
+                    logits = torch.cat([x for _, x in self._kv_chunks(fed, branch)])
+                    target = torch.tensor(r.continuation, device=logits.device)[:, None]
+                    lp = float(torch.log_softmax(logits, dim=-1).gather(1, target).double().sum())
+                    if not math.isfinite(lp):
+                        raise NonFiniteScores(
+                            f"{self.info.variant}: non-finite log-prob for item {r.sample_id} "
+                            f"choice {r.choice}; {BROKEN}")
+                    out[i] = lp
+                if advance:
+                    advance(len(job.members))
+        return out
+
     def eos_ids(self) -> frozenset[int]:
         """End-of-sequence ids: the generation config's (what `generate` stops at) and the
         tokenizer's."""
@@ -492,8 +560,10 @@ class HFBackend:
         order = sorted(range(len(requests)), key=lambda i: (-len(requests[i].prompt), i))
         out: list[GenerationResult | None] = [None] * len(requests)
         eos = self.eos_ids()
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        # A quantized cache cannot drop a finished row's states: one sequence at a time.
+        per_batch = 1 if self.kv is not None else self.batch_size
+        for start in range(0, len(order), per_batch):
+            chunk = order[start:start + per_batch]
             states = [GreedyOutput(requests[i], self.decode, eos) for i in chunk]
             with self._memory("generating"):
                 self._decode_batch(states, advance)
@@ -516,7 +586,7 @@ class HFBackend:
         ids, mask = ids.to(dev), mask.to(dev)
         # Positions count real tokens only, so a left-padded prompt sits where it would alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config) if self.kv is None else self.kv.new_cache()
         live = list(range(len(states)))  # index into states of each batch row still decoding
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -559,7 +629,7 @@ class HFBackend:
                 torch.cuda.synchronize(self.device)
 
         ids = torch.tensor([list(p) for p in prompts], dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config) if self.kv is None else self.kv.new_cache()
         with torch.inference_mode():
             sync()
             t0 = time.perf_counter()
@@ -587,6 +657,12 @@ class HFBackend:
 
         n = len(tokens) - 1
         rows = text_slice_rows(self.model.config)
+        if self.kv is not None:  # the window in chunks through a fresh quantized cache
+            with self._memory("scoring reference text through the quantized KV cache"), torch.inference_mode():
+                for s, logits in self._kv_chunks(tokens[:n], self.kv.new_cache()):
+                    for k in range(0, len(logits), rows):
+                        yield s + k, logits[k:k + rows].cpu()
+            return
         with self._memory("scoring reference text"), torch.inference_mode():
             ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
             if self._plain_head:
@@ -627,7 +703,7 @@ class HFFactory:
         self.batch_size = batch_size
 
     def identity(self, variant: VariantSpec | None = None) -> dict:
-        return {"device": self.device, "versions": library_versions()}
+        return {"device": self.device, "versions": library_versions(variant)}
 
     def open(self, variant: VariantSpec, baseline_compute: str | None, checkpoint=None,
              notes: tuple[str, ...] = (), loading_config=None) -> HFBackend:

@@ -118,8 +118,28 @@ class QuantMethod:
         return 1
 
 
+def hf_kv_preflight(ctx: Any, variant: VariantSpec) -> None:
+    """A transformers variant's `+kv=int8|int4`: the model can hold transformers' quantized cache
+    (qeval/engines/hf_kv.py), checked on its config before any model loads."""
+    if variant.kv_cache is None:
+        return
+    from transformers import AutoConfig
+
+    from qeval.engines import hf_kv
+
+    hf_kv.check_model(variant, AutoConfig.from_pretrained(ctx.model.path), str(ctx.model.spec))
+
+
 class OnLoad(QuantMethod):
     """Quantized (or cast) by transformers while the baseline's weights load."""
+
+    # transformers' quantized KV cache (QuantizedCache, HQQ backend: qeval/engines/hf_kv.py)
+    kv_cache_dtypes = ("int8", "int4")
+
+    def preflight(self, ctx: Any, variant: VariantSpec, tasks: list[Task], allow_contamination: bool) -> Any:
+        self.check_ready(variant)
+        hf_kv_preflight(ctx, variant)
+        return None
 
     def fit_context(self, variant: VariantSpec, longest: int) -> VariantSpec:
         """The variant with a context that holds `longest` tokens (the longest sequence the run's
@@ -145,6 +165,9 @@ class OnLoad(QuantMethod):
                 f"variant {variant.name!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
                 f"{self.name} takes {', '.join(sorted(self.params)) or 'none'}")
         self.check_values(variant)
+        from qeval.engines.hf_kv import check_ready
+
+        check_ready(variant)  # +kv=: its backend package
         if self.package is not None and importlib.util.find_spec(self.package) is None:
             raise QevalInputError(f"variant {variant.name!r} needs {self.package}, which is not installed; "
                                   "pip install -e '.[int8]' (see README) or leave this candidate out")

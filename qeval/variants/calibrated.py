@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qeval.types import Artefact, VariantSpec
-from qeval.variants.base import QuantMethod, weights_on_disk
+from qeval.variants.base import QuantMethod, hf_kv_preflight, weights_on_disk
 
 COMMON = frozenset({"bits", "group", "sym", "calib", "samples", "seqlen", "seed", "kernel"})
 
@@ -37,6 +37,7 @@ class Calibrated(QuantMethod):
     bits: tuple[int, ...] = ()
     cpu_kernel: str | None = None  # gptqmodel kernel that scores it on a CPU (None: gptqmodel's choice)
     cpu_quantize_dtype = "float32"  # the dtype the quantizer works in on a CPU
+    kv_cache_dtypes = ("int8", "int4")  # scored by transformers: its quantized KV cache (engines/hf_kv.py)
 
     def check(self, variant: VariantSpec) -> VariantSpec:
         from qeval.quantize.gptq_awq import check_variant
@@ -49,6 +50,7 @@ class Calibrated(QuantMethod):
         from qeval.quantize.gptq_awq import check_variant, checkpoint_format, read_config, require_gptqmodel
 
         require_gptqmodel(variant)
+        hf_kv_preflight(ctx, variant)
         if "path" in variant.params:
             directory = Path(str(variant.params["path"])).expanduser()
             checkpoint_format(directory, variant)

@@ -1,0 +1,162 @@
+"""`+kv=int8|int4` on the transformers engine: transformers' own quantized KV cache
+(`QuantizedCache`, KIVI-style) with the HQQ backend, and how the engine scores through it.
+
+Why HQQ: transformers' other group-wise backend, optimum-quanto, takes 2 and 4 bits only; HQQ
+takes 8 and 4 (and is maintained; `hqq` is the `kv` extra). Settings, all in the record:
+
+- groups of `group` consecutive values of one token's K (or V) head vector (`axis=1`; 64, or the
+  head size when it is not a multiple of 64), each with its own scale and zero point in the
+  compute dtype; HQQ's optimiser fits them (its default).
+- `residual_length` 1: transformers keeps up to `residual_length` recent tokens in full precision
+  (128 by default, which would leave every short prompt unquantized); at 1 every forward pass
+  first reads all earlier positions back from their int8/int4 codes (re-quantizing the cache
+  with the new positions appended, as transformers does at each flush).
+- scoring feeds tokens in chunks of CHUNK: a chunk's tokens attend to each other in full
+  precision (they are the pass's own K/V) and to every earlier chunk through the quantized cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qeval.errors import QevalInputError
+
+BACKEND = "hqq"  # transformers' QuantizedCache backend (`pip install hqq`, the `kv` extra)
+NBITS = {"int8": 8, "int4": 4}  # `+kv=` → HQQ's bits
+DTYPES = tuple(NBITS)
+AXIS = 1  # HQQ groups consecutive values: one token's head vector (axis 0 would stride across tokens)
+MAX_GROUP = 64  # transformers' default q_group_size
+RESIDUAL = 1  # transformers' residual_length (full-precision recent tokens); see the module doc
+CHUNK = 64  # tokens per forward pass through the cache (prefill chunks, reference-text chunks)
+MEASURE_TOKENS = 256  # the known-length prefill whose cache bytes are measured at load
+CONTEXT = 2048  # positions kv_cache_bytes is stated for (llama.cpp's default n_ctx), or the model's limit
+
+
+def check_ready(variant) -> None:
+    """The backend package is installed: checked before any model loads."""
+    import importlib.util
+
+    if variant.kv_cache is not None and importlib.util.find_spec(BACKEND) is None:
+        raise QevalInputError(
+            f"variant {variant.name!r}: +kv={variant.kv_cache} needs hqq (the backend of transformers' "
+            "quantized KV cache), which is not installed; pip install -e '.[kv]' or leave this candidate out")
+
+
+def text_config(config):
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def head_dim(config) -> int:
+    c = text_config(config)
+    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+
+
+def group_size(config) -> int:
+    d = head_dim(config)
+    return MAX_GROUP if d % MAX_GROUP == 0 else d
+
+
+def new_cache(config, dtype: str):
+    """An empty quantized cache for one sequence."""
+    from transformers import QuantizedCache
+
+    return QuantizedCache(BACKEND, config, nbits=NBITS[dtype], axis_key=AXIS, axis_value=AXIS,
+                          q_group_size=group_size(config), residual_length=RESIDUAL)
+
+
+def check_model(variant, config, source: str) -> None:
+    """The model can hold this cache (transformers' QuantizedCache takes models whose layers are
+    all full attention: not Gemma-2/3's sliding-window layers): one line, before any scoring."""
+    if variant.kv_cache is None:
+        return
+    check_ready(variant)
+    try:
+        new_cache(config, variant.kv_cache)
+    except ValueError as exc:
+        raise QevalInputError(
+            f"variant {variant.name!r}: transformers' quantized KV cache cannot hold {source} "
+            f"({str(exc).splitlines()[0]}); leave +kv={variant.kv_cache} out for this model, or "
+            "score it as a GGUF with +kv=q8_0|q4_0 on llama.cpp") from None
+
+
+def stored_bytes(cache) -> int:
+    """Bytes the cache holds now: every layer's quantized K and V codes (HQQ's packed uint8) with
+    their scales and zero points, plus any full-precision residual."""
+    total = 0
+    for layer in cache.layers:
+        for packed in (layer._quantized_keys, layer._quantized_values):
+            if packed is None:
+                continue
+            codes, meta = packed
+            total += codes.nbytes + meta["scale"].nbytes + meta["zero"].nbytes
+        for residual in (layer.keys, layer.values):
+            if residual is not None and residual.dim() == 4:
+                total += residual.nbytes
+    return total
+
+
+@dataclass(frozen=True)
+class QuantizedKV:
+    """A loaded model's quantized-cache settings and its measured bytes."""
+
+    dtype: str  # int8 | int4
+    config: object  # the model's config
+    bytes_per_token: int  # measured
+    full_bytes_per_token: int  # the same K and V in the compute dtype
+    measured_tokens: int
+    context: int
+
+    def new_cache(self):
+        return new_cache(self.config, self.dtype)
+
+    @property
+    def group(self) -> int:
+        return group_size(self.config)
+
+    @property
+    def kernel(self) -> str:
+        return (f"KV cache {self.dtype} (K and V; transformers QuantizedCache, {BACKEND} {NBITS[self.dtype]}-bit, "
+                f"group {self.group}, residual {RESIDUAL}, chunks of {CHUNK})")
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.bytes_per_token * self.context
+
+    def note(self, compute: str) -> str:
+        return (f"KV cache {self.dtype} for K and V: transformers' QuantizedCache with the {BACKEND} backend "
+                f"({NBITS[self.dtype]}-bit codes, a scale and zero point in {compute} per group of {self.group} "
+                f"consecutive values of a token's head vector, residual_length {RESIDUAL}: no earlier "
+                f"position is kept in full precision). Scored through the cache in chunks of {CHUNK} tokens: a "
+                "chunk attends to itself in full precision and to every earlier position through the "
+                "quantized cache; multiple choice prefills the context but its last token, then continues "
+                "each choice (that last token first) from a copy of the cache; reference text feeds each "
+                f"window (the task's window and stride) in chunks of {CHUNK}, so its first {CHUNK} positions "
+                "see no quantized K/V; generation runs one sequence at a time, the prompt in one pass. "
+                f"Measured after a {self.measured_tokens}-token prefill: {self.bytes_per_token:,} bytes per "
+                f"position ({self.full_bytes_per_token:,} in {compute}); {self.cache_bytes:,} bytes for "
+                f"{self.context:,} positions")
+
+
+def measure(model, dtype: str, compute_element_bytes: int, device: str, forward) -> QuantizedKV:
+    """Prefill MEASURE_TOKENS positions (fixed ids, no user text) through the quantized cache in
+    chunks and read the bytes its tensors hold."""
+    import torch
+
+    config = model.config
+    c = text_config(config)
+    limit = int(getattr(c, "max_position_embeddings", None) or CONTEXT)
+    n = min(MEASURE_TOKENS, limit)
+    vocab = int(c.vocab_size)
+    cache = new_cache(config, dtype)
+    ids = torch.arange(1, n + 1, dtype=torch.long, device=device) % vocab
+    with torch.inference_mode():
+        for s in range(0, n, CHUNK):
+            forward(ids[None, s:s + CHUNK], cache, keep=1)
+    total = stored_bytes(cache)
+    if total % n:
+        raise RuntimeError(f"quantized KV cache holds {total} bytes after {n} positions, not a whole "
+                           "number per position")
+    layers = sum(1 for layer in cache.layers if layer._quantized_keys is not None)
+    kv_heads = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    full = 2 * layers * kv_heads * head_dim(config) * compute_element_bytes
+    return QuantizedKV(dtype, config, total // n, full, n, min(CONTEXT, limit))
