@@ -84,7 +84,8 @@ def test_without_kv_the_variant_dumps_and_keys_as_before():
     ("gguf:q4_k_m+kv=q9", ("variant 'gguf:q4_k_m+kv=q9'", "unknown KV-cache dtype 'q9'", "f16|q8_0|q4_0")),
     ("gguf:q4_k_m+kv=", ("+kv= needs a KV-cache dtype",)),
     ("gguf:q4_k_m+kv=q8_0+kv=q4_0", ("+kv= given 2 times",)),
-    ("int8+kv=q8_0", ("variant 'int8+kv=q8_0'", "cannot hold a q8_0 KV cache", "takes no +kv=")),
+    ("int8+kv=q8_0", ("variant 'int8+kv=q8_0'", "cannot hold a q8_0 KV cache", "takes +kv=int8|int4")),
+    ("vllm:bf16+kv=int8", ("cannot hold a int8 KV cache", "takes +kv=fp8")),
     ("gguf:q8_0+kv=q4_0,flash_attn=false", ("needs flash attention for a quantized V cache",)),
 ])
 def test_bad_kv_suffix_is_one_clear_error(text, must):
