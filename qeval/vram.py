@@ -47,9 +47,10 @@ GGUF_BPW = {"f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.5625,
             "q5_k_s": 5.54, "q5_1": 6.0, "q5_0": 5.5, "q4_k_m": 4.85, "q4_k_s": 4.58, "q4_1": 5.0,
             "q4_0": 4.5, "q3_k_l": 4.27, "q3_k_m": 3.91, "q3_k_s": 3.5, "q2_k": 2.63}
 # Bytes per KV-cache element, block scales included: llama.cpp's q8_0 is 34 bytes per 32 (an fp16
-# scale per block), q4_0 18 per 32; transformers' quantized cache (quanto, groups of 64) keeps an
-# fp16 scale and zero point per group: int8 1 + 4/64, int4 0.5 + 4/64 (its last residual_length
-# tokens, 128 by default, stay in the compute dtype; not counted). f16 is llama.cpp's name for fp16.
+# scale per block), q4_0 18 per 32; transformers' quantized cache (HQQ, groups of 64, as the
+# engine runs it: qeval/engines/hf_kv.py) keeps a scale and zero point per group in the compute
+# dtype, fp16 here: int8 1 + 4/64, int4 0.5 + 4/64 (a float32 model's are 8 bytes per group; the
+# engine sets residual_length 1, so no full-precision tail). f16 is llama.cpp's name for fp16.
 KV_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "f16": 2, "fp8": 1, "int8": 1 + 4 / 64, "q8_0": 34 / 32,
             "int4": 0.5 + 4 / 64, "q4_0": 18 / 32}
 KV_SCALES = {"q8_0": ", 34 B per block of 32", "q4_0": ", 18 B per block of 32",
