@@ -167,6 +167,17 @@ def test_bad_combos_are_one_clear_error(text, must):
         assert m in str(err.value), str(err.value)
 
 
+def test_a_missing_backend_is_named_before_any_model(monkeypatch):
+    from qeval.engines import hf_kv
+    from qeval.methods import method
+
+    monkeypatch.setattr(hf_kv, "BACKEND", "hqq_is_not_installed_here")
+    v = parse_variant("int8wo+kv=int4")
+    with pytest.raises(QevalInputError, match=r"needs hqq .* pip install -e '\.\[kv\]'"):
+        method(v.method).check_ready(v)
+    method("int8wo").check_ready(parse_variant("int8wo"))  # without +kv= nothing is asked
+
+
 def test_cli_bad_kv_is_one_line_exit_2(tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, ["compare", "--out", str(out), "--model", str(tmp_path / "nothing"),
