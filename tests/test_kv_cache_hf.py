@@ -223,3 +223,20 @@ def test_compare_with_an_hf_kv_candidate_end_to_end(tiny, tmp_path):
     row = next(r for r in eff["variants"] if r["variant"] == cand["variant"])
     assert row["kv_cache_bytes"] == cand["kv_cache_bytes"]
     assert "KV cache MiB" in (out / "report.md").read_text()
+
+
+def test_planner_predicts_the_measured_cache_in_a_16_bit_model(tiny):
+    """In bfloat16 HQQ keeps its scales and zeros in bfloat16: the bytes the engine measures per
+    position are the planner's int8/int4 (1 + 4/64 and 0.5 + 4/64 bytes per value)."""
+    from qeval.engines.hf import HFBackend
+    from qeval.vram import kv_bytes_per_token, load_shape
+
+    root, resolved = tiny
+    shape = load_shape(str(root / "ckpt"))
+    for kv in ("int8", "int4"):
+        backend = HFBackend(resolved, parse_variant(f"bf16+kv={kv}"), device="cpu", strict_dtype=True)
+        try:
+            assert backend.info.compute_dtype == "bfloat16"
+            assert backend.info.kv_cache_bytes == kv_bytes_per_token(shape, kv) * MAX_POS, kv
+        finally:
+            backend.close()
