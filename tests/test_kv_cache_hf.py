@@ -77,7 +77,7 @@ def test_the_cache_is_really_quantized_bytes_shrink(runs):
         sizes[kv] = info.kv_cache_bytes
         assert info.kv_cache_bytes == EXPECTED_PER_POSITION[kv] * MAX_POS, (kv, info.kv_cache_bytes)
         bits = 8 if kv == "int8" else 4
-        assert (f"KV cache {kv} (K and V; transformers QuantizedCache, hqq {bits}-bit, group 64, "
+        assert (f"KV cache {kv} (K and V; transformers QuantizedCache, hqq {bits}-bit min-max, group 64, "
                 "residual 1, chunks of 64)") in info.kernel
         note = next(n for n in info.notes if n.startswith(f"KV cache {kv}"))
         assert f"{EXPECTED_PER_POSITION[kv]:,} bytes per position ({full:,} in float32)" in note
@@ -215,7 +215,7 @@ def test_compare_with_an_hf_kv_candidate_end_to_end(tiny, tmp_path):
     doc = json.loads((out / "results.json").read_text())
     cand = doc["candidates"][0]
     assert cand["variant"] == "fp32+kv=int4"
-    assert "KV cache int4 (K and V; transformers QuantizedCache, hqq 4-bit" in cand["kernel"]
+    assert "KV cache int4 (K and V; transformers QuantizedCache, hqq 4-bit min-max" in cand["kernel"]
     assert cand["kv_cache_bytes"] == EXPECTED_PER_POSITION["int4"] * MAX_POS
     assert doc["config"]["candidates"][0]["kv_cache"] == "int4"
     assert "kv_cache" not in doc["config"]["baseline"] and "kv_cache_bytes" not in doc["baseline"]

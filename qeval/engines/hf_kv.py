@@ -6,7 +6,7 @@ takes 8 and 4 (and is maintained; `hqq` is the `kv` extra). Settings, all in the
 
 - groups of `group` consecutive values of one token's K (or V) head vector (`axis=1`; 64, or the
   head size when it is not a multiple of 64), each with its own scale and zero point in the
-  compute dtype; HQQ's optimiser fits them (its default).
+  compute dtype, by min-max rounding (HQQ's optimiser off: see _MinMax).
 - `residual_length` 1: transformers keeps up to `residual_length` recent tokens in full precision
   (128 by default, which would leave every short prompt unquantized); at 1 every forward pass
   first reads all earlier positions back from their int8/int4 codes (re-quantizing the cache
@@ -56,12 +56,40 @@ def group_size(config) -> int:
     return MAX_GROUP if d % MAX_GROUP == 0 else d
 
 
+class _MinMax:
+    """HQQ's Quantizer with its optimiser off: plain asymmetric min-max rounding per group (as
+    KIVI and quanto do). transformers calls HQQ's `quantize` with the optimiser on, which costs
+    3.5 s per layer and pass on a CPU at 512 cached tokens (10 ms off) and would make the scores
+    depend on the device's optimiser arithmetic."""
+
+    @staticmethod
+    def quantize(tensor, **kwargs):
+        from hqq.core.quantize import Quantizer
+
+        return Quantizer.quantize(tensor, optimize=False, **kwargs)
+
+    @staticmethod
+    def cuda(*args, **kwargs):
+        from hqq.core.quantize import Quantizer
+
+        return Quantizer.cuda(*args, **kwargs)
+
+    @staticmethod
+    def dequantize(*args, **kwargs):
+        from hqq.core.quantize import Quantizer
+
+        return Quantizer.dequantize(*args, **kwargs)
+
+
 def new_cache(config, dtype: str):
     """An empty quantized cache for one sequence."""
     from transformers import QuantizedCache
 
-    return QuantizedCache(BACKEND, config, nbits=NBITS[dtype], axis_key=AXIS, axis_value=AXIS,
-                          q_group_size=group_size(config), residual_length=RESIDUAL)
+    cache = QuantizedCache(BACKEND, config, nbits=NBITS[dtype], axis_key=AXIS, axis_value=AXIS,
+                           q_group_size=group_size(config), residual_length=RESIDUAL)
+    for layer in cache.layers:
+        layer.quantizer = _MinMax
+    return cache
 
 
 def check_model(variant, config, source: str) -> None:
@@ -115,8 +143,8 @@ class QuantizedKV:
 
     @property
     def kernel(self) -> str:
-        return (f"KV cache {self.dtype} (K and V; transformers QuantizedCache, {BACKEND} {NBITS[self.dtype]}-bit, "
-                f"group {self.group}, residual {RESIDUAL}, chunks of {CHUNK})")
+        return (f"KV cache {self.dtype} (K and V; transformers QuantizedCache, {BACKEND} {NBITS[self.dtype]}-bit "
+                f"min-max, group {self.group}, residual {RESIDUAL}, chunks of {CHUNK})")
 
     @property
     def cache_bytes(self) -> int:
@@ -124,7 +152,8 @@ class QuantizedKV:
 
     def note(self, compute: str) -> str:
         return (f"KV cache {self.dtype} for K and V: transformers' QuantizedCache with the {BACKEND} backend "
-                f"({NBITS[self.dtype]}-bit codes, a scale and zero point in {compute} per group of {self.group} "
+                f"({NBITS[self.dtype]}-bit codes by min-max rounding, HQQ's optimiser off; a scale and zero point "
+                f"in {compute} per group of {self.group} "
                 f"consecutive values of a token's head vector, residual_length {RESIDUAL}: no earlier "
                 f"position is kept in full precision). Scored through the cache in chunks of {CHUNK} tokens: a "
                 "chunk attends to itself in full precision and to every earlier position through the "
