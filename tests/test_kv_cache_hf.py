@@ -240,3 +240,22 @@ def test_planner_predicts_the_measured_cache_in_a_16_bit_model(tiny):
             assert backend.info.kv_cache_bytes == kv_bytes_per_token(shape, kv) * MAX_POS, kv
         finally:
             backend.close()
+
+
+def test_int4_packs_at_odd_lengths_with_an_odd_number_of_kv_heads(tmp_path):
+    """HQQ packs two 4-bit rows per byte row: with 3 KV heads × one group each, an odd length
+    would leave an odd row count, so the group is halved (int8 keeps 64)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qeval.engines import hf_kv
+
+    tiny_checkpoint(tmp_path / "c", "llama", hidden=384, intermediate=128, num_attention_heads=6,
+                    num_key_value_heads=3)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "c", dtype=torch.float32).eval()
+    assert (hf_kv.group_size(model.config, "int4"), hf_kv.group_size(model.config, "int8")) == (32, 64)
+    cache = hf_kv.new_cache(model.config, "int4")
+    with torch.inference_mode():
+        for ids in (torch.arange(1, 8), torch.arange(8, 13)):  # 7 positions, then 12
+            model(input_ids=ids[None], past_key_values=cache, use_cache=True)
+    assert cache.layers[0].cumulative_length == 12

@@ -51,9 +51,17 @@ def head_dim(config) -> int:
     return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
 
 
-def group_size(config) -> int:
+def group_size(config, dtype: str) -> int:
+    """64, or the head size when it is not a multiple of 64; for int4 halved until a token's
+    K (or V) of one layer holds an even number of groups: HQQ packs two 4-bit rows into one byte
+    row and cannot pack an odd count (SmolLM2's 3 KV heads × 64 at an odd length)."""
     d = head_dim(config)
-    return MAX_GROUP if d % MAX_GROUP == 0 else d
+    group = MAX_GROUP if d % MAX_GROUP == 0 else d
+    c = text_config(config)
+    kv_heads = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    while NBITS[dtype] == 4 and (kv_heads * d // group) % 2 and group % 2 == 0:
+        group //= 2
+    return group
 
 
 class _MinMax:
@@ -86,7 +94,7 @@ def new_cache(config, dtype: str):
     from transformers import QuantizedCache
 
     cache = QuantizedCache(BACKEND, config, nbits=NBITS[dtype], axis_key=AXIS, axis_value=AXIS,
-                           q_group_size=group_size(config), residual_length=RESIDUAL)
+                           q_group_size=group_size(config, dtype), residual_length=RESIDUAL)
     for layer in cache.layers:
         layer.quantizer = _MinMax
     return cache
@@ -139,7 +147,7 @@ class QuantizedKV:
 
     @property
     def group(self) -> int:
-        return group_size(self.config)
+        return group_size(self.config, self.dtype)
 
     @property
     def kernel(self) -> str:
