@@ -141,12 +141,6 @@ class OnLoad(QuantMethod):
         hf_kv_preflight(ctx, variant)
         return None
 
-    def fit_context(self, variant: VariantSpec, longest: int) -> VariantSpec:
-        """The variant with a context that holds `longest` tokens (the longest sequence the run's
-        tasks put through an engine at once), for engines whose context is fixed when they load
-        and that the variant leaves unset; others unchanged."""
-        return variant
-
     def check_ready(self, variant: VariantSpec) -> None:
         """A transformers variant's parameters are ones it takes, and the package that quantizes
         it is installed: checked before any model loads (not when this variant's turn comes,
