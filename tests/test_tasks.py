@@ -157,3 +157,14 @@ def test_clustered_task_loads_and_unused_new_fields_keep_the_hash(tmp_path):
         "samples": [{k: v for k, v in s.model_dump(mode="json").items() if k not in later}
                     for s in plain.samples]}, sort_keys=True)
     assert plain.content_hash == hashlib.sha256(legacy.encode()).hexdigest()
+
+
+def test_several_comma_separated_suites_run_all_their_tasks_in_order_each_once():
+    from qeval.run.app import task_ids
+
+    assert task_ids(None, "clinical-core,clinical-long") == suite_tasks("clinical-core") + ("clinical_long_context",)
+    assert task_ids(None, "clinical-core, clinical-core") == suite_tasks("clinical-core")
+    with pytest.raises(QevalInputError, match="unknown suite 'nope'"):
+        task_ids(None, "clinical-core,nope")
+    with pytest.raises(QevalInputError, match="names no suite"):
+        task_ids(None, " , ")

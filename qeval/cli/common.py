@@ -105,7 +105,7 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
 # Options that several commands declare alike.
 Model = Annotated[str, typer.Option(help="Built-in alias, .gguf file, HF checkpoint directory or hub id.")]
 Base = Annotated[str, typer.Option("--base", help="Baseline variant: fp16, bf16 or fp32.")]
-Suite = Annotated[str, typer.Option(help="Task suite from configs/suites/.")]
+Suite = Annotated[str, typer.Option(help="Task suite from configs/suites/; several comma-separated run all their tasks, e.g. clinical-core,clinical-long.")]
 Tasks = Annotated[Optional[str], typer.Option(help="Comma-separated task ids, task YAML files or folders of them; overrides --suite.")]
 Policy = Annotated[str, typer.Option(help="Gate policy: a name in configs/gates/ or a YAML path.")]
 Out = Annotated[Optional[Path], typer.Option(help="Run directory to create (default: runs/<timestamp>).")]

@@ -174,11 +174,16 @@ def existing_dir(path: Path | None, flag: str) -> str | None:
 
 
 def task_ids(tasks: str | None, suite: str, include: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """--tasks (comma-separated ids, task YAML files or folders of them), else the tasks of --suite."""
+    """--tasks (comma-separated ids, task YAML files or folders of them), else the tasks of --suite
+    (one suite, or several comma-separated: their tasks in order, each once)."""
     from qeval.run.config import suite_tasks
 
     if tasks is None:
-        return suite_tasks(suite, include)
+        names = [s.strip() for s in suite.split(",") if s.strip()]
+        if not names:
+            raise QevalInputError(f"--suite {suite!r} names no suite; give a suite name or several "
+                                  "comma-separated (`qeval tasks` lists them)")
+        return tuple(dict.fromkeys(t for name in names for t in suite_tasks(name, include)))
     ids = tuple(t.strip() for t in tasks.split(",") if t.strip())
     if not ids:
         raise QevalInputError(f"--tasks {tasks!r} names no task; give comma-separated task ids "
