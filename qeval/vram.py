@@ -50,7 +50,7 @@ GGUF_BPW = {"f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.5625,
 # scale per block), q4_0 18 per 32; transformers' quantized cache (HQQ, groups of 64, as the
 # engine runs it: qeval/engines/hf_kv.py) keeps a scale and zero point per group in the compute
 # dtype, fp16 here: int8 1 + 4/64, int4 0.5 + 4/64 (a float32 model's are 8 bytes per group; the
-# engine sets residual_length 1, so no full-precision tail). f16 is llama.cpp's name for fp16.
+# engine keeps no full-precision tail: each position is quantized when written). f16 is llama.cpp's name for fp16.
 KV_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "f16": 2, "fp8": 1, "int8": 1 + 4 / 64, "q8_0": 34 / 32,
             "int4": 0.5 + 4 / 64, "q4_0": 18 / 32}
 KV_SCALES = {"q8_0": ", 34 B per block of 32", "q4_0": ", 18 B per block of 32",

