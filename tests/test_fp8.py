@@ -103,6 +103,12 @@ def test_emulated_layer_rounds_each_token_like_the_reference(opened):
     torch.testing.assert_close(layer(x), want, rtol=1e-6, atol=1e-6)
     per_tensor = (x / (x.abs().max() / E4M3_MAX)).to(torch.float8_e4m3fn).float() * (x.abs().max() / E4M3_MAX)
     assert not torch.allclose(reference_qdq(x), per_tensor)  # the test can tell the granularity
+    # An all-zero token (left padding in batched generation) stays zero: no NaN from a zero scale.
+    x[1, 2] = 0
+    out = layer(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1, 2], torch.nn.functional.linear(torch.zeros(layer.in_features), layer.weight.dequantize()))
+    torch.testing.assert_close(out[0], want[0], rtol=1e-6, atol=1e-6)
 
 
 def test_the_record_says_what_ran_and_the_scores_differ(opened):

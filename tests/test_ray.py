@@ -29,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every task kind that pairs records (multiple choice) and the relative one (reference text,
 # whose baseline distributions travel between actors through Ray's object store), on three
 # engines (torchao, llama.cpp with its engine floor, gptqmodel).
+# 12 items a task: the reference passages are ~800 tokens each and every variant scores them on
+# both executors, so this is most of the file's time (30 items took about 10 min on 2 cores).
+LIMIT = "12"
 ARGS = ("--tasks", "clinical_core,clinical_reference", "--candidates",
-        "int8wo,gguf:q8_0,gptq:samples=8,seqlen=128,calib=generic", "--limit", "30", "--no-efficiency")
+        "int8wo,gguf:q8_0,gptq:samples=8,seqlen=128,calib=generic", "--limit", LIMIT, "--no-efficiency")
 
 
 def _env(cache: Path | None = None) -> dict[str, str]:
@@ -240,7 +243,7 @@ def test_a_killed_ray_worker_costs_only_its_chunk(local_run, tmp_path):
     chunk runs again, or the run stops naming the job (exit 2) and a rerun resumes. Either way
     the numbers are the local run's."""
     cache = _own_records(tmp_path)
-    args = ("--tasks", "clinical_core", "--candidates", "int8wo", "--limit", "30", "--no-efficiency",
+    args = ("--tasks", "clinical_core", "--candidates", "int8wo", "--limit", LIMIT, "--no-efficiency",
             "--executor", "ray")
     out = tmp_path / "killed"
     proc = subprocess.Popen(_command(out, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -43,7 +43,10 @@ class Fp8EmulatedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torchao.quantization import Float8Tensor, PerRow
 
-        x = Float8Tensor.from_hp(x, float8_dtype=E4M3, granularity=PerRow()).dequantize()
+        q = Float8Tensor.from_hp(x, float8_dtype=E4M3, granularity=PerRow()).dequantize()
+        # An all-zero token (padding in a batched generation) has scale 0 in torchao and would
+        # come back NaN; it is zero in e4m3 at any scale (vLLM clamps the scale instead).
+        x = torch.where(x.abs().amax(-1, keepdim=True) == 0, torch.zeros_like(q), q)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
