@@ -85,8 +85,11 @@ def test_quantized_artefact_is_made_cached_scored_and_brought_back(tiny, method,
     # through float32 (a broken model on the real one, NLL 14.8 vs 4.3) measured 0.06.
     assert 0 < kl < 0.02, kl
 
-    # Cached: a second factory finds the artefact without quantizing again.
+    # Cached: a second factory finds the artefact without quantizing again, and says how it was
+    # made before opening it (a rerun whose records are all cached opens nothing).
     again = _factory(resolved, root)
+    assert again.made_artefact(variant) == made and again.artefacts == {}
+    assert again.made_artefact(parse_variant(f"{method}:{SMALL},calib={calib},seed=7")) is None  # not made
     path, _ = again.checkpoint(variant)
     assert path.name.startswith(method) and again.artefacts[variant.name] == made
 

@@ -183,6 +183,14 @@ def test_calibrated_candidate_loads_scores_and_records_its_imatrix(made):
     assert art["contamination"][0]["overlapping"] == 0
     kld = [c["kld_mean"]["estimate"] for c in results["comparisons"]]
     assert kld[0] != kld[1] and all(k > 0 for k in kld)
+    # Run again: every record is reused, nothing is opened, and results.json still says how the
+    # artefact was made (as the first run's does).
+    rerun = made["root"] / "rerun"
+    proc = subprocess.run([*proc.args[:-1], str(rerun)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "QEVAL_CACHE": str(made["cache"])})
+    assert proc.returncode in (0, 1, 3), proc.stdout + proc.stderr
+    again = json.loads((rerun / "results.json").read_text())
+    assert again["artefacts"] == results["artefacts"] and again["comparisons"] == results["comparisons"]
 
 
 def test_calibrate_sweeps_gguf_arms_like_gptq():

@@ -328,13 +328,23 @@ def _run_child(job: dict, layers: int, bar=None) -> tuple[float, str]:
     return float(result[0]), result[1].decode()
 
 
+def artefact_dir(model_fingerprint: str, variant: VariantSpec, calib: CalibrationSet, cache: Path) -> Path:
+    """Where the artefact for (weights, method, params, calibration set, versions) lives in the cache."""
+    return cache / "artefacts" / f"{variant.method}-{artefact_key(model_fingerprint, variant, calib)[:16]}"
+
+
+def cached_manifest(model_fingerprint: str, variant: VariantSpec, calib: CalibrationSet, cache: Path) -> dict | None:
+    """How the cached artefact was made (its manifest), or None when it is not made yet; never builds."""
+    manifest_path = artefact_dir(model_fingerprint, variant, calib, cache) / "qeval_artefact.json"
+    return json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+
+
 def ensure_artefact(model_path: Path, model_fingerprint: str, variant: VariantSpec,
                     calib: CalibrationSet, cache: Path, progress=None, bar=None) -> Artefact:
     """The quantized checkpoint for (weights, method, params, calibration set, library versions):
     made once (under a lock, into a temporary directory then renamed: qeval/util/locking.py), so
     parallel runs make it once and a killed run never leaves a half artefact that looks whole."""
-    key = artefact_key(model_fingerprint, variant, calib)
-    target = cache / "artefacts" / f"{variant.method}-{key[:16]}"
+    target = artefact_dir(model_fingerprint, variant, calib, cache)
     manifest_path = target / "qeval_artefact.json"
     if manifest_path.is_file():
         return Artefact(target, json.loads(manifest_path.read_text()))

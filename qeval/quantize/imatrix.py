@@ -154,16 +154,25 @@ def read_imatrix(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _imatrix_paths(model_fingerprint: str, calib: CalibrationSet, settings: dict, cache: Path) -> tuple[Path, Path]:
+    key = imatrix_key(model_fingerprint, calib, settings)
+    return cache / "imatrix" / f"{key[:16]}.imatrix.gguf", cache / "imatrix" / f"{key[:16]}.json"
+
+
+def cached_imatrix_manifest(model_fingerprint: str, calib: CalibrationSet, settings: dict, cache: Path) -> dict | None:
+    """The cached importance matrix's manifest, or None when it is not computed yet; never builds."""
+    path, manifest = _imatrix_paths(model_fingerprint, calib, settings, cache)
+    return json.loads(manifest.read_text()) if path.is_file() and manifest.is_file() else None
+
+
 def imatrix_artefact(model_dir: Path, model_fingerprint: str, f32_gguf: Path, calib: CalibrationSet,
                      settings: dict, cache: Path, progress=None) -> tuple[Path, dict]:
     """The cached imatrix GGUF for (weights, calibration texts, samples/seqlen/seed, versions) and
     its manifest (sha256, tensors covered, seconds); made once under a lock."""
     from qeval.quantize.gptq_awq import calibration_windows
 
-    key = imatrix_key(model_fingerprint, calib, settings)
-    folder = cache / "imatrix"
-    path = folder / f"{key[:16]}.imatrix.gguf"
-    manifest = folder / f"{key[:16]}.json"
+    path, manifest = _imatrix_paths(model_fingerprint, calib, settings, cache)
+    folder = path.parent
     if path.is_file() and manifest.is_file():
         return path, json.loads(manifest.read_text())
 

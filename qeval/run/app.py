@@ -331,7 +331,7 @@ def _score(cfg, loaded, skipped, ui, run_dir: Path, gate_file: Path, gate_policy
                "notes": list(resolved.notes)},
         policy={"file": str(gate_file), **gate_policy.model_dump(mode="json")},
         **({"efficiency": _efficiency(res, cfg, resolved)} if cfg.efficiency is not None else {}),
-        artefacts=calibration_summary(factory, overlaps), skipped_tasks=skipped,
+        artefacts=calibration_summary(factory, overlaps, [cfg.baseline, *cfg.candidates]), skipped_tasks=skipped,
     )
     files = extra(res, factory) if extra else {}
     res.timings["total_s"] = time.perf_counter() - started
@@ -384,7 +384,8 @@ def calibrate(*, console=None, engines: Callable | None = None, argv: Sequence[s
 
     def experiment(res, factory):
         records = {c.spec.name: {**c.records, **c.text} for c in res.candidates}
-        seconds = {k: float(v.get("quantize_seconds", 0.0)) for k, v in factory.artefacts.items()}
+        made = {c.spec.name: factory.made_artefact(c.spec) or {} for c in res.candidates}
+        seconds = {k: float(v.get("quantize_seconds", 0.0)) for k, v in made.items() if v}
         summary = summarise(res.tasks, res.baseline.records, records, arms, seconds,
                             n_boot=o.n_boot, seed=cfg.seed)
         holder["summary"] = summary
@@ -466,10 +467,12 @@ def _print_calibrate(console, summary, run_dir: Path) -> None:
     console.print(f"calibration report: {run_dir / 'calibrate.md'} (plot: calibrate.svg)", highlight=False)
 
 
-def calibration_summary(factory, overlaps: dict) -> dict:
-    """How each GPTQ/AWQ artefact was made and its calibration set's overlap with every task
-    (ids and counts only, never text)."""
-    return {name: {**getattr(factory, "artefacts", {}).get(name, {}),
+def calibration_summary(factory, overlaps: dict, variants) -> dict:
+    """How each calibrated artefact (GPTQ/AWQ, imatrix GGUF) was made and its calibration set's
+    overlap with every task (ids and counts only, never text); the same whether this run made
+    or opened the artefact or reused every record."""
+    made = {v.name: factory.made_artefact(v) for v in variants if v.name in overlaps}
+    return {name: {**(made.get(name) or {}),
                    "contamination": [{"task": o.task, "units": o.units, "overlapping": o.contaminated,
                                       "share": o.share, "examples": list(o.examples)} for o in ov]}
             for name, ov in overlaps.items()}

@@ -150,6 +150,11 @@ class EngineFactory:
     def identity(self, variant: VariantSpec) -> dict:
         return method(variant.method).identity(self, variant)
 
+    def made_artefact(self, variant: VariantSpec) -> dict | None:
+        """How the variant's artefact was made: as made or opened in this run, else read from the
+        cache (every record reused, nothing opened); None where it makes none."""
+        return self.artefacts.get(variant.name) or method(variant.method).made_artefact(self, variant)
+
     def prepare(self, variant: VariantSpec) -> Artefact:
         """Make the variant's artefact if it is not cached yet (a GGUF file, a GPTQ/AWQ checkpoint),
         so that opening it afterwards times loading alone; say what is on disk."""

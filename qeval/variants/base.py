@@ -76,6 +76,12 @@ class QuantMethod:
         """What, besides the variant, changes its numbers (device, versions, artefact)."""
         return ctx.engine_for(variant).identity(variant)
 
+    def made_artefact(self, ctx: Any, variant: VariantSpec) -> dict | None:
+        """How its cached artefact was made (results.json's `artefacts`), read from the cache
+        without building or opening anything: a rerun whose records are all cached reports what a
+        first run does. None for methods that make no artefact, or when it is not made yet."""
+        return None
+
     def prepare(self, ctx: Any, variant: VariantSpec) -> Artefact:
         """Make the artefact if it is not cached yet; say what is on disk."""
         engine = ctx.engine_for(variant)

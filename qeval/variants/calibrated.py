@@ -63,6 +63,13 @@ class Calibrated(QuantMethod):
         """The variant with the defaults that depend on where it runs filled in."""
         return variant
 
+    def made_artefact(self, ctx, variant: VariantSpec) -> dict | None:
+        from qeval.quantize.gptq_awq import cached_manifest
+
+        if "path" in variant.params:
+            return None
+        return cached_manifest(ctx.model.fingerprint, self.resolved(ctx, variant), ctx.calibration(variant), ctx.cache)
+
     def checkpoint(self, ctx, variant: VariantSpec) -> tuple[Path, tuple[str, ...]]:
         from qeval.quantize.gptq_awq import ensure_artefact
 

@@ -131,6 +131,15 @@ class GGUF(QuantMethod):
                                  "imatrix_key": imatrix_key(ctx.model.fingerprint, calib, imatrix_settings(variant))}
         return ident
 
+    def made_artefact(self, ctx, variant: VariantSpec) -> dict | None:
+        from qeval.quantize.imatrix import cached_imatrix_manifest
+
+        if "imatrix" not in variant.params:
+            return None
+        calib = ctx.calibration(variant, str(variant.params["imatrix"]))
+        made = cached_imatrix_manifest(ctx.model.fingerprint, calib, imatrix_settings(variant), ctx.cache)
+        return None if made is None else _imatrix_summary(str(variant.params.get("type", "q4_k_m")).lower(), made)
+
     def calibrated(self, ctx, variant: VariantSpec) -> tuple[Path, tuple[str, ...], dict[str, str]]:
         """The imatrix-calibrated GGUF (made once: F32 export, importance matrix, quantization),
         with the note and versions its record carries."""
@@ -144,8 +153,7 @@ class GGUF(QuantMethod):
         ipath, made = imatrix_artefact(ctx.model.path, ctx.model.fingerprint, f32, calib, s, ctx.cache, ctx.progress)
         path = gguf_artefact(ctx.model.path, ctx.model.fingerprint, qtype, ctx.cache, ctx.progress,
                              imatrix=(ipath, made["sha256"]))
-        ctx.artefacts[variant.name] = {"method": "gguf", "type": qtype, "imatrix": made,
-                                       "quantize_seconds": made.get("seconds", 0.0)}
+        ctx.artefacts[variant.name] = _imatrix_summary(qtype, made)
         note = (f"{qtype} quantized by llama.cpp with an importance matrix computed by qeval in transformers "
                 f"(float32 on {made.get('device', 'cpu')}) from calibration set {calib.name} (sha256 {calib.sha256[:12]}, {s['samples']} x "
                 f"{s['seqlen']} tokens, seed {s['seed']}; {made['tensors']} tensors; imatrix sha256 "
@@ -210,3 +218,8 @@ def check_context(variant: VariantSpec, needs) -> None:
         if need > n_ctx:
             raise QevalInputError(f"variant {variant.name!r}: n_ctx={n_ctx} cannot hold task {task_id}'s "
                                   f"{what}; pass n_ctx={need} or more, or leave the task out")
+
+
+def _imatrix_summary(qtype: str, made: dict) -> dict:
+    """results.json's `artefacts` entry of an imatrix-calibrated GGUF."""
+    return {"method": "gguf", "type": qtype, "imatrix": made, "quantize_seconds": made.get("seconds", 0.0)}
